@@ -1,0 +1,280 @@
+"""The `codescan` command: option parsing, output choice and exit codes, nothing else.
+
+Data goes to stdout (or -o); everything meant for a human (progress, summary, errors) goes
+to stderr. Every option has a CODESCAN_* environment mirror. Tracebacks only with
+CODESCAN_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .records import HEAD_NAMES, Summary
+
+EXIT_FATAL = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Tell which images are AI-generated, with the CoDE encoder (ECCV 2024).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+weights_app = typer.Typer(no_args_is_help=True, help="Install, inspect and verify weight bundles.")
+app.add_typer(weights_app, name="weights")
+
+
+class UsageError(Exception):
+    """Bad option values discovered after parsing (exit 2 with a one-line message)."""
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def parse_thresholds(values: list[str], head: str) -> dict[str, float]:
+    """`--threshold 0.3` sets the selected head; `--threshold knn=0.1` names one (repeatable)."""
+    out: dict[str, float] = {}
+    for raw in values:
+        name, sep, num = raw.partition("=")
+        if not sep:
+            if head == "all":
+                raise UsageError("with --head all, name the head: --threshold linear=0.5")
+            name, num = head, raw
+        if name not in HEAD_NAMES:
+            raise UsageError(f"--threshold: unknown head {name!r} (choose from {', '.join(HEAD_NAMES)})")
+        try:
+            out[name] = float(num)
+        except ValueError:
+            raise UsageError(f"--threshold: {num!r} is not a number") from None
+    return out
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"codescan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+@app.command()
+def scan(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Files and folders to scan.", show_default=False)] = None,
+    files_from: Annotated[
+        Optional[str], typer.Option("--files-from", help="Read paths from FILE ('-' = stdin), one per line.")
+    ] = None,
+    null: Annotated[bool, typer.Option("-0", "--null", help="--files-from paths are NUL-separated.")] = False,
+    output: Annotated[str, typer.Option("-o", "--output", help="Write data here ('-' = stdout).")] = "-",
+    fmt: Annotated[
+        Optional[str],
+        typer.Option("--format", "-f", envvar="CODESCAN_FORMAT", help="jsonl | json | csv (default: from -o, else jsonl)."),
+    ] = None,
+    head: Annotated[str, typer.Option(envvar="CODESCAN_HEAD", help="linear | knn | ocsvm | all.")] = "linear",
+    threshold: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Score above which a file is fake: X for the selected head, or HEAD=X (repeatable)."),
+    ] = None,
+    engine: Annotated[str, typer.Option(envvar="CODESCAN_ENGINE", help="auto | torch.")] = "auto",
+    precision: Annotated[str, typer.Option(envvar="CODESCAN_PRECISION", help="auto | fp32 (fp32 = exact reference).")] = "auto",
+    batch_size: Annotated[int, typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096)] = 32,
+    workers: Annotated[
+        Optional[int], typer.Option(envvar="CODESCAN_WORKERS", min=1, max=256, help="Decode threads (default: CPUs, max 8).")
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]], typer.Option(envvar="CODESCAN_EXCLUDE", help="Skip names or paths matching GLOB (repeatable).")
+    ] = None,
+    follow_symlinks: Annotated[
+        bool, typer.Option(envvar="CODESCAN_FOLLOW_SYMLINKS", help="Follow symlinks found while walking.")
+    ] = False,
+    max_filesize: Annotated[int, typer.Option(envvar="CODESCAN_MAX_FILESIZE", min=1, help="Bytes.")] = 256 * 1024 * 1024,
+    max_pixels: Annotated[int, typer.Option(envvar="CODESCAN_MAX_PIXELS", min=1)] = 89_478_485,
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or summary.")] = False,
+) -> None:
+    """Scan files and folders; one record per file. Exit 2 if any error, else 1 if any fake, else 0."""
+    from .decode import DecodeLimits
+    from .pipeline import ScanConfig, Scanner
+    from .reporters import FORMATS, guess_format, make_reporter
+    from .walk import WalkOptions, read_path_list
+
+    if head not in (*HEAD_NAMES, "all"):
+        raise UsageError(f"--head: choose from {', '.join((*HEAD_NAMES, 'all'))}")
+    fmt = fmt or guess_format(output) or "jsonl"
+    if fmt not in FORMATS:
+        raise UsageError(f"--format: choose from {', '.join(FORMATS)}")
+    arguments: list[str | bytes] = list(paths or [])
+    if files_from is not None:
+        data = sys.stdin.buffer.read() if files_from == "-" else Path(files_from).read_bytes()
+        arguments += read_path_list(data, null)
+    if not arguments:
+        raise UsageError("nothing to scan: give PATH... or --files-from")
+
+    config = ScanConfig(
+        head=head,  # type: ignore[arg-type]
+        thresholds=parse_thresholds(threshold or [], head),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        limits=DecodeLimits(max_filesize=max_filesize, max_pixels=max_pixels),
+        walk=WalkOptions(excludes=tuple(exclude or ()), follow_symlinks=follow_symlinks),
+        **({"decode_workers": workers} if workers else {}),
+    )
+    scanner = Scanner(weights=weights, engine=engine, precision=precision, config=config)
+    reporter = make_reporter(fmt, output, scanner.judged if head == "all" else None)  # type: ignore[arg-type]
+    summary = Summary()
+    started = time.perf_counter()
+    interrupted = False
+    reporter.header(scanner.header())
+    progress = _progress(quiet)
+    try:
+        with progress:
+            task = progress.add_task("scanning", total=None)
+            for result in scanner.scan(arguments):
+                reporter.result(result)
+                summary.add(result)
+                progress.update(task, advance=1, fake=summary.fake, errors=summary.errors)
+    except KeyboardInterrupt:
+        interrupted = True
+    summary.seconds = time.perf_counter() - started
+    reporter.summary(summary, interrupted=interrupted)
+    reporter.close(commit=True)
+    if not quiet:
+        rate = summary.files / summary.seconds if summary.seconds > 0 else 0.0
+        _err().print(
+            f"{'interrupted: ' if interrupted else ''}{summary.files} files: {summary.real} real, {summary.fake} fake, "
+            f"{summary.errors} errors, {summary.skipped} skipped in {summary.seconds:.1f}s ({rate:.1f} files/s)"
+        )
+    raise typer.Exit(EXIT_INTERRUPTED if interrupted else summary.exit_code())
+
+
+def _progress(quiet: bool):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.completed} files"),
+        TextColumn("[red]{task.fields[fake]} fake"),
+        TextColumn("{task.fields[errors]} errors"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+@weights_app.command("pull")
+def weights_pull(
+    name: Annotated[str, typer.Option(help="Bundle name to install as.")] = "code",
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit); re-pins.")] = None,
+    repo: Annotated[str, typer.Option(help="Hub repository.")] = "aimagelab/CoDE",
+) -> None:
+    """Download aimagelab/CoDE from the Hugging Face hub and install it (pinned by commit + sha256)."""
+    from .weights import pull
+
+    bundle = pull(name=name, repo=repo, revision=revision)
+    _err().print(f"installed {bundle.name} ({repo}@{bundle.revision[:12]}) at {bundle.path}")
+
+
+@weights_app.command("import")
+def weights_import(
+    directory: Annotated[Path, typer.Argument(help="A downloaded aimagelab/CoDE folder.", show_default=False)],
+    name: Annotated[str, typer.Option(help="Bundle name to install as.")] = "code",
+) -> None:
+    """Convert a folder in the official layout into a bundle (heads read without executing pickles)."""
+    from .weights import import_official
+
+    bundle = import_official(directory, name=name)
+    _err().print(f"installed {bundle.name} from {directory} at {bundle.path}")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Installed bundles, one per line: name, digest, revision, licence."""
+    from .weights import list_bundles, weights_dir
+
+    bundles = list_bundles()
+    if not bundles:
+        _err().print(f"no bundles in {weights_dir()}; run `codescan weights pull` or `codescan weights import DIR`")
+    for b in bundles:
+        print(f"{b.name}\t{b.digest[:16]}\t{b.revision or '-'}\t{b.meta.get('license', '?')}")
+
+
+@weights_app.command("info")
+def weights_info(
+    name: Annotated[str, typer.Argument(help="Bundle name.")] = "code",
+) -> None:
+    """Everything bundle.json records, after re-verifying every file's sha256."""
+    import json
+
+    from .weights import load_bundle
+
+    bundle = load_bundle(name, verify=True)
+    print(json.dumps({"name": bundle.name, "path": str(bundle.path), "digest": bundle.digest, **bundle.meta}, indent=2))
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Failures with a message written for the user: no traceback, exit 2."""
+    from codescan.engines.base import EngineError
+
+    from .weights import WeightsError
+
+    return (UsageError, WeightsError, EngineError, ValueError, OSError)
+
+
+def main() -> None:
+    import click
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    debug = os.environ.get("CODESCAN_DEBUG") == "1"
+    try:
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(141)
+    except _known_errors() as exc:
+        if debug:
+            raise
+        _err().print(f"codescan: error: {exc}", markup=False)
+        sys.exit(EXIT_FATAL)
+    except Exception as exc:  # noqa: BLE001
+        if debug:
+            raise
+        _err().print(
+            f"codescan: internal error: {type(exc).__name__}: {exc} (set CODESCAN_DEBUG=1 for a traceback)", markup=False
+        )
+        sys.exit(EXIT_FATAL)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout at exit; point it at /dev/null so a closed pipe cannot raise again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

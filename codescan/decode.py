@@ -1,0 +1,183 @@
+"""Bytes on disk → the uint8 224×224×3 crop the encoder judges, or a typed failure.
+
+Decoding follows the reference: Pillow, first frame, ``convert("RGB")``, no EXIF
+orientation, no colour management, no reduced (draft) decoding. Only the pixels inside the
+crop box are converted: every ``convert("RGB")`` path in Pillow is per pixel, so
+crop-then-convert equals convert-then-crop (tests check it on every mode we meet).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .preprocess import CROP, place_crop, plan_crop
+from .records import ErrorCode
+
+# Decoders we let Pillow use. EPS (Ghostscript), PSD, DDS, FITS and the long tail stay off:
+# each extra plugin is attack surface the reference never needed.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP", "DIB", "PPM", "AVIF")
+
+# Extensions that make a file a candidate even when its bytes say nothing (so a broken .jpg
+# is an error, not silently skipped). Includes image formats we refuse, so that those are
+# reported as `unsupported_format` instead of vanishing.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".webp", ".gif", ".tif", ".tiff",
+        ".bmp", ".dib", ".ppm", ".pgm", ".pbm", ".pnm", ".avif", ".avifs", ".heic", ".heif", ".jxl",
+        ".jp2", ".j2k", ".jpx", ".psd", ".tga", ".ico", ".icns", ".dds", ".eps", ".svg", ".qoi",
+        ".sgi", ".rgb", ".pcx", ".xbm", ".xpm", ".im", ".fli", ".flc", ".ras", ".exr", ".hdr",
+    }
+)
+
+_MAGIC: tuple[tuple[int, bytes], ...] = (
+    (0, b"\xff\xd8\xff"),  # JPEG
+    (0, b"\x89PNG\r\n\x1a\n"),
+    (0, b"GIF87a"),
+    (0, b"GIF89a"),
+    (0, b"II*\x00"),  # TIFF little-endian
+    (0, b"MM\x00*"),
+    (0, b"II+\x00"),  # BigTIFF
+    (0, b"MM\x00+"),
+    (0, b"BM"),
+    (0, b"8BPS"),  # PSD
+    (0, b"\x00\x00\x00\x0cjP  "),  # JPEG 2000
+    (0, b"\xff\x4f\xff\x51"),  # J2K codestream
+    (0, b"\xff\x0a"),  # JPEG XL codestream
+    (0, b"qoif"),
+    (0, b"DDS "),
+    (0, b"icns"),
+    (0, b"\x00\x00\x01\x00"),  # ICO
+    (4, b"ftypavif"),
+    (4, b"ftypavis"),
+    (4, b"ftypheic"),
+    (4, b"ftypheix"),
+    (4, b"ftypmif1"),
+)
+MAGIC_BYTES = 16
+
+
+def has_image_extension(name: str | bytes) -> bool:
+    ext = os.path.splitext(os.fsdecode(name))[1].lower()
+    return ext in IMAGE_EXTENSIONS
+
+
+def has_image_magic(head: bytes) -> bool:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and head[2:3] in (b"\n", b" ", b"\r", b"\t"):
+        return True
+    return any(head[off : off + len(m)] == m for off, m in _MAGIC)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    max_filesize: int = 256 * 1024 * 1024
+    max_pixels: int = 89_478_485  # Pillow's default bomb-warning threshold
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    crop: np.ndarray  # (224, 224, 3) uint8
+    width: int
+    height: int
+    format: str
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeFailure(Exception):
+    code: ErrorCode
+    message: str
+
+
+def read_limited(path: str | bytes, max_filesize: int) -> bytes:
+    """The whole file, refusing oversized ones before reading them."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_filesize:
+                raise DecodeFailure("too_large", f"file is {size} bytes, limit is {max_filesize} (--max-filesize)")
+            data = fh.read(max_filesize + 1)
+    except PermissionError as exc:
+        raise DecodeFailure("permission_denied", exc.strerror or "permission denied") from None
+    except IsADirectoryError:
+        raise DecodeFailure("io_error", "is a directory") from None
+    except OSError as exc:
+        raise DecodeFailure("io_error", exc.strerror or str(exc)) from None
+    if len(data) > max_filesize:
+        raise DecodeFailure("too_large", f"file grew past the limit of {max_filesize} bytes while reading")
+    return data
+
+
+def _classify(exc: BaseException, data: bytes) -> DecodeFailure:
+    """Map whatever Pillow raised onto a stable error code."""
+    msg = str(exc) or type(exc).__name__
+    low = msg.lower()
+    if isinstance(exc, DecodeFailure):
+        return exc
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return DecodeFailure("too_large", msg)
+    if isinstance(exc, UnidentifiedImageError):
+        if not data:
+            return DecodeFailure("truncated", "file is empty")
+        if has_image_magic(data[:MAGIC_BYTES]):
+            return DecodeFailure("unsupported_format", "image format not supported or header unreadable")
+        return DecodeFailure("not_an_image", "no supported image format recognised")
+    if isinstance(exc, MemoryError) or "too large" in low or "exceeds limit" in low:
+        return DecodeFailure("too_large", msg)
+    if isinstance(exc, EOFError) or "truncated" in low or "premature end" in low or "not enough data" in low:
+        return DecodeFailure("truncated", msg)
+    if isinstance(exc, NotImplementedError) or "unsupported" in low or "not supported" in low or "unknown" in low:
+        return DecodeFailure("unsupported_format", msg)
+    if isinstance(exc, (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, zlib.error, struct.error)):
+        return DecodeFailure("corrupt", msg)
+    return DecodeFailure("corrupt", f"{type(exc).__name__}: {msg}")
+
+
+def decode_bytes(data: bytes, limits: DecodeLimits) -> Decoded:
+    """Decode the first frame and cut the reference crop; raise DecodeFailure on any problem."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_enabled_formats()) as im:
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise DecodeFailure("corrupt", f"invalid size {width}x{height}")
+            if width * height > limits.max_pixels:
+                raise DecodeFailure(
+                    "too_large", f"{width}x{height} pixels exceed the limit of {limits.max_pixels} (--max-pixels)"
+                )
+            fmt = im.format or "unknown"
+            plan = plan_crop(width, height, CROP)
+            im.load()
+            region = im.crop(plan.box).convert("RGB")
+            crop = place_crop(np.asarray(region), plan, CROP)
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed record
+        raise _classify(exc, data) from None
+    return Decoded(crop=crop, width=width, height=height, format=fmt, box=plan.box)
+
+
+@functools.cache
+def _enabled_formats() -> tuple[str, ...]:
+    """The allow-list minus plugins this Pillow build lacks (e.g. AVIF before Pillow 11.2)."""
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def configure_pillow(limits: DecodeLimits) -> None:
+    """Make Pillow's own bomb check agree with ours (process-wide; call once per decode process).
+
+    Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; with the two equal, the
+    explicit check in decode_bytes refuses first and the warning never fires.
+    """
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+
+
+def decode_file(path: str | bytes, limits: DecodeLimits) -> Decoded:
+    return decode_bytes(read_limited(path, limits.max_filesize), limits)

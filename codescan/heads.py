@@ -1,0 +1,143 @@
+"""The three CoDE heads as plain array math on embeddings.
+
+Every score is oriented the same way, higher = more likely AI-generated, and a file is
+``fake`` when its score is strictly above the head's threshold. With threshold 0 this
+reproduces scikit-learn's ``predict`` of the official estimators:
+
+- linear: logistic decision function ``x·w + b`` (class 1 = fake).
+- knn: max cosine similarity to the fake bank minus max to the real bank (1-NN, cosine).
+- ocsvm: minus the one-class SVM decision function; the SVM was fit on real images only and
+  scikit-learn's +1 (inlier) means real.
+
+Computed in float64 like scikit-learn/libsvm, so near-threshold verdicts match too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .records import HEAD_NAMES, HeadName, HeadVerdict
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    coef: np.ndarray  # (D,) float64
+    intercept: float
+
+    def score(self, emb: np.ndarray) -> np.ndarray:  # (B, D) -> (B,)
+        return emb.astype(np.float64) @ self.coef + self.intercept
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+@dataclass(frozen=True)
+class KnnHead:
+    bank: np.ndarray  # (N, D) training embeddings
+    labels: np.ndarray  # (N,) 1 = fake, 0 = real
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels)
+        if not (np.any(labels == 1) and np.any(labels == 0)):
+            raise ValueError("knn bank needs both real (0) and fake (1) examples")
+        unit = _unit_rows(self.bank)
+        object.__setattr__(self, "_fake", unit[labels == 1])
+        object.__setattr__(self, "_real", unit[labels == 0])
+
+    def score(self, emb: np.ndarray) -> np.ndarray:  # (B, D) -> (B,)
+        q = _unit_rows(emb)
+        return (q @ self._fake.T).max(axis=1) - (q @ self._real.T).max(axis=1)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class OcsvmHead:
+    support_vectors: np.ndarray  # (S, D)
+    dual_coef: np.ndarray  # (S,)
+    intercept: float
+    gamma: float
+    coef0: float
+    degree: int
+    kernel: Literal["poly"] = "poly"
+
+    def score(self, emb: np.ndarray) -> np.ndarray:  # (B, D) -> (B,)
+        k = (self.gamma * (emb.astype(np.float64) @ self.support_vectors.astype(np.float64).T) + self.coef0) ** self.degree
+        decision = k @ self.dual_coef + self.intercept  # libsvm: sum_i alpha_i K(sv_i, x) - rho
+        return -decision
+
+
+Head = LinearHead | KnnHead | OcsvmHead
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    heads: dict[HeadName, Head]
+    thresholds: dict[HeadName, float] = field(default_factory=dict)
+
+    def names(self) -> list[HeadName]:
+        return [n for n in HEAD_NAMES if n in self.heads]
+
+    def threshold(self, name: HeadName) -> float:
+        return float(self.thresholds.get(name, 0.0))
+
+    def judge(self, name: HeadName, emb: np.ndarray, threshold: float | None = None) -> list[HeadVerdict]:
+        if name not in self.heads:
+            raise KeyError(f"this bundle has no {name!r} head (has: {', '.join(self.names()) or 'none'})")
+        t = self.threshold(name) if threshold is None else threshold
+        scores = self.heads[name].score(emb)
+        return [HeadVerdict(score=float(s), status="fake" if s > t else "real") for s in scores]
+
+
+def save_heads(heads: dict[HeadName, Head], path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for name, head in heads.items():
+        if isinstance(head, LinearHead):
+            tensors[f"{name}.coef"] = head.coef.astype(np.float64)
+            tensors[f"{name}.intercept"] = np.array([head.intercept], dtype=np.float64)
+        elif isinstance(head, KnnHead):
+            tensors[f"{name}.bank"] = np.ascontiguousarray(head.bank)
+            tensors[f"{name}.labels"] = np.asarray(head.labels, dtype=np.int64)
+        else:
+            tensors[f"{name}.support_vectors"] = np.ascontiguousarray(head.support_vectors)
+            tensors[f"{name}.dual_coef"] = head.dual_coef.astype(np.float64)
+            tensors[f"{name}.params"] = np.array([head.intercept, head.gamma, head.coef0, head.degree], dtype=np.float64)
+    kinds = {name: type(head).__name__ for name, head in heads.items()}
+    save_file(tensors, str(path), metadata={"heads": ",".join(f"{n}={k}" for n, k in kinds.items())})
+
+
+def load_heads(path: Path) -> dict[HeadName, Head]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    out: dict[HeadName, Head] = {}
+    for entry in filter(None, meta.get("heads", "").split(",")):
+        name, kind = entry.split("=", 1)
+        if name not in HEAD_NAMES:
+            raise ValueError(f"{path}: unknown head {name!r}")
+        if kind == "LinearHead":
+            out[name] = LinearHead(coef=t[f"{name}.coef"], intercept=float(t[f"{name}.intercept"][0]))  # type: ignore[index]
+        elif kind == "KnnHead":
+            out[name] = KnnHead(bank=t[f"{name}.bank"], labels=t[f"{name}.labels"])  # type: ignore[index]
+        elif kind == "OcsvmHead":
+            intercept, gamma, coef0, degree = t[f"{name}.params"].tolist()
+            out[name] = OcsvmHead(  # type: ignore[index]
+                support_vectors=t[f"{name}.support_vectors"],
+                dual_coef=t[f"{name}.dual_coef"],
+                intercept=intercept,
+                gamma=gamma,
+                coef0=coef0,
+                degree=int(degree),
+            )
+        else:
+            raise ValueError(f"{path}: unknown head kind {kind!r}")
+    return out

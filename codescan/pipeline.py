@@ -1,0 +1,181 @@
+"""Wires walk → decode pool → batches → engine → heads → records, in walk order.
+
+Decoding runs in a bounded thread pool while the engine embeds the previous batch (Pillow
+and torch both release the GIL in their C code). The window of files in flight is bounded,
+so memory stays flat however large the tree. Records leave in exactly the walk order: an
+error or skip that follows an image waits for that image's batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from . import __version__
+from .decode import (
+    MAGIC_BYTES,
+    Decoded,
+    DecodeFailure,
+    DecodeLimits,
+    configure_pillow,
+    decode_bytes,
+    has_image_extension,
+    has_image_magic,
+    read_limited,
+)
+from .heads import HeadSet
+from .records import HEAD_NAMES, Header, HeadName, HeadVerdict, Result, error_result, skipped_result
+from .walk import Entry, WalkOptions, walk
+
+HeadChoice = Literal["linear", "knn", "ocsvm", "all"]
+
+
+class Skipped:
+    """Marker outcome: not a candidate (no image extension, no image magic)."""
+
+
+SKIPPED = Skipped()
+Outcome = Decoded | DecodeFailure | Skipped
+
+
+def inspect_entry(entry: Entry, limits: DecodeLimits) -> Outcome:
+    """Decide candidate vs skipped from name and first bytes, then decode candidates."""
+    if entry.error is not None:
+        return DecodeFailure(*entry.error)
+    try:
+        if not has_image_extension(entry.path):
+            try:
+                with open(entry.path, "rb") as fh:
+                    head = fh.read(MAGIC_BYTES)
+            except OSError:
+                head = b""  # unreadable and no image extension: read_limited reports the real cause
+            if head and not has_image_magic(head):
+                return SKIPPED
+        return decode_bytes(read_limited(entry.path, limits.max_filesize), limits)
+    except DecodeFailure as failure:
+        return failure
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    head: HeadChoice = "linear"
+    thresholds: dict[HeadName, float] = field(default_factory=dict)  # overrides of the bundle's
+    batch_size: int = 32
+    decode_workers: int = max(1, min(8, os.cpu_count() or 1))
+    limits: DecodeLimits = DecodeLimits()
+    walk: WalkOptions = WalkOptions()
+
+
+class Scanner:
+    """The public API: ``Scanner(weights="code").scan(["photos"])`` yields one Result per file."""
+
+    def __init__(
+        self,
+        weights: str = "code",
+        engine: str = "auto",
+        precision: str = "auto",
+        config: ScanConfig = ScanConfig(),
+    ) -> None:
+        from codescan.engines.base import create_engine
+
+        from .weights import load_bundle
+
+        self.config = config
+        self.bundle = load_bundle(weights)
+        self.heads: HeadSet = self.bundle.head_set()
+        names = self.heads.names()
+        if not names:
+            raise ValueError(f"bundle {weights!r} has no heads")
+        if config.head != "all" and config.head not in names:
+            raise ValueError(f"bundle {weights!r} has no {config.head!r} head (has: {', '.join(names)})")
+        for name in config.thresholds:
+            if name not in names:
+                raise ValueError(f"--threshold for {name!r}, but the bundle has no such head")
+        self.primary: HeadName = names[0] if config.head == "all" else config.head  # type: ignore[assignment]
+        self.judged: list[HeadName] = names if config.head == "all" else [self.primary]
+        self.engine = create_engine(self.bundle, engine, precision)  # type: ignore[arg-type]
+        configure_pillow(config.limits)
+
+    def threshold(self, name: HeadName) -> float:
+        return self.config.thresholds.get(name, self.heads.threshold(name))
+
+    def header(self) -> Header:
+        return Header(
+            codescan=__version__,
+            weights={"name": self.bundle.name, "sha256": self.bundle.digest, "revision": self.bundle.revision},
+            engine=self.engine.name,
+            device=self.engine.device,
+            precision=self.engine.precision,
+            head=self.config.head,
+            thresholds={n: self.threshold(n) for n in self.judged},
+        )
+
+    def scan(self, arguments: Iterable[str | bytes]) -> Iterator[Result]:
+        cfg = self.config
+        window = max(2 * cfg.batch_size, 4 * cfg.decode_workers)
+        entries = walk(arguments, cfg.walk)
+        inflight: deque[tuple[Entry, Future[Outcome]]] = deque()
+        pending: list[tuple[Entry, Outcome]] = []
+        n_images = 0
+        with ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="codescan-decode") as pool:
+            try:
+                exhausted = False
+                while True:
+                    while not exhausted and len(inflight) < window:
+                        entry = next(entries, None)
+                        if entry is None:
+                            exhausted = True
+                            break
+                        inflight.append((entry, pool.submit(inspect_entry, entry, cfg.limits)))
+                    if not inflight:
+                        break
+                    entry, fut = inflight.popleft()
+                    outcome = fut.result()
+                    pending.append((entry, outcome))
+                    n_images += isinstance(outcome, Decoded)
+                    # Records with no image ahead of them in `pending` need no batch: emit now.
+                    if n_images == 0 or n_images >= cfg.batch_size or (not inflight and exhausted):
+                        yield from self._finish(pending)
+                        pending, n_images = [], 0
+                yield from self._finish(pending)
+            finally:
+                for _, fut in inflight:
+                    fut.cancel()
+
+    def _finish(self, pending: list[tuple[Entry, Outcome]]) -> Iterator[Result]:
+        decoded = [o for _, o in pending if isinstance(o, Decoded)]
+        verdicts: dict[HeadName, list[HeadVerdict]] = {}
+        if decoded:
+            emb = self.engine.embed(np.stack([d.crop for d in decoded]))  # (B, D)
+            verdicts = {n: self.heads.judge(n, emb, self.threshold(n)) for n in self.judged}
+        i = 0
+        for entry, outcome in pending:
+            if isinstance(outcome, Decoded):
+                yield self._verdict(entry, outcome, {n: v[i] for n, v in verdicts.items()})
+                i += 1
+            elif isinstance(outcome, DecodeFailure):
+                yield error_result(entry.display, outcome.code, outcome.message)
+            else:
+                yield skipped_result(entry.display)
+
+    def _verdict(self, entry: Entry, d: Decoded, per_head: dict[HeadName, HeadVerdict]) -> Result:
+        main = per_head[self.primary]
+        return Result(
+            path=entry.display,
+            status=main.status,
+            score=main.score,
+            threshold=self.threshold(self.primary),
+            head=self.primary,
+            width=d.width,
+            height=d.height,
+            format=d.format,
+            crop=d.box,
+            heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.config.head == "all" else None,
+        )

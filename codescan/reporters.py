@@ -1,0 +1,174 @@
+"""One writer per output format, and the rules for where bytes go.
+
+JSONL and CSV stream: each record is written and flushed as it arrives, so a killed scan
+leaves complete lines. JSON is one document, written to a temporary file beside the target
+and renamed over it at the end (only for regular files: ``/dev/null``, FIFOs and terminals are
+written in place, never replaced). Undecodable file-name bytes arrive as lone surrogates
+(``\\udcXX``) and are written as that escape text, so output is always valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import stat
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
+
+from .records import HEAD_NAMES, Header, Result, Summary
+
+Format = Literal["jsonl", "json", "csv"]
+FORMATS: tuple[str, ...] = ("jsonl", "json", "csv")
+CSV_COLUMNS = ("path", "status", "score", "threshold", "head", "width", "height", "format", "error_code", "error")
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape_surrogates(text: str) -> str:
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def dumps(obj: Any) -> str:
+    # ensure_ascii=False keeps names readable; the surrogate pass turns the only characters
+    # UTF-8 cannot carry into JSON escapes, which decode back to the same surrogates.
+    return escape_surrogates(json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")))
+
+
+class Sink:
+    """Where the data goes: stdout, a special file in place, or a regular file (atomic if asked)."""
+
+    def __init__(self, target: str | None, atomic: bool) -> None:
+        self.target = target
+        self._tmp: str | None = None
+        if target in (None, "-"):
+            self.stream: IO[str] = io.TextIOWrapper(
+                sys.stdout.buffer, encoding="utf-8", newline="\n", write_through=True
+            )
+            self._owned = False
+            return
+        self._owned = True
+        special = os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode)
+        if atomic and not special:
+            directory = os.path.dirname(os.path.abspath(target))
+            fd, self._tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=directory)
+            self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        else:
+            self.stream = open(target, "w", encoding="utf-8", newline="\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self, commit: bool = True) -> None:
+        self.stream.flush()
+        if self._tmp is not None:
+            os.fsync(self.stream.fileno())
+        if self._owned:
+            self.stream.close()
+        else:
+            self.stream.detach()
+        if self._tmp is not None:
+            if commit:
+                os.replace(self._tmp, self.target)  # type: ignore[arg-type]
+            else:
+                os.unlink(self._tmp)
+
+
+class Reporter(Protocol):
+    def header(self, header: Header) -> None: ...
+    def result(self, result: Result) -> None: ...
+    def summary(self, summary: Summary, interrupted: bool = False) -> None: ...
+    def close(self, commit: bool = True) -> None: ...
+
+
+class JsonlReporter:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        self.sink.stream.write(dumps(obj) + "\n")
+        self.sink.flush()
+
+    def header(self, header: Header) -> None:
+        self._line(header.to_dict())
+
+    def result(self, result: Result) -> None:
+        self._line(result.to_dict())
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        self._line({**summary.to_dict(), **({"interrupted": True} if interrupted else {})})
+
+    def close(self, commit: bool = True) -> None:
+        self.sink.close(commit)
+
+
+class JsonReporter:
+    """Holds records until the end: one JSON document, replaced atomically."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.doc: dict[str, Any] = {"header": None, "results": [], "summary": None}
+
+    def header(self, header: Header) -> None:
+        self.doc["header"] = header.to_dict()
+
+    def result(self, result: Result) -> None:
+        self.doc["results"].append(result.to_dict())
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        self.doc["summary"] = {**summary.to_dict(), **({"interrupted": True} if interrupted else {})}
+
+    def close(self, commit: bool = True) -> None:
+        if commit:
+            self.sink.stream.write(escape_surrogates(json.dumps(self.doc, ensure_ascii=False, indent=2)) + "\n")
+        self.sink.close(commit)
+
+
+class CsvReporter:
+    def __init__(self, sink: Sink, heads: list[str] | None = None) -> None:
+        self.sink = sink
+        self.heads = [h for h in HEAD_NAMES if heads and h in heads]
+        extra = [c for h in self.heads for c in (f"score_{h}", f"status_{h}")]
+        self.writer = csv.writer(sink.stream, lineterminator="\n")
+        self.writer.writerow([*CSV_COLUMNS, *extra])
+        sink.flush()
+
+    def header(self, header: Header) -> None:
+        pass  # CSV has one row shape; run metadata lives in the JSONL/JSON header only
+
+    def result(self, result: Result) -> None:
+        d = result.to_dict()
+        row = ["" if d.get(c) is None else d[c] for c in CSV_COLUMNS]
+        for h in self.heads:
+            v = (result.heads or {}).get(h)
+            row += [v.score, v.status] if v else ["", ""]
+        self.writer.writerow([escape_surrogates(x) if isinstance(x, str) else x for x in row])
+        self.sink.flush()
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        pass
+
+    def close(self, commit: bool = True) -> None:
+        self.sink.close(commit)
+
+
+def make_reporter(fmt: Format, target: str | None, heads: list[str] | None = None) -> Reporter:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    sink = Sink(target, atomic=(fmt == "json"))
+    if fmt == "jsonl":
+        return JsonlReporter(sink)
+    if fmt == "json":
+        return JsonReporter(sink)
+    return CsvReporter(sink, heads)
+
+
+def guess_format(target: str | None) -> Format | None:
+    if not target or target == "-":
+        return None
+    suffix = Path(target).suffix.lower()
+    return {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}.get(suffix)  # type: ignore[return-value]

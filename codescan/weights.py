@@ -1,0 +1,298 @@
+"""Weight bundles: pull from the hub, import an official folder, verify, list, load.
+
+A bundle is a folder ``<store>/weights/<name>/`` holding ``encoder.safetensors`` (timm key
+names), ``heads.safetensors`` and ``bundle.json`` (encoder config, thresholds, preprocessing
+version, source repo + resolved commit, licence, sha256 of every file). It is written into a
+temporary sibling and renamed into place, so a crash never leaves half a bundle, and every
+load re-hashes the files against ``bundle.json`` before a single weight is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .heads import Head, HeadSet, load_heads, save_heads
+from .model import EncoderConfig, hf_to_timm
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_VERSION
+from .records import HEAD_NAMES, HeadName
+
+BUNDLE_FORMAT = 1
+OFFICIAL_REPO = "aimagelab/CoDE"
+OFFICIAL_LICENSE = "MIT"
+DEFAULT_NAME = "code"
+DEFAULT_REVISION = "main"
+OFFICIAL_PATTERNS = ["config.json", "model.safetensors", "preprocessor_config.json", "sklearn/*.sav", "sklearn/*.joblib"]
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class WeightsError(Exception):
+    """A bundle problem the user can act on; the message says how."""
+
+
+def store_root() -> Path:
+    env = os.environ.get("CODESCAN_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("codescan"))
+
+
+def weights_dir() -> Path:
+    return store_root() / "weights"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise WeightsError(f"invalid bundle name {name!r}: use letters, digits, '.', '_' or '-'")
+    return name
+
+
+@dataclass(frozen=True)
+class Bundle:
+    name: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig.from_dict(self.meta["encoder"])
+
+    @property
+    def digest(self) -> str:
+        """One sha256 naming the exact encoder + heads, for headers and engine cache keys."""
+        files = self.meta["files"]
+        return hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
+
+    @property
+    def revision(self) -> str:
+        return str(self.meta.get("source", {}).get("revision") or "")
+
+    def encoder_state(self) -> dict[str, np.ndarray]:
+        from safetensors.numpy import load_file
+
+        return load_file(str(self.path / "encoder.safetensors"))
+
+    def head_set(self) -> HeadSet:
+        heads = load_heads(self.path / "heads.safetensors")
+        thresholds = {n: float(v["threshold"]) for n, v in self.meta.get("heads", {}).items() if n in heads}
+        return HeadSet(heads=heads, thresholds=thresholds)  # type: ignore[arg-type]
+
+    def verify(self) -> None:
+        for fname, expected in self.meta["files"].items():
+            path = self.path / fname
+            if not path.is_file():
+                raise WeightsError(f"bundle {self.name!r} is missing {fname}; re-run `codescan weights import` or `pull`")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise WeightsError(
+                    f"bundle {self.name!r}: {fname} has sha256 {actual[:16]}…, bundle.json says {expected[:16]}…; "
+                    "the file is corrupted or was changed. Re-import or re-pull it."
+                )
+
+
+def load_bundle(name: str, verify: bool = True) -> Bundle:
+    path = weights_dir() / _check_name(name)
+    meta_path = path / "bundle.json"
+    if not meta_path.is_file():
+        have = ", ".join(b.name for b in list_bundles()) or "none"
+        raise WeightsError(
+            f"no weights bundle {name!r} in {weights_dir()} (installed: {have}). "
+            "Run `codescan weights pull`, or `codescan weights import DIR` with a downloaded aimagelab/CoDE folder."
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"bundle {name!r}: unreadable bundle.json ({exc})") from None
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise WeightsError(f"bundle {name!r}: format {meta.get('format')!r} is not {BUNDLE_FORMAT}; re-import it")
+    bundle = Bundle(name=name, path=path, meta=meta)
+    if verify:
+        bundle.verify()
+    return bundle
+
+
+def list_bundles() -> list[Bundle]:
+    root = weights_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for child in sorted(root.iterdir()):
+        if (child / "bundle.json").is_file():
+            try:
+                out.append(load_bundle(child.name, verify=False))
+            except WeightsError:
+                continue
+    return out
+
+
+def _load_official_heads(src: Path) -> dict[HeadName, Head]:
+    from .unpickle import estimator_to_head, restricted_load
+
+    heads: dict[HeadName, Head] = {}
+    origin: dict[str, Path] = {}
+    files = sorted([*src.glob("sklearn/*.sav"), *src.glob("sklearn/*.joblib")])
+    for path in files:
+        name, head = estimator_to_head(restricted_load(path))
+        if name in heads:
+            raise WeightsError(f"two {name} heads: {origin[name].name} and {path.name}; keep one")
+        heads[name] = head
+        origin[name] = path
+    return heads
+
+
+def _write_bundle(name: str, encoder: dict[str, np.ndarray], heads: dict[HeadName, Head], meta: dict[str, Any]) -> Bundle:
+    """Write into a temp dir beside the target, then swap it in with renames."""
+    from safetensors.numpy import save_file
+
+    root = weights_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        save_file(encoder, str(tmp / "encoder.safetensors"))
+        save_heads(heads, tmp / "heads.safetensors")
+        meta["files"] = {f: sha256_file(tmp / f) for f in ("encoder.safetensors", "heads.safetensors")}
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        final = root / name
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
+            os.rename(final, old / name)
+        os.rename(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(name)
+
+
+def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] | None = None) -> Bundle:
+    """Convert a folder in the aimagelab/CoDE layout into a bundle (once; scans never unpickle)."""
+    from safetensors.numpy import load_file
+
+    from .unpickle import UnsafePickleError
+
+    _check_name(name)
+    src = Path(src)
+    for required in ("config.json", "model.safetensors"):
+        if not (src / required).is_file():
+            raise WeightsError(f"{src} is not an aimagelab/CoDE folder: {required} is missing")
+    try:
+        config = EncoderConfig.from_hf_config(json.loads((src / "config.json").read_text()))
+        encoder = hf_to_timm(load_file(str(src / "model.safetensors")), config)
+    except (KeyError, ValueError, OSError) as exc:
+        raise WeightsError(f"{src}: cannot convert the encoder: {exc}") from None
+    try:
+        heads = _load_official_heads(src)
+    except UnsafePickleError as exc:
+        raise WeightsError(f"{src}: unsafe head pickle refused, nothing was executed: {exc}") from None
+    except (ValueError, OSError, EOFError, IndexError, KeyError, TypeError) as exc:
+        raise WeightsError(f"{src}: cannot read the scikit-learn heads: {exc}") from None
+    if not heads:
+        raise WeightsError(f"{src}: no heads found under sklearn/ (*.sav, *.joblib)")
+
+    if source is None:
+        source = {
+            "repo": OFFICIAL_REPO,
+            "revision": None,
+            "imported_from": str(src.resolve()),
+            "files": _hash_official(src),
+        }
+    meta: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "codescan": __version__,
+        "encoder": config.to_dict(),
+        "embedding": "cls_after_final_norm",
+        "preprocess": {
+            "version": PREPROCESS_VERSION,
+            "crop": config.img_size,
+            "resize": False,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        "heads": {n: {"threshold": 0.0} for n in HEAD_NAMES if n in heads},
+        "license": OFFICIAL_LICENSE if source.get("repo") == OFFICIAL_REPO else source.get("license", "unknown"),
+        "source": source,
+    }
+    return _write_bundle(name, encoder, heads, meta)
+
+
+def _hash_official(src: Path) -> dict[str, str]:
+    files = [p for pattern in OFFICIAL_PATTERNS for p in sorted(src.glob(pattern)) if p.is_file()]
+    return {p.relative_to(src).as_posix(): sha256_file(p) for p in files}
+
+
+Downloader = Callable[..., str]
+
+
+def _hub_download(repo_id: str, revision: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=OFFICIAL_PATTERNS)
+
+
+def pull(
+    name: str = DEFAULT_NAME,
+    repo: str = OFFICIAL_REPO,
+    revision: str | None = None,
+    download: Downloader = _hub_download,
+) -> Bundle:
+    """Download and import; pin to the commit and file hashes recorded by the first pull.
+
+    Without ``revision`` a repeat pull asks the hub for the recorded commit and refuses files
+    whose sha256 differs from what was recorded, so a re-uploaded or tampered file never
+    replaces the weights silently. ``revision`` re-pins on purpose.
+    """
+    _check_name(name)
+    previous: Bundle | None = None
+    try:
+        previous = load_bundle(name, verify=False)
+    except WeightsError:
+        pass
+    pinned = previous.meta.get("source", {}) if previous else {}
+    if pinned.get("repo") != repo or not pinned.get("revision"):
+        pinned = {}
+    want = revision or pinned.get("revision") or DEFAULT_REVISION
+    try:
+        folder = Path(download(repo, want))
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many network error types
+        kind = type(exc).__name__
+        if "RepositoryNotFound" in kind or "RevisionNotFound" in kind:
+            raise WeightsError(f"{repo}@{want}: not found on the hub ({kind})") from None
+        raise WeightsError(
+            f"hub unreachable ({kind}); download the repository elsewhere and run `codescan weights import DIR`"
+        ) from None
+    commit = folder.name if _COMMIT_RE.match(folder.name) else want
+    files = _hash_official(folder)
+    if pinned and not revision:
+        changed = sorted(f for f, h in pinned.get("files", {}).items() if files.get(f) != h)
+        if changed or commit != pinned["revision"]:
+            raise WeightsError(
+                f"{repo}: the hub served files that differ from the pinned commit {pinned['revision'][:12]} "
+                f"({', '.join(changed) or 'commit ' + commit[:12]}); refusing them. "
+                "Use `--revision` to re-pin deliberately."
+            )
+    source = {"repo": repo, "revision": commit, "requested": want, "files": files}
+    return import_official(folder, name=name, source=source)

@@ -1,0 +1,32 @@
+"""timm ViT on torch (CPU). The exact path: --precision fp32 reproduces the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codescan.model import EncoderConfig, load_encoder
+from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(self, config: EncoderConfig, state: dict[str, np.ndarray], precision: str = "fp32") -> None:
+        import torch
+
+        self._torch = torch
+        self.device = "cpu"
+        self.precision = precision
+        self.model = load_encoder(state, config)
+        self.mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(crops))  # (B, H, W, 3) uint8
+            # Same ops, same order as ToTensor + Normalize, so fp32 inputs match bit for bit.
+            x = x.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)  # (B, 3, H, W)
+            x = x.sub(self.mean).div(self.std)
+            feats = self.model.forward_features(x)  # (B, 1 + N, D), after the final norm
+            return feats[:, 0].float().numpy().copy()  # (B, D) CLS token

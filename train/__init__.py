@@ -1,0 +1,1 @@
+"""Training and head fitting (``codescan train``). Imports codescan; the scanner never imports this."""
