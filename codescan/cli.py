@@ -39,7 +39,7 @@ class UsageError(Exception):
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def parse_thresholds(values: list[str], head: str) -> dict[str, float]:

@@ -189,6 +189,7 @@ def _write_bundle(name: str, encoder: dict[str, np.ndarray], heads: dict[HeadNam
 
 def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] | None = None) -> Bundle:
     """Convert a folder in the aimagelab/CoDE layout into a bundle (once; scans never unpickle)."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     from .unpickle import UnsafePickleError
@@ -201,8 +202,8 @@ def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] 
     try:
         config = EncoderConfig.from_hf_config(json.loads((src / "config.json").read_text()))
         encoder = hf_to_timm(load_file(str(src / "model.safetensors")), config)
-    except (KeyError, ValueError, OSError) as exc:
-        raise WeightsError(f"{src}: cannot convert the encoder: {exc}") from None
+    except (KeyError, ValueError, OSError, SafetensorError) as exc:
+        raise WeightsError(f"{src}: cannot convert the encoder: {' '.join(str(exc).split())}") from None
     try:
         heads = _load_official_heads(src)
     except UnsafePickleError as exc:

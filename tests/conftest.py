@@ -1,0 +1,57 @@
+"""Shared fixtures: a small official-layout checkpoint, imported once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+CODESCAN = str(Path(sys.executable).parent / "codescan")
+LABELED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "labeled"
+ROBUSTNESS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "robustness"
+
+
+def textured_image(rng: np.random.Generator, width: int, height: int):
+    """Smooth noise: varied enough that a random ViT gives distinct embeddings."""
+    from PIL import Image
+
+    base = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((width, height), Image.BILINEAR)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    from official import build_official_checkpoint
+
+    rng = np.random.default_rng(1)
+    images = [textured_image(rng, int(rng.integers(64, 400)), int(rng.integers(64, 400))) for _ in range(24)]
+    folder = tmp_path_factory.mktemp("official")
+    build_official_checkpoint(folder, images, np.arange(24) % 2, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory, small_checkpoint) -> Path:
+    """A CODESCAN_HOME with the small checkpoint imported as bundle 'code'."""
+    home = tmp_path_factory.mktemp("home")
+    env = {**os.environ, "CODESCAN_HOME": str(home)}
+    subprocess.run([CODESCAN, "weights", "import", str(small_checkpoint)], env=env, check=True, capture_output=True)
+    return home
+
+
+@pytest.fixture()
+def home(session_home, monkeypatch) -> Path:
+    monkeypatch.setenv("CODESCAN_HOME", str(session_home))
+    return session_home
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, input: bytes | None = None, cwd=None):
+    return subprocess.run(
+        [CODESCAN, *args], env={**os.environ, **(env or {})}, input=input, capture_output=True, cwd=cwd, timeout=600
+    )
