@@ -7,6 +7,7 @@ CODESCAN_DEBUG=1.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -83,6 +84,9 @@ def scan(
     ] = None,
     null: Annotated[bool, typer.Option("-0", "--null", help="--files-from paths are NUL-separated.")] = False,
     output: Annotated[str, typer.Option("-o", "--output", help="Write data here ('-' = stdout).")] = "-",
+    resume: Annotated[
+        Optional[str], typer.Option(help="Continue the JSONL scan in FILE: keep its results, append the rest.")
+    ] = None,
     fmt: Annotated[
         Optional[str],
         typer.Option("--format", "-f", envvar="CODESCAN_FORMAT", help="jsonl | json | csv (default: from -o, else jsonl)."),
@@ -92,11 +96,13 @@ def scan(
         Optional[list[str]],
         typer.Option(help="Score above which a file is fake: X for the selected head, or HEAD=X (repeatable)."),
     ] = None,
-    engine: Annotated[str, typer.Option(envvar="CODESCAN_ENGINE", help="auto | torch.")] = "auto",
-    precision: Annotated[str, typer.Option(envvar="CODESCAN_PRECISION", help="auto | fp32 (fp32 = exact reference).")] = "auto",
+    engine: Annotated[str, typer.Option(envvar="CODESCAN_ENGINE", help="auto | onnxruntime | torch.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(envvar="CODESCAN_PRECISION", help="auto | fp32 | bf16 | int8 (fp32 = exact reference).")
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096)] = 32,
     workers: Annotated[
-        Optional[int], typer.Option(envvar="CODESCAN_WORKERS", min=1, max=256, help="Decode threads (default: CPUs, max 8).")
+        Optional[int], typer.Option(envvar="CODESCAN_WORKERS", min=1, max=256, help="Decode processes (default: CPUs, max 8).")
     ] = None,
     exclude: Annotated[
         Optional[list[str]], typer.Option(envvar="CODESCAN_EXCLUDE", help="Skip names or paths matching GLOB (repeatable).")
@@ -106,6 +112,9 @@ def scan(
     ] = False,
     max_filesize: Annotated[int, typer.Option(envvar="CODESCAN_MAX_FILESIZE", min=1, help="Bytes.")] = 256 * 1024 * 1024,
     max_pixels: Annotated[int, typer.Option(envvar="CODESCAN_MAX_PIXELS", min=1)] = 89_478_485,
+    decode_timeout: Annotated[
+        float, typer.Option(envvar="CODESCAN_DECODE_TIMEOUT", min=0.1, help="Seconds per file before its decoder is killed.")
+    ] = 20.0,
     weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or summary.")] = False,
 ) -> None:
@@ -117,6 +126,10 @@ def scan(
 
     if head not in (*HEAD_NAMES, "all"):
         raise UsageError(f"--head: choose from {', '.join((*HEAD_NAMES, 'all'))}")
+    if resume is not None:
+        if output not in ("-", resume) or (fmt or "jsonl") != "jsonl":
+            raise UsageError("--resume FILE writes JSONL to FILE itself; drop -o/--format")
+        output, fmt = resume, "jsonl"
     fmt = fmt or guess_format(output) or "jsonl"
     if fmt not in FORMATS:
         raise UsageError(f"--format: choose from {', '.join(FORMATS)}")
@@ -131,21 +144,35 @@ def scan(
         head=head,  # type: ignore[arg-type]
         thresholds=parse_thresholds(threshold or [], head),  # type: ignore[arg-type]
         batch_size=batch_size,
+        decode_timeout=decode_timeout,
         limits=DecodeLimits(max_filesize=max_filesize, max_pixels=max_pixels),
         walk=WalkOptions(excludes=tuple(exclude or ()), follow_symlinks=follow_symlinks),
         **({"decode_workers": workers} if workers else {}),
     )
     scanner = Scanner(weights=weights, engine=engine, precision=precision, config=config)
-    reporter = make_reporter(fmt, output, scanner.judged if head == "all" else None)  # type: ignore[arg-type]
+    header = scanner.header()
     summary = Summary()
+    done: set[str] = set()
+    appending = False
+    if resume is not None:
+        from . import resume as resuming
+
+        state = resuming.load(resume)
+        resuming.check_compatible(state, header.to_dict(), resume)
+        if state.header is not None:
+            resuming.rewrite(resume, state)
+        for old in state.results:
+            summary.count(old["status"])
+        done, appending = state.done, state.header is not None
+    reporter = make_reporter(fmt, output, scanner.judged if head == "all" else None, append=appending)  # type: ignore[arg-type]
     started = time.perf_counter()
     interrupted = False
-    reporter.header(scanner.header())
+    reporter.header(header)
     progress = _progress(quiet)
     try:
         with progress:
             task = progress.add_task("scanning", total=None)
-            for result in scanner.scan(arguments):
+            for result in scanner.scan(arguments, skip=done):
                 reporter.result(result)
                 summary.add(result)
                 progress.update(task, advance=1, fake=summary.fake, errors=summary.errors)
@@ -177,6 +204,37 @@ def _progress(quiet: bool):
         transient=True,
         disable=quiet or not console.is_terminal,
     )
+
+
+@app.command()
+def gate(
+    data: Annotated[list[str], typer.Argument(help="Folders or files of labelled-or-not images to measure on.")],
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+) -> None:
+    """Measure reduced precisions (int8, bf16) against fp32 for a bundle; `--precision auto` uses those that pass."""
+    import json
+
+    import numpy as np
+
+    from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, run_gate
+
+    from .decode import Decoded, DecodeLimits
+    from .walk import walk
+    from .weights import load_bundle
+    from .workers import DecodePool
+
+    bundle = load_bundle(weights)
+    pool = DecodePool(workers=os.cpu_count() or 1, limits=DecodeLimits(), timeout=20.0, window=64)
+    crops = [o.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Decoded)]
+    if not crops:
+        raise UsageError("no decodable images under the given paths")
+    results = run_gate(bundle, np.stack(crops))
+    err = _err()
+    err.print(f"gate: cosine ≥ {MIN_COSINE}, verdict agreement ≥ {MIN_AGREEMENT:.1%} per head, {len(crops)} images")
+    for r in results:
+        agree = ", ".join(f"{h} {v:.2%}" for h, v in r.agreement.items())
+        err.print(f"  {r.engine}:{r.precision}: cosine min {r.cosine_min:.6f}, {agree} -> {'PASS' if r.passed else 'fail'}")
+    print(json.dumps([r.__dict__ for r in results], indent=2))
 
 
 @weights_app.command("pull")
@@ -259,7 +317,7 @@ def main() -> None:
     except _known_errors() as exc:
         if debug:
             raise
-        _err().print(f"codescan: error: {exc}", markup=False)
+        _err().print(f"codescan: error: {_describe(exc)}", markup=False)
         sys.exit(EXIT_FATAL)
     except Exception as exc:  # noqa: BLE001
         if debug:
@@ -268,6 +326,15 @@ def main() -> None:
             f"codescan: internal error: {type(exc).__name__}: {exc} (set CODESCAN_DEBUG=1 for a traceback)", markup=False
         )
         sys.exit(EXIT_FATAL)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on device while writing output{where}; the output is incomplete"
+        return f"{exc.strerror}{where}"
+    return str(exc)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -23,7 +23,7 @@ from .records import ErrorCode
 
 # Decoders we let Pillow use. EPS (Ghostscript), PSD, DDS, FITS and the long tail stay off:
 # each extra plugin is attack surface the reference never needed.
-ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP", "DIB", "PPM", "AVIF")
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP", "DIB", "PPM", "ICO", "AVIF")
 
 # Extensions that make a file a candidate even when its bytes say nothing (so a broken .jpg
 # is an error, not silently skipped). Includes image formats we refuse, so that those are
@@ -37,44 +37,65 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     }
 )
 
-_MAGIC: tuple[tuple[int, bytes], ...] = (
-    (0, b"\xff\xd8\xff"),  # JPEG
-    (0, b"\x89PNG\r\n\x1a\n"),
-    (0, b"GIF87a"),
-    (0, b"GIF89a"),
-    (0, b"II*\x00"),  # TIFF little-endian
-    (0, b"MM\x00*"),
-    (0, b"II+\x00"),  # BigTIFF
-    (0, b"MM\x00+"),
-    (0, b"BM"),
-    (0, b"8BPS"),  # PSD
-    (0, b"\x00\x00\x00\x0cjP  "),  # JPEG 2000
-    (0, b"\xff\x4f\xff\x51"),  # J2K codestream
-    (0, b"\xff\x0a"),  # JPEG XL codestream
-    (0, b"qoif"),
-    (0, b"DDS "),
-    (0, b"icns"),
-    (0, b"\x00\x00\x01\x00"),  # ICO
-    (4, b"ftypavif"),
-    (4, b"ftypavis"),
-    (4, b"ftypheic"),
-    (4, b"ftypheix"),
-    (4, b"ftypmif1"),
+# (offset, signature, Pillow format we would use or None when we refuse that format)
+_MAGIC: tuple[tuple[int, bytes, str | None], ...] = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"II+\x00", "TIFF"),  # BigTIFF
+    (0, b"MM\x00+", "TIFF"),
+    (0, b"BM", "BMP"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypavis", "AVIF"),
+    (0, b"8BPS", None),  # PSD
+    (0, b"\x00\x00\x00\x0cjP  ", None),  # JPEG 2000
+    (0, b"\xff\x4f\xff\x51", None),  # J2K codestream
+    (0, b"\xff\x0a", None),  # JPEG XL codestream
+    (0, b"qoif", None),
+    (0, b"DDS ", None),
+    (0, b"icns", None),
+    (4, b"ftypheic", None),
+    (4, b"ftypheix", None),
+    (4, b"ftypmif1", None),
 )
 MAGIC_BYTES = 16
+_DECODED_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".dib",
+     ".ppm", ".pgm", ".pbm", ".pnm", ".avif", ".avifs", ".ico"}
+)
 
 
 def has_image_extension(name: str | bytes) -> bool:
-    ext = os.path.splitext(os.fsdecode(name))[1].lower()
-    return ext in IMAGE_EXTENSIONS
+    return _extension(name) in IMAGE_EXTENSIONS
+
+
+def _extension(name: str | bytes) -> str:
+    return os.path.splitext(os.fsdecode(name))[1].lower()
+
+
+def sniff(head: bytes) -> tuple[bool, str | None]:
+    """(looks like an image, the allowed Pillow format it looks like or None)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True, "WEBP"
+    if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and head[2:3] in (b"\n", b" ", b"\r", b"\t"):
+        return True, "PPM"
+    for off, magic, fmt in _MAGIC:
+        if head[off : off + len(magic)] == magic:
+            return True, fmt
+    return False, None
 
 
 def has_image_magic(head: bytes) -> bool:
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return True
-    if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and head[2:3] in (b"\n", b" ", b"\r", b"\t"):
-        return True
-    return any(head[off : off + len(m)] == m for off, m in _MAGIC)
+    return sniff(head)[0]
+
+
+def _is_cut_signature(data: bytes) -> bool:
+    """A file shorter than its own signature (e.g. a JPEG holding only FF D8)."""
+    return any(off == 0 and len(data) < len(m) and m.startswith(data) for off, m, _ in _MAGIC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +118,9 @@ class DecodeFailure(Exception):
     code: ErrorCode
     message: str
 
+    def __reduce__(self):  # crosses process boundaries; Exception's default would drop the fields
+        return (DecodeFailure, (self.code, self.message))
+
 
 def read_limited(path: str | bytes, max_filesize: int) -> bytes:
     """The whole file, refusing oversized ones before reading them."""
@@ -117,7 +141,20 @@ def read_limited(path: str | bytes, max_filesize: int) -> bytes:
     return data
 
 
-def _classify(exc: BaseException, data: bytes) -> DecodeFailure:
+def _unidentified(data: bytes, ext: str) -> DecodeFailure:
+    if not data or _is_cut_signature(data):
+        return DecodeFailure("truncated", "file is empty" if not data else "file ends inside its signature")
+    is_image, fmt = sniff(data[:MAGIC_BYTES])
+    if fmt is not None:
+        return DecodeFailure("corrupt", f"{fmt} header is unreadable")
+    if is_image:
+        return DecodeFailure("unsupported_format", "image format not supported (see README: decoders)")
+    if ext in IMAGE_EXTENSIONS and ext not in _DECODED_EXTENSIONS:
+        return DecodeFailure("unsupported_format", f"{ext} images are not supported (see README: decoders)")
+    return DecodeFailure("not_an_image", "no supported image format recognised")
+
+
+def _classify(exc: BaseException, data: bytes, ext: str = "") -> DecodeFailure:
     """Map whatever Pillow raised onto a stable error code."""
     msg = str(exc) or type(exc).__name__
     low = msg.lower()
@@ -126,11 +163,7 @@ def _classify(exc: BaseException, data: bytes) -> DecodeFailure:
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return DecodeFailure("too_large", msg)
     if isinstance(exc, UnidentifiedImageError):
-        if not data:
-            return DecodeFailure("truncated", "file is empty")
-        if has_image_magic(data[:MAGIC_BYTES]):
-            return DecodeFailure("unsupported_format", "image format not supported or header unreadable")
-        return DecodeFailure("not_an_image", "no supported image format recognised")
+        return _unidentified(data, ext)
     if isinstance(exc, MemoryError) or "too large" in low or "exceeds limit" in low:
         return DecodeFailure("too_large", msg)
     if isinstance(exc, EOFError) or "truncated" in low or "premature end" in low or "not enough data" in low:
@@ -142,7 +175,7 @@ def _classify(exc: BaseException, data: bytes) -> DecodeFailure:
     return DecodeFailure("corrupt", f"{type(exc).__name__}: {msg}")
 
 
-def decode_bytes(data: bytes, limits: DecodeLimits) -> Decoded:
+def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "") -> Decoded:
     """Decode the first frame and cut the reference crop; raise DecodeFailure on any problem."""
     try:
         with Image.open(io.BytesIO(data), formats=_enabled_formats()) as im:
@@ -159,7 +192,7 @@ def decode_bytes(data: bytes, limits: DecodeLimits) -> Decoded:
             region = im.crop(plan.box).convert("RGB")
             crop = place_crop(np.asarray(region), plan, CROP)
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed record
-        raise _classify(exc, data) from None
+        raise _classify(exc, data, _extension(name)) from None
     return Decoded(crop=crop, width=width, height=height, format=fmt, box=plan.box)
 
 
@@ -180,4 +213,4 @@ def configure_pillow(limits: DecodeLimits) -> None:
 
 
 def decode_file(path: str | bytes, limits: DecodeLimits) -> Decoded:
-    return decode_bytes(read_limited(path, limits.max_filesize), limits)
+    return decode_bytes(read_limited(path, limits.max_filesize), limits, path)

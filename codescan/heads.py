@@ -9,7 +9,9 @@ reproduces scikit-learn's ``predict`` of the official estimators:
 - ocsvm: minus the one-class SVM decision function; the SVM was fit on real images only and
   scikit-learn's +1 (inlier) means real.
 
-Computed in float64 like scikit-learn/libsvm, so near-threshold verdicts match too.
+Computed in float64 (libsvm's precision). scikit-learn computes a float32-fit linear head and
+the cosine kNN in float32, so verdicts within ~5e-7 of the threshold may differ from its
+``predict``; such scores carry no meaningful verdict anyway.
 """
 
 from __future__ import annotations

@@ -1,18 +1,15 @@
 """Wires walk → decode pool → batches → engine → heads → records, in walk order.
 
-Decoding runs in a bounded thread pool while the engine embeds the previous batch (Pillow
-and torch both release the GIL in their C code). The window of files in flight is bounded,
-so memory stays flat however large the tree. Records leave in exactly the walk order: an
-error or skip that follows an image waits for that image's batch.
+Decoding runs in worker processes (see workers.py) while the engine embeds the previous
+batch. The window of files in flight is bounded, so memory stays flat however large the
+tree. Records leave in exactly the walk order: an error or skip that follows an image waits
+for that image's batch.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,7 +21,6 @@ from .decode import (
     Decoded,
     DecodeFailure,
     DecodeLimits,
-    configure_pillow,
     decode_bytes,
     has_image_extension,
     has_image_magic,
@@ -33,6 +29,7 @@ from .decode import (
 from .heads import HeadSet
 from .records import HEAD_NAMES, Header, HeadName, HeadVerdict, Result, error_result, skipped_result
 from .walk import Entry, WalkOptions, walk
+from .workers import DecodePool
 
 HeadChoice = Literal["linear", "knn", "ocsvm", "all"]
 
@@ -58,7 +55,7 @@ def inspect_entry(entry: Entry, limits: DecodeLimits) -> Outcome:
                 head = b""  # unreadable and no image extension: read_limited reports the real cause
             if head and not has_image_magic(head):
                 return SKIPPED
-        return decode_bytes(read_limited(entry.path, limits.max_filesize), limits)
+        return decode_bytes(read_limited(entry.path, limits.max_filesize), limits, entry.path)
     except DecodeFailure as failure:
         return failure
 
@@ -69,6 +66,7 @@ class ScanConfig:
     thresholds: dict[HeadName, float] = field(default_factory=dict)  # overrides of the bundle's
     batch_size: int = 32
     decode_workers: int = max(1, min(8, os.cpu_count() or 1))
+    decode_timeout: float = 20.0  # seconds per file, enforced by killing the worker
     limits: DecodeLimits = DecodeLimits()
     walk: WalkOptions = WalkOptions()
 
@@ -101,7 +99,6 @@ class Scanner:
         self.primary: HeadName = names[0] if config.head == "all" else config.head  # type: ignore[assignment]
         self.judged: list[HeadName] = names if config.head == "all" else [self.primary]
         self.engine = create_engine(self.bundle, engine, precision)  # type: ignore[arg-type]
-        configure_pillow(config.limits)
 
     def threshold(self, name: HeadName) -> float:
         return self.config.thresholds.get(name, self.heads.threshold(name))
@@ -117,37 +114,26 @@ class Scanner:
             thresholds={n: self.threshold(n) for n in self.judged},
         )
 
-    def scan(self, arguments: Iterable[str | bytes]) -> Iterator[Result]:
+    def scan(self, arguments: Iterable[str | bytes], skip: Collection[str] = ()) -> Iterator[Result]:
+        """One Result per discovered file, in walk order; paths in `skip` (already done) are passed over."""
         cfg = self.config
-        window = max(2 * cfg.batch_size, 4 * cfg.decode_workers)
-        entries = walk(arguments, cfg.walk)
-        inflight: deque[tuple[Entry, Future[Outcome]]] = deque()
+        entries = (e for e in walk(arguments, cfg.walk) if e.display not in skip)
+        pool = DecodePool(
+            workers=cfg.decode_workers,
+            limits=cfg.limits,
+            timeout=cfg.decode_timeout,
+            window=max(2 * cfg.batch_size, 4 * cfg.decode_workers),
+        )
         pending: list[tuple[Entry, Outcome]] = []
         n_images = 0
-        with ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="codescan-decode") as pool:
-            try:
-                exhausted = False
-                while True:
-                    while not exhausted and len(inflight) < window:
-                        entry = next(entries, None)
-                        if entry is None:
-                            exhausted = True
-                            break
-                        inflight.append((entry, pool.submit(inspect_entry, entry, cfg.limits)))
-                    if not inflight:
-                        break
-                    entry, fut = inflight.popleft()
-                    outcome = fut.result()
-                    pending.append((entry, outcome))
-                    n_images += isinstance(outcome, Decoded)
-                    # Records with no image ahead of them in `pending` need no batch: emit now.
-                    if n_images == 0 or n_images >= cfg.batch_size or (not inflight and exhausted):
-                        yield from self._finish(pending)
-                        pending, n_images = [], 0
+        for entry, outcome in pool.outcomes(entries):
+            pending.append((entry, outcome))  # type: ignore[arg-type]
+            n_images += isinstance(outcome, Decoded)
+            # Records with no image ahead of them in `pending` need no batch: emit them now.
+            if n_images == 0 or n_images >= cfg.batch_size:
                 yield from self._finish(pending)
-            finally:
-                for _, fut in inflight:
-                    fut.cancel()
+                pending, n_images = [], 0
+        yield from self._finish(pending)
 
     def _finish(self, pending: list[tuple[Entry, Outcome]]) -> Iterator[Result]:
         decoded = [o for _, o in pending if isinstance(o, Decoded)]

@@ -79,12 +79,15 @@ class Summary:
     seconds: float = 0.0
 
     def add(self, result: Result) -> None:
+        self.count(result.status)
+
+    def count(self, status: str) -> None:
         self.files += 1
-        if result.status == "real":
+        if status == "real":
             self.real += 1
-        elif result.status == "fake":
+        elif status == "fake":
             self.fake += 1
-        elif result.status == "error":
+        elif status == "error":
             self.errors += 1
         else:
             self.skipped += 1

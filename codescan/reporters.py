@@ -42,7 +42,7 @@ def dumps(obj: Any) -> str:
 class Sink:
     """Where the data goes: stdout, a special file in place, or a regular file (atomic if asked)."""
 
-    def __init__(self, target: str | None, atomic: bool) -> None:
+    def __init__(self, target: str | None, atomic: bool, append: bool = False) -> None:
         self.target = target
         self._tmp: str | None = None
         if target in (None, "-"):
@@ -58,7 +58,7 @@ class Sink:
             fd, self._tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=directory)
             self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         else:
-            self.stream = open(target, "w", encoding="utf-8", newline="\n")
+            self.stream = open(target, "a" if append else "w", encoding="utf-8", newline="\n")
 
     def flush(self) -> None:
         self.stream.flush()
@@ -88,13 +88,15 @@ class Reporter(Protocol):
 class JsonlReporter:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        self.write_header = True  # False when appending to a resumed file that has one
 
     def _line(self, obj: dict[str, Any]) -> None:
         self.sink.stream.write(dumps(obj) + "\n")
         self.sink.flush()
 
     def header(self, header: Header) -> None:
-        self._line(header.to_dict())
+        if self.write_header:
+            self._line(header.to_dict())
 
     def result(self, result: Result) -> None:
         self._line(result.to_dict())
@@ -156,12 +158,14 @@ class CsvReporter:
         self.sink.close(commit)
 
 
-def make_reporter(fmt: Format, target: str | None, heads: list[str] | None = None) -> Reporter:
+def make_reporter(fmt: Format, target: str | None, heads: list[str] | None = None, append: bool = False) -> Reporter:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
-    sink = Sink(target, atomic=(fmt == "json"))
+    sink = Sink(target, atomic=(fmt == "json"), append=append)
     if fmt == "jsonl":
-        return JsonlReporter(sink)
+        reporter = JsonlReporter(sink)
+        reporter.write_header = not append
+        return reporter
     if fmt == "json":
         return JsonReporter(sink)
     return CsvReporter(sink, heads)

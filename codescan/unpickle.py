@@ -50,9 +50,35 @@ for _module in ("sklearn.neighbors._classification", "sklearn.neighbors.classifi
 for _module in ("sklearn.svm._classes", "sklearn.svm.classes"):
     _ESTIMATORS[(_module, "OneClassSVM")] = OneClassSVMState
 
+
+def _plain_dtype(dtype: np.dtype) -> np.dtype:
+    """Refuse dtypes whose items hold references (object, StringDType), fields or subarrays.
+
+    Arrays of those can be built or re-shaped by a pickle so that its raw bytes become object
+    pointers or reach past the buffer; CoDE's heads only hold plain numbers and strings.
+    """
+    if dtype.kind in "OT" or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise UnsafePickleError(f"refused dtype {dtype!r}: objects, fields and subarrays are not allowed")
+    if dtype.flags != np.dtype(dtype.str).flags:  # dtype.__setstate__ takes its flags from the pickle
+        raise UnsafePickleError(f"refused dtype {dtype!r}: forged flags")
+    return dtype
+
+
+def _checked_dtype(*args: Any) -> np.dtype:
+    return _plain_dtype(np.dtype(*args))
+
+
+def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    """Protocol-2 pickles rebuild bytes as _codecs.encode(str, 'latin1'); allow only that."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("refused _codecs.encode other than latin1 on a string")
+    return text.encode("latin1")
+
+
 _NUMPY: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_encode,
     ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _checked_dtype,
     ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
     ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
     ("numpy.core.multiarray", "scalar"): np.float64(0).__reduce__()[0],
@@ -72,7 +98,7 @@ class RestrictedUnpickler(NumpyUnpickler):
             return _NUMPY[key]
         if module.startswith("numpy.dtypes") and name.endswith("DType"):
             cls = getattr(np.dtypes, name, None)
-            if isinstance(cls, type) and issubclass(cls, np.dtype) and name != "ObjectDType":
+            if isinstance(cls, type) and issubclass(cls, np.dtype) and name not in ("ObjectDType", "StringDType"):
                 return cls
         raise UnsafePickleError(f"refused to load {module}.{name}: not an allowed scikit-learn head or numpy array")
 
@@ -87,8 +113,37 @@ class RestrictedUnpickler(NumpyUnpickler):
             if state.get("subclass") is not np.ndarray:
                 raise UnsafePickleError("refused an ndarray subclass")
         NumpyUnpickler.load_build(self)
+        if isinstance(top, np.dtype):
+            _plain_dtype(top)  # its __setstate__ may have added fields, a subarray or flags
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    # numpy.ndarray is admitted as a class for _reconstruct and the wrapper, never to be called:
+    # ndarray(shape, dtype, buffer) lays pickle bytes out as array memory, and any admitted class
+    # given as its dtype means "object", so those bytes would become object pointers.
+    def _refuse_ndarray_call(self, func: Any) -> None:
+        if func is np.ndarray:
+            raise UnsafePickleError("refused a direct numpy.ndarray(...) call")
+
+    def load_reduce(self) -> None:
+        self._refuse_ndarray_call(self.stack[-2] if len(self.stack) >= 2 else None)
+        NumpyUnpickler.load_reduce(self)
+
+    def load_newobj(self) -> None:
+        self._refuse_ndarray_call(self.stack[-2] if len(self.stack) >= 2 else None)
+        NumpyUnpickler.load_newobj(self)
+
+    def load_newobj_ex(self) -> None:
+        self._refuse_ndarray_call(self.stack[-3] if len(self.stack) >= 3 else None)
+        NumpyUnpickler.load_newobj_ex(self)
+
+    def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ opcodes
+        self._refuse_ndarray_call(klass)
+        NumpyUnpickler._instantiate(self, klass, args)
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
 
 def restricted_load(path: Path) -> Any:

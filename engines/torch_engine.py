@@ -1,4 +1,5 @@
-"""timm ViT on torch (CPU). The exact path: --precision fp32 reproduces the reference."""
+"""timm ViT on torch (CPU). fp32 reproduces the reference; bf16 runs the blocks under autocast
+(AVX-512 BF16 / AMX where present) with normalisation and the input kept in float32."""
 
 from __future__ import annotations
 
@@ -28,5 +29,6 @@ class TorchEngine:
             # Same ops, same order as ToTensor + Normalize, so fp32 inputs match bit for bit.
             x = x.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)  # (B, 3, H, W)
             x = x.sub(self.mean).div(self.std)
-            feats = self.model.forward_features(x)  # (B, 1 + N, D), after the final norm
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                feats = self.model.forward_features(x)  # (B, 1 + N, D), after the final norm
             return feats[:, 0].float().numpy().copy()  # (B, D) CLS token

@@ -11,7 +11,10 @@ from conftest import run_cli
 SOURCE = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", ["codescan", "codescan.engines", "codescan.engines.base", "codescan.engines.torch_engine", "codescan.train"])
+@pytest.mark.parametrize(
+    "module",
+    ["codescan", "codescan.engines", "codescan.engines.base", "codescan.engines.onnx_engine", "codescan.engines.torch_engine", "codescan.train"],
+)
 def test_every_subpackage_is_installed(module):
     mod = importlib.import_module(module)
     if os.environ.get("CI"):
@@ -30,11 +33,12 @@ def test_scan_from_outside_the_source_tree(home, tmp_path):
     assert not str(tmp_path).startswith(str(SOURCE))
 
 
-def test_scanner_does_not_import_training_or_reference_stacks(home):
-    # transformers and scikit-learn are test-only extras; the scanner must run without them.
+def test_onnx_path_imports_no_torch_and_no_reference_stacks(home):
+    # transformers and scikit-learn are test-only extras and torch is optional: the default
+    # CPU path must start without any of them (start-up time is part of every scan).
     code = (
-        "import sys, codescan.pipeline as p; s = p.Scanner(); list(s.scan([]));"
-        "bad = [m for m in ('transformers', 'sklearn', 'codescan.train') if m in sys.modules];"
+        "import sys, codescan.pipeline as p; s = p.Scanner(engine='onnxruntime'); list(s.scan([]));"
+        "bad = [m for m in ('torch', 'timm', 'transformers', 'sklearn', 'codescan.train') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     import subprocess

@@ -1,0 +1,95 @@
+"""Continue a JSONL scan that was interrupted or killed.
+
+The file is the state: its header says how it was made, its result lines say which paths
+are done. A torn last line (no newline, or not JSON) and any summary line are dropped, the
+kept lines are rewritten atomically, and the new scan appends only paths not yet recorded,
+so a resumed scan ends with the same records as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+# Header fields that must agree: resuming with other weights, head or thresholds would mix
+# two different questions in one file.
+MUST_MATCH = ("schema_version", "weights", "head", "thresholds")
+
+
+class ResumeError(ValueError):
+    """The file cannot be resumed as asked; the message says why."""
+
+
+@dataclass
+class ResumeState:
+    header: dict[str, Any] | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> set[str]:
+        return {r["path"] for r in self.results}
+
+
+def load(path: str) -> ResumeState:
+    """Read what a previous run left; a missing or empty file means a fresh start."""
+    state = ResumeState()
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return state
+    lines = raw.split(b"\n")
+    if lines and lines[-1] != b"":
+        lines = lines[:-1]  # torn: the writer was killed mid-line
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                continue  # torn line that happened to end in a newline-less flush
+            raise ResumeError(f"{path}: line {number} is not JSON; not a codescan JSONL file") from None
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        if kind == "header":
+            state.header = obj
+        elif kind == "result":
+            state.results.append(obj)
+        elif kind != "summary":
+            raise ResumeError(f"{path}: line {number} is not a codescan record")
+    if state.results and state.header is None:
+        raise ResumeError(f"{path}: no header line; not a codescan JSONL file")
+    return state
+
+
+def check_compatible(state: ResumeState, header: dict[str, Any], path: str) -> None:
+    if state.header is None:
+        return
+    for key in MUST_MATCH:
+        if state.header.get(key) != header.get(key):
+            raise ResumeError(
+                f"{path} was written with a different {key} ({state.header.get(key)!r} vs {header.get(key)!r}); "
+                "resume with the same options or start a new file"
+            )
+
+
+def rewrite(path: str, state: ResumeState) -> None:
+    """Atomically keep only the header and complete results, ready for appending."""
+    from .reporters import dumps
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for obj in ([state.header] if state.header else []) + state.results:
+                fh.write(dumps(obj) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

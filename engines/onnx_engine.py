@@ -1,0 +1,78 @@
+"""ONNX Runtime on CPU: the default engine. Imports neither torch nor transformers.
+
+The graph comes from :mod:`codescan.engines.export` and is cached beside the bundle, keyed by
+everything that makes it valid (bundle digest, precision, graph version), so a changed bundle
+can never reuse a stale file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from codescan.weights import Bundle
+
+from .export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
+
+OrtPrecision = Literal["fp32", "int8"]
+
+
+def cached_model_path(bundle: Bundle, precision: OrtPrecision) -> Path:
+    return bundle.path / "engines" / f"onnx-{precision}-g{GRAPH_VERSION}-{bundle.digest[:16]}.onnx"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def ensure_model(bundle: Bundle, precision: OrtPrecision) -> Path:
+    """The cached ONNX file for this bundle and precision, built on first use."""
+    path = cached_model_path(bundle, precision)
+    if path.is_file():
+        return path
+    fp32 = build_encoder_graph(bundle.encoder_state(), bundle.encoder_config, "fp32")
+    if precision == "fp32":
+        _atomic_write(path, fp32.SerializeToString())
+        return path
+    # int8: dynamic quantisation of the matrix products (weights int8, activations quantised
+    # per batch at run time); uses the CPU's VNNI instructions where present.
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32.SerializeToString())
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        _atomic_write(path, dst.read_bytes())
+    return path
+
+
+class OnnxEngine:
+    name = "onnxruntime"
+    device = "cpu"
+
+    def __init__(self, bundle: Bundle, precision: OrtPrecision = "fp32", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.precision = precision
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads would steal the cores the decode workers need between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(ensure_model(bundle, precision)), opts, providers=["CPUExecutionProvider"])
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, D) float32
+        return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(crops, dtype=np.uint8)})[0]

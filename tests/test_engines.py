@@ -1,0 +1,101 @@
+"""Engines: every fp32 engine agrees with torch fp32; auto-choice obeys the gate; caches are keyed."""
+
+import json
+
+import numpy as np
+import pytest
+
+from codescan.engines import base
+from codescan.engines.gate import compare, gates_path
+from codescan.engines.onnx_engine import cached_model_path
+from codescan.weights import load_bundle
+from conftest import LABELED, run_cli
+
+
+def verdicts(stdout: bytes) -> dict[str, dict[str, str]]:
+    out = {}
+    for line in stdout.decode().splitlines():
+        r = json.loads(line)
+        if r["type"] == "result" and "heads" in r:
+            out[r["path"]] = {h: v["status"] for h, v in r["heads"].items()}
+    return out
+
+
+@pytest.mark.skipif(not LABELED.is_dir(), reason="shared labeled corpus not present")
+def test_fp32_engines_give_identical_verdicts_on_labeled_corpus(home):
+    runs = {
+        e: run_cli("scan", str(LABELED), "--engine", e, "--precision", "fp32", "--head", "all", "-q")
+        for e in ("torch", "onnxruntime")
+    }
+    torch_v, ort_v = verdicts(runs["torch"].stdout), verdicts(runs["onnxruntime"].stdout)
+    assert len(torch_v) >= 550 and torch_v.keys() == ort_v.keys()
+    for head in ("linear", "knn", "ocsvm"):
+        differ = [p for p in torch_v if torch_v[p][head] != ort_v[p][head]]
+        assert differ == [], f"{head}: {len(differ)} verdicts differ"
+
+
+def test_onnx_embeddings_match_torch(home):
+    bundle = load_bundle("code")
+    crops = np.random.default_rng(3).integers(0, 256, (6, 224, 224, 3), dtype=np.uint8)
+    ref = base.create_engine(bundle, "torch", "fp32").embed(crops)
+    got = base.create_engine(bundle, "onnxruntime", "fp32").embed(crops)
+    assert got.shape == ref.shape == (6, 192) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=5e-5, rtol=1e-4)
+
+
+def test_auto_uses_reduced_precision_only_after_a_passed_gate(home):
+    bundle = load_bundle("code")
+    path = gates_path(bundle)
+    path.unlink(missing_ok=True)
+    assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
+    record = {"engine": "onnxruntime", "precision": "int8", "digest": bundle.digest, "passed": True}
+    try:
+        path.write_text(json.dumps({"results": [record]}))
+        assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "int8")
+        assert base.choose(bundle, "auto", "fp32") == ("onnxruntime", "fp32")
+        assert base.choose(bundle, "torch", "auto") == ("torch", "fp32")
+        path.write_text(json.dumps({"results": [{**record, "digest": "0" * 64}]}))  # other weights
+        assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
+        path.write_text(json.dumps({"results": [{**record, "passed": False}]}))
+        assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
+    finally:
+        path.unlink(missing_ok=True)
+    assert base.choose(bundle, "auto", "bf16") == ("torch", "bf16")  # explicit choice is honoured
+    with pytest.raises(base.EngineError, match="unknown engine"):
+        base.choose(bundle, "tpu", "auto")  # type: ignore[arg-type]
+    with pytest.raises(base.EngineError, match="no installed engine supports"):
+        base.choose(bundle, "onnxruntime", "bf16")
+
+
+def test_gate_compare_counts_agreement(home):
+    bundle = load_bundle("code")
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 192)).astype(np.float32)
+    same = compare(bundle, "x", "y", ref, ref.copy())
+    assert same.passed and same.cosine_min > 0.999999 and all(v == 1.0 for v in same.agreement.values())
+    noisy = compare(bundle, "x", "y", ref, ref + rng.normal(scale=0.5, size=ref.shape).astype(np.float32))
+    assert not noisy.passed and noisy.cosine_min < 0.999
+
+
+def test_gate_command_records_results(home, tmp_path):
+    from PIL import Image
+
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (240, 260, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    p = run_cli("gate", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    results = json.loads(p.stdout)
+    assert {(r["engine"], r["precision"]) for r in results} == {("onnxruntime", "int8"), ("torch", "bf16")}
+    assert all(r["images"] == 4 for r in results)
+    bundle = load_bundle("code")
+    recorded = json.loads(gates_path(bundle).read_text())["results"]
+    assert [r["passed"] for r in recorded] == [r["passed"] for r in results]
+    gates_path(bundle).unlink()
+
+
+def test_onnx_cache_is_keyed_by_bundle_digest(home):
+    bundle = load_bundle("code")
+    base.create_engine(bundle, "onnxruntime", "fp32")
+    path = cached_model_path(bundle, "fp32")
+    assert path.is_file() and bundle.digest[:16] in path.name
+    assert cached_model_path(bundle, "int8") != path

@@ -1,0 +1,139 @@
+"""The shared robustness corpus (Pillow's hostile test images + synthetic cases) end to end.
+
+One `codescan scan` over the whole corpus must give one record per regular file, never a
+traceback or decoder noise, bombs as `too_large`, and no verdict on a file that Pillow itself
+cannot decode.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+import stat
+import warnings
+
+import pytest
+from PIL import Image, ImageFile
+
+from conftest import ROBUSTNESS, run_cli
+
+pytestmark = pytest.mark.skipif(not ROBUSTNESS.is_dir(), reason=f"robustness corpus not present at {ROBUSTNESS}")
+
+ERROR_CODES = {
+    "not_an_image",
+    "unsupported_format",
+    "truncated",
+    "corrupt",
+    "too_large",
+    "decode_timeout",
+    "permission_denied",
+    "io_error",
+    "symlink_loop",
+}
+BOMBS = ["bombs_dos/decompression_bomb.gif", "bombs_dos/decompression_bomb.ico", "bombs_dos/png_decompression_dos.png"]
+
+
+def regular_files(root: str) -> list[str]:
+    """Every regular file under root, symlinks not followed, hidden files included."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames + dirnames:  # a symlink to a directory shows up in dirnames
+            p = os.path.join(dirpath, name)
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                out.append(p)
+    return out
+
+
+def walk_order_key(path: str, root: str) -> tuple[bytes, ...]:
+    """Depth-first, entries sorted by raw name bytes == sort by the tuple of path components."""
+    return tuple(os.fsencode(part) for part in os.path.relpath(path, root).split(os.sep))
+
+
+def reference_decode(path: str) -> tuple[int, int] | None:
+    """Pillow's own full decode with its defaults (all plugins, default bomb limit, no truncated loads)."""
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485 and not ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+                rgb = im.convert("RGB")
+                return rgb.size
+    except Exception:  # noqa: BLE001 - any failure means "not decodable"
+        return None
+
+
+def header_only_png_name() -> str:
+    with open(ROBUSTNESS / "MANIFEST.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    hits = [r["path"] for r in rows if "20000x20000" in r["note"] and "no IDAT" in r["note"]]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def scan(session_home):
+    p = run_cli("scan", str(ROBUSTNESS), "-q", env={"CODESCAN_HOME": str(session_home)})
+    lines = p.stdout.decode("utf-8").splitlines()
+    return p, [json.loads(line) for line in lines]
+
+
+def test_one_record_per_file_no_noise(scan):
+    p, recs = scan
+    assert p.stderr == b"", p.stderr.decode(errors="replace")[-2000:]
+    assert recs[0]["type"] == "header" and recs[-1]["type"] == "summary"
+    results = recs[1:-1]
+    assert all(r["type"] == "result" for r in results)
+    expected = regular_files(str(ROBUSTNESS))
+    got = [r["path"] for r in results]
+    assert collections.Counter(got) == collections.Counter(expected)
+    assert got == sorted(expected, key=lambda q: walk_order_key(q, str(ROBUSTNESS)))
+    s = recs[-1]
+    assert s["files"] == len(expected) and "interrupted" not in s
+    by_status = collections.Counter(r["status"] for r in results)
+    assert (s["real"], s["fake"], s["errors"], s["skipped"]) == tuple(by_status[k] for k in ("real", "fake", "error", "skipped"))
+    assert s["errors"] > 0 and p.returncode == 2
+
+
+def test_bombs_are_too_large(scan):
+    _, recs = scan
+    by_path = {os.path.relpath(r["path"], ROBUSTNESS): r for r in recs[1:-1]}
+    for rel in [*BOMBS, header_only_png_name()]:
+        r = by_path[rel]
+        assert (r["status"], r.get("error_code")) == ("error", "too_large"), r
+
+
+def test_errors_are_typed_and_verdicts_are_decodable(scan):
+    _, recs = scan
+    results = recs[1:-1]
+    errors_by_code: collections.Counter[str] = collections.Counter()
+    undecodable_verdicts = []
+    size_mismatch = []
+    for r in results:
+        assert r["status"] in ("real", "fake", "error", "skipped"), r
+        if r["status"] in ("error", "skipped"):
+            assert r.get("error_code") in ERROR_CODES, r
+            assert "score" not in r and "heads" not in r, r
+            if r["status"] == "skipped":
+                assert r["error_code"] == "not_an_image", r
+            else:
+                assert isinstance(r.get("error"), str) and r["error"], r
+                errors_by_code[r["error_code"]] += 1
+            continue
+        assert isinstance(r["score"], float) and "error_code" not in r, r
+        size = reference_decode(r["path"])
+        if size is None:
+            undecodable_verdicts.append(r["path"])
+        elif size != (r["width"], r["height"]):
+            size_mismatch.append((r["path"], size, (r["width"], r["height"])))
+    verdicts = sum(r["status"] in ("real", "fake") for r in results)
+    skipped = sum(r["status"] == "skipped" for r in results)
+    print(
+        f"\nrobustness corpus: {len(results)} files, {verdicts} verdicts, {skipped} skipped, "
+        f"{sum(errors_by_code.values())} errors by code {dict(sorted(errors_by_code.items()))}, "
+        f"verdicts on undecodable files: {len(undecodable_verdicts)}, size mismatches: {len(size_mismatch)}"
+    )
+    assert undecodable_verdicts == []
+    assert size_mismatch == []
