@@ -96,9 +96,12 @@ def scan(
         Optional[list[str]],
         typer.Option(help="Score above which a file is fake: X for the selected head, or HEAD=X (repeatable)."),
     ] = None,
-    engine: Annotated[str, typer.Option(envvar="CODESCAN_ENGINE", help="auto | onnxruntime | torch.")] = "auto",
+    engine: Annotated[
+        str, typer.Option(envvar="CODESCAN_ENGINE", help="auto | onnxruntime | torch | tensorrt | cuda.")
+    ] = "auto",
     precision: Annotated[
-        str, typer.Option(envvar="CODESCAN_PRECISION", help="auto | fp32 | bf16 | int8 (fp32 = exact reference).")
+        str,
+        typer.Option(envvar="CODESCAN_PRECISION", help="auto | fp32 | fp16 | bf16 | int8 (fp32 = exact reference; fp16 = GPU)."),
     ] = "auto",
     batch_size: Annotated[int, typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096)] = 32,
     workers: Annotated[
@@ -211,12 +214,13 @@ def gate(
     data: Annotated[list[str], typer.Argument(help="Folders or files of labelled-or-not images to measure on.")],
     weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
 ) -> None:
-    """Measure reduced precisions (int8, bf16) against fp32 for a bundle; `--precision auto` uses those that pass."""
+    """Measure reduced precisions (int8, bf16; fp16 on a GPU) against fp32; `--precision auto` uses those that pass."""
     import json
 
     import numpy as np
 
-    from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, run_gate
+    from codescan.engines.base import GPU_GATE_CANDIDATES
+    from codescan.engines.gate import CANDIDATES, MIN_AGREEMENT, MIN_COSINE, run_gate
 
     from .decode import Decoded, DecodeLimits
     from .walk import walk
@@ -228,13 +232,40 @@ def gate(
     crops = [o.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Decoded)]
     if not crops:
         raise UsageError("no decodable images under the given paths")
-    results = run_gate(bundle, np.stack(crops))
+    results = run_gate(bundle, np.stack(crops), candidates=(*CANDIDATES, *GPU_GATE_CANDIDATES))
     err = _err()
     err.print(f"gate: cosine ≥ {MIN_COSINE}, verdict agreement ≥ {MIN_AGREEMENT:.1%} per head, {len(crops)} images")
     for r in results:
         agree = ", ".join(f"{h} {v:.2%}" for h, v in r.agreement.items())
         err.print(f"  {r.engine}:{r.precision}: cosine min {r.cosine_min:.6f}, {agree} -> {'PASS' if r.passed else 'fail'}")
     print(json.dumps([r.__dict__ for r in results], indent=2))
+
+
+@app.command("compile")
+def compile_command(
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+    precision: Annotated[str, typer.Option(help="fp16 | fp32: the ONNX graph's types (strongly typed build).")] = "fp16",
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, max=4096, help="Largest batch the engine takes (profile: min 1, opt = max = N).")
+    ] = 64,
+) -> None:
+    """Build the TensorRT engine for this GPU from the bundle (once; cached beside the bundle)."""
+    from codescan.engines.tensorrt_engine import TRT_PRECISIONS, compile_engine, import_tensorrt
+
+    from .weights import load_bundle
+
+    if precision not in TRT_PRECISIONS:
+        raise UsageError(f"--precision: choose from {', '.join(TRT_PRECISIONS)}")
+    import_tensorrt()  # fails first, in one line, where TensorRT is not installed
+    bundle = load_bundle(weights)
+    info = compile_engine(bundle, precision, max_batch)
+    key = info.key
+    _err().print(
+        f"{'built' if info.built else 'already cached'}: TensorRT {key['tensorrt']} {precision} engine for "
+        f"{key['gpu']} (sm {key['compute_capability']}), batch 1..{max_batch}",
+        markup=False,
+    )
+    print(info.path)
 
 
 @weights_app.command("pull")

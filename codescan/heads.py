@@ -9,7 +9,9 @@ reproduces scikit-learn's ``predict`` of the official estimators:
 - ocsvm: minus the one-class SVM decision function; the SVM was fit on real images only and
   scikit-learn's +1 (inlier) means real.
 
-Computed in float64 (libsvm's precision). scikit-learn computes a float32-fit linear head and
+Computed in float64 (libsvm's precision), one embedding at a time: a batched matrix product
+rounds differently depending on how many rows share the call, and a file's score must not
+depend on which files were batched with it (a resumed scan must equal an uninterrupted one). scikit-learn computes a float32-fit linear head and
 the cosine kNN in float32, so verdicts within ~5e-7 of the threshold may differ from its
 ``predict``; such scores carry no meaningful verdict anyway.
 """
@@ -31,7 +33,13 @@ class LinearHead:
     intercept: float
 
     def score(self, emb: np.ndarray) -> np.ndarray:  # (B, D) -> (B,)
-        return emb.astype(np.float64) @ self.coef + self.intercept
+        return _per_row(emb, lambda x: float(np.dot(x, self.coef)) + self.intercept)
+
+
+def _per_row(emb: np.ndarray, fn) -> np.ndarray:
+    """Apply fn to each float64 row: results independent of batch size and batch mates."""
+    rows = np.asarray(emb, dtype=np.float64)
+    return np.array([fn(row) for row in rows], dtype=np.float64).reshape(len(rows))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -54,8 +62,8 @@ class KnnHead:
         object.__setattr__(self, "_real", unit[labels == 0])
 
     def score(self, emb: np.ndarray) -> np.ndarray:  # (B, D) -> (B,)
-        q = _unit_rows(emb)
-        return (q @ self._fake.T).max(axis=1) - (q @ self._real.T).max(axis=1)  # type: ignore[attr-defined]
+        fake, real = self._fake, self._real  # type: ignore[attr-defined]
+        return _per_row(_unit_rows(emb), lambda q: float((fake @ q).max() - (real @ q).max()))
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,13 @@ class OcsvmHead:
     kernel: Literal["poly"] = "poly"
 
     def score(self, emb: np.ndarray) -> np.ndarray:  # (B, D) -> (B,)
-        k = (self.gamma * (emb.astype(np.float64) @ self.support_vectors.astype(np.float64).T) + self.coef0) ** self.degree
-        decision = k @ self.dual_coef + self.intercept  # libsvm: sum_i alpha_i K(sv_i, x) - rho
-        return -decision
+        svs = self.support_vectors.astype(np.float64)
+
+        def one(x: np.ndarray) -> float:
+            k = (self.gamma * (svs @ x) + self.coef0) ** self.degree  # (S,)
+            return -(float(np.dot(k, self.dual_coef)) + self.intercept)  # libsvm: sum_i a_i K(sv_i, x) - rho
+
+        return _per_row(emb, one)
 
 
 Head = LinearHead | KnnHead | OcsvmHead

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,13 +81,15 @@ def rewrite(path: str, state: ResumeState) -> None:
     """Atomically keep only the header and complete results, ready for appending."""
     from .reporters import dumps
 
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)  # through a symlink: rewrite its target, keep the link
+    directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             for obj in ([state.header] if state.header else []) + state.results:
                 fh.write(dumps(obj) + "\n")
             fh.flush()
+            os.fchmod(fh.fileno(), stat.S_IMODE(os.stat(path).st_mode))  # mkstemp made it 0600
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -7,11 +7,17 @@ Backends are imported lazily, so choosing one never imports another's heavy runt
 Reduced precision is used by ``--precision auto`` only where the bundle records a passed
 gate (see :mod:`codescan.engines.gate`): embedding cosine ≥ 0.999 against fp32 and ≥ 99.5%
 identical verdicts per head on a labelled folder. ``fp32`` is always exact.
+
+On a machine with a usable CUDA GPU, ``auto`` prefers the GPU engines (TensorRT, else torch
+CUDA) to every CPU engine; fp16 is their reduced precision and obeys the same gate rule.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+import sys
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -19,13 +25,39 @@ import numpy as np
 if TYPE_CHECKING:
     from codescan.weights import Bundle
 
-EngineName = Literal["auto", "torch", "onnxruntime"]
-Precision = Literal["auto", "fp32", "bf16", "int8"]
-ENGINE_NAMES: tuple[str, ...] = ("auto", "onnxruntime", "torch")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
-SUPPORTED: dict[str, tuple[str, ...]] = {"onnxruntime": ("fp32", "int8"), "torch": ("fp32", "bf16")}
-# Fastest first, as measured on a 2-core AVX-512 CPU (benchmarks/bench_scan.py).
-AUTO_ORDER: tuple[tuple[str, str], ...] = (("onnxruntime", "int8"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("torch", "fp32"))
+EngineName = Literal["auto", "torch", "onnxruntime", "tensorrt", "cuda"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
+ENGINE_NAMES: tuple[str, ...] = ("auto", "onnxruntime", "torch", "tensorrt", "cuda")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "int8")
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("fp32", "int8"),
+    "torch": ("fp32", "bf16"),
+    "tensorrt": ("fp16", "fp32"),
+    "cuda": ("fp16", "fp32"),
+}
+GPU_ENGINES: tuple[str, ...] = ("tensorrt", "cuda")
+# Reduced precisions `codescan gate` measures on a GPU machine (besides gate.CANDIDATES).
+GPU_GATE_CANDIDATES: tuple[tuple[str, str], ...] = (("tensorrt", "fp16"), ("cuda", "fp16"))
+# GPU engines first (TensorRT, then torch CUDA), when a CUDA GPU is usable; then the CPU
+# engines, fastest first, as measured on a 2-core AVX-512 CPU (benchmarks/bench_scan.py).
+AUTO_ORDER: tuple[tuple[str, str], ...] = (
+    ("tensorrt", "fp16"),
+    ("tensorrt", "fp32"),
+    ("cuda", "fp16"),
+    ("cuda", "fp32"),
+    ("onnxruntime", "int8"),
+    ("torch", "bf16"),
+    ("onnxruntime", "fp32"),
+    ("torch", "fp32"),
+)
+# Python modules each engine imports; GPU engines also need a usable CUDA device.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("onnxruntime",),
+    "torch": ("timm",),
+    "tensorrt": ("tensorrt", "torch"),
+    "cuda": ("timm",),
+}
+_EXTRAS = {"onnxruntime": "onnx", "torch": "torch", "tensorrt": "tensorrt", "cuda": "torch"}
 
 
 class Engine(Protocol):
@@ -41,9 +73,29 @@ class EngineError(RuntimeError):
     """The requested engine cannot run here; the message says why and what to do."""
 
 
-def installed(name: str) -> bool:
-    module = {"onnxruntime": "onnxruntime", "torch": "timm"}[name]
+def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """A CUDA GPU torch can use. Without NVIDIA device nodes this answers without importing torch."""
+    if not _importable("torch") or sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux") and not any(
+        os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
+    ):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def installed(name: str) -> bool:
+    """The engine can run here: its modules import, and for GPU engines a CUDA GPU is usable."""
+    if not all(_importable(m) for m in _MODULES[name]):
+        return False
+    return name not in GPU_ENGINES or cuda_available()
 
 
 def choose(bundle: Bundle, engine: EngineName, precision: Precision) -> tuple[str, str]:
@@ -62,8 +114,11 @@ def choose(bundle: Bundle, engine: EngineName, precision: Precision) -> tuple[st
             continue
         return name, prec
     if engine != "auto" and not installed(engine):
-        extra = "torch" if engine == "torch" else "onnx"
-        raise EngineError(f"engine {engine!r} is not installed: pip install 'codescan[{extra}]'")
+        if not all(_importable(m) for m in _MODULES[engine]):
+            raise EngineError(f"engine {engine!r} is not installed: pip install 'codescan[{_EXTRAS[engine]}]'")
+        raise EngineError(f"engine {engine!r} needs a CUDA GPU; none is usable here (torch.cuda.is_available() is False)")
+    if precision == "fp16" and not any(installed(e) for e in GPU_ENGINES):
+        raise EngineError("precision 'fp16' runs on a CUDA GPU only (engines tensorrt, cuda); none is usable here")
     raise EngineError(f"no installed engine supports precision {precision!r} (supported: {SUPPORTED})")
 
 
@@ -73,6 +128,14 @@ def create_engine(bundle: Bundle, engine: EngineName = "auto", precision: Precis
         from .onnx_engine import OnnxEngine
 
         return OnnxEngine(bundle, prec)  # type: ignore[arg-type]
+    if name == "tensorrt":
+        from .tensorrt_engine import TensorRTEngine
+
+        return TensorRTEngine(bundle, prec)
+    if name == "cuda":
+        from .cuda_engine import CudaEngine
+
+        return CudaEngine(bundle.encoder_config, bundle.encoder_state(), precision=prec)
     from .torch_engine import TorchEngine
 
     return TorchEngine(bundle.encoder_config, bundle.encoder_state(), precision=prec)

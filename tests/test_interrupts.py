@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,10 +80,10 @@ def session_processes(sid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            text = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
+        fields = text[text.rindex(")") + 2 :].split()
         if fields[0] != "Z" and int(fields[3]) == sid:  # state, ppid, pgrp, session
             pids.append(int(entry))
     return pids
@@ -231,6 +233,87 @@ def test_interrupt_json_format(tmp_path, bigdir, env):
     assert [f for f in os.listdir(tmp_path) if f != "out.json"] == [], "temporary file left behind"
 
 
+STORM = r"""
+import os, signal, sys, threading, time
+from codescan.decode import Decoded, DecodeLimits
+from codescan.walk import Entry
+from codescan.workers import DecodePool
+
+hits = 0
+def on_int(signum, frame):  # a Python handler, not SIG_IGN: SIG_IGN would be inherited and hide the bug
+    global hits
+    hits += 1
+signal.signal(signal.SIGINT, on_int)
+stop = threading.Event()
+def storm():  # Ctrl-C, again and again, to the whole process group while the pool starts
+    while not stop.is_set():
+        os.killpg(0, signal.SIGINT)
+        time.sleep(0.005)
+threading.Thread(target=storm, daemon=True).start()
+path = sys.argv[1]
+pool = DecodePool(workers=2, limits=DecodeLimits(), timeout=20, window=8)
+outs = [o for _, o in pool.outcomes(iter([Entry(display=path, path=os.fsencode(path))] * 6))]
+stop.set()
+print(hits, sum(isinstance(o, Decoded) for o in outs))
+"""
+
+
+def test_ctrl_c_while_decoders_start(tmp_path):
+    """Ctrl-C hits the forkserver and workers too; while they start up it must not kill them
+    (a dead forkserver prints a KeyboardInterrupt traceback on the user's terminal)."""
+    img = tmp_path / "a.png"
+    textured_image(np.random.default_rng(0), 100, 100).save(img)
+    p = subprocess.run(
+        [sys.executable, "-c", STORM, str(img)], capture_output=True, timeout=120, start_new_session=True
+    )
+    assert p.returncode == 0 and p.stderr == b"", p.stderr.decode(errors="replace")[-3000:]
+    hits, decoded = map(int, p.stdout.split())
+    print(f"\n{hits} SIGINTs to the process group while the decode pool started")
+    assert hits > 0 and decoded == 6  # the storm ran from before the pool started until it was done
+
+
+CRASH = r"""
+import os, signal, sys, threading, time
+os.environ["CODESCAN_TEST_STALL_MARKER"] = "stall_"  # before the forkserver starts: workers inherit it
+from codescan.decode import Decoded, DecodeFailure, DecodeLimits
+from codescan.walk import Entry
+from codescan.workers import DecodePool
+
+good, stall = sys.argv[1], sys.argv[2]
+pool = DecodePool(workers=2, limits=DecodeLimits(), timeout=60, window=8)
+def killer():  # the OOM killer strikes the worker stuck on the stalled file
+    while True:
+        for slot in list(pool._slots):
+            if slot.entry is not None and b"stall_" in slot.entry.path:
+                time.sleep(0.3)
+                os.kill(slot.proc.pid, signal.SIGKILL)
+                return
+        time.sleep(0.01)
+threading.Thread(target=killer, daemon=True).start()
+entries = [Entry(display=p, path=os.fsencode(p)) for p in (good, stall, good, good, good)]
+for entry, outcome in pool.outcomes(iter(entries)):
+    if isinstance(outcome, Decoded):
+        print("decoded")
+    else:
+        print(outcome.code, outcome.message)
+"""
+
+
+def test_dead_decoder_is_corrupt_and_the_scan_goes_on(tmp_path):
+    rng = np.random.default_rng(1)
+    textured_image(rng, 100, 100).save(tmp_path / "a.png")
+    textured_image(rng, 100, 100).save(tmp_path / "stall_b.png")
+    p = subprocess.run(
+        [sys.executable, "-c", CRASH, str(tmp_path / "a.png"), str(tmp_path / "stall_b.png")],
+        capture_output=True,
+        timeout=90,  # hang guard; the pool's own deadline (60 s) must not be what ends the stall
+        start_new_session=True,
+    )
+    assert p.returncode == 0 and p.stderr == b"", p.stderr.decode(errors="replace")[-3000:]
+    lines = p.stdout.decode().splitlines()
+    assert lines == ["decoded", "corrupt the decoder crashed on this file", "decoded", "decoded", "decoded"], lines
+
+
 # --------------------------------------------------------------------------- SIGKILL and resume
 
 
@@ -254,15 +337,36 @@ def test_sigkill_then_resume_equals_clean(tmp_path, bigdir, env, clean):
     assert_same_as_clean(read_jsonl(out), clean)
 
 
-def test_torn_last_line_is_redone(tmp_path, bigdir, env, clean):
+@pytest.mark.parametrize(
+    "keep",
+    [
+        32,  # the first batch (32 images) complete, torn inside the next one's first line
+        41,  # torn mid-batch: scores must not depend on batch mates (heads score row by row)
+    ],
+)
+def test_torn_last_line_is_redone(tmp_path, bigdir, env, clean, keep):
     out = tmp_path / "a.jsonl"
     lines = [json.dumps(r) for r in clean]
-    keep = 1 + 40  # header + 40 results
-    torn = lines[keep][: len(lines[keep]) // 2]
-    out.write_text("\n".join(lines[:keep]) + "\n" + torn, encoding="utf-8")
+    torn = lines[1 + keep][: len(lines[1 + keep]) // 2]
+    out.write_text("\n".join(lines[: 1 + keep]) + "\n" + torn, encoding="utf-8")
     r = run_cli("scan", str(bigdir), "--resume", str(out), "-q", env=env)
     assert r.returncode == 2 and r.stderr == b"", r.stderr
     assert_same_as_clean(read_jsonl(out), clean)
+
+
+def test_resume_keeps_the_file_mode_and_symlink(tmp_path, bigdir, env, clean):
+    """Resuming rewrites the file; it must stay the user's file (mode) at the user's place (link target)."""
+    real = tmp_path / "real.jsonl"
+    real.write_text("".join(json.dumps(r) + "\n" for r in clean[:33]), encoding="utf-8")
+    real.chmod(0o640)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real.name)
+    r = run_cli("scan", str(bigdir), "--resume", str(link), "-q", env=env)
+    assert r.returncode == 2 and r.stderr == b"", r.stderr
+    assert link.is_symlink() and os.readlink(link) == real.name
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert_same_as_clean(read_jsonl(real), clean)
+    assert sorted(os.listdir(tmp_path)) == ["link.jsonl", "real.jsonl"]  # no temporary file left
 
 
 def test_resume_with_other_head_is_refused(tmp_path, bigdir, env, clean):

@@ -8,14 +8,19 @@ cannot decode.
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import json
 import os
 import stat
 import warnings
 
+import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from torchvision.transforms import CenterCrop
+
+from codescan.decode import DecodeLimits, decode_file
 
 from conftest import ROBUSTNESS, run_cli
 
@@ -51,16 +56,29 @@ def walk_order_key(path: str, root: str) -> tuple[bytes, ...]:
     return tuple(os.fsencode(part) for part in os.path.relpath(path, root).split(os.sep))
 
 
-def reference_decode(path: str) -> tuple[int, int] | None:
+@contextlib.contextmanager
+def quiet_fd2():
+    """libtiff prints warnings straight to fd 2; keep the test log readable."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def reference_decode(path: str) -> Image.Image | None:
     """Pillow's own full decode with its defaults (all plugins, default bomb limit, no truncated loads)."""
     assert Image.MAX_IMAGE_PIXELS == 89_478_485 and not ImageFile.LOAD_TRUNCATED_IMAGES
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_fd2():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 im.load()
-                rgb = im.convert("RGB")
-                return rgb.size
+                return im.convert("RGB")
     except Exception:  # noqa: BLE001 - any failure means "not decodable"
         return None
 
@@ -111,6 +129,7 @@ def test_errors_are_typed_and_verdicts_are_decodable(scan):
     errors_by_code: collections.Counter[str] = collections.Counter()
     undecodable_verdicts = []
     size_mismatch = []
+    crop_mismatch = []
     for r in results:
         assert r["status"] in ("real", "fake", "error", "skipped"), r
         if r["status"] in ("error", "skipped"):
@@ -123,17 +142,26 @@ def test_errors_are_typed_and_verdicts_are_decodable(scan):
                 errors_by_code[r["error_code"]] += 1
             continue
         assert isinstance(r["score"], float) and "error_code" not in r, r
-        size = reference_decode(r["path"])
-        if size is None:
+        rgb = reference_decode(r["path"])
+        if rgb is None:
             undecodable_verdicts.append(r["path"])
-        elif size != (r["width"], r["height"]):
-            size_mismatch.append((r["path"], size, (r["width"], r["height"])))
+            continue
+        if rgb.size != (r["width"], r["height"]):
+            size_mismatch.append((r["path"], rgb.size, (r["width"], r["height"])))
+        # The judged pixels are the reference's: torchvision CenterCrop(224) of the full RGB image.
+        with quiet_fd2(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mine = decode_file(r["path"], DecodeLimits())
+        if tuple(r["crop"]) != mine.box or not np.array_equal(np.asarray(CenterCrop(224)(rgb)), mine.crop):
+            crop_mismatch.append(r["path"])
     verdicts = sum(r["status"] in ("real", "fake") for r in results)
     skipped = sum(r["status"] == "skipped" for r in results)
     print(
         f"\nrobustness corpus: {len(results)} files, {verdicts} verdicts, {skipped} skipped, "
         f"{sum(errors_by_code.values())} errors by code {dict(sorted(errors_by_code.items()))}, "
-        f"verdicts on undecodable files: {len(undecodable_verdicts)}, size mismatches: {len(size_mismatch)}"
+        f"verdicts on undecodable files: {len(undecodable_verdicts)}, size mismatches: {len(size_mismatch)}, "
+        f"crop mismatches: {len(crop_mismatch)}"
     )
     assert undecodable_verdicts == []
     assert size_mismatch == []
+    assert crop_mismatch == []

@@ -1,0 +1,478 @@
+"""TensorRT on a CUDA GPU: a plan built once per GPU from the bundle's ONNX graph, then cached.
+
+Build. The graph is :func:`codescan.engines.export.build_encoder_graph` (uint8 crops in,
+float32 embeddings out, normalisation folded in). The network is created strongly typed, so
+precision comes from the graph's own types (the ``fp16`` graph runs matmuls and the patch
+convolution in half, LayerNorm/softmax/GELU/residuals in float32) and no precision builder flag
+is ever set: that is the only mode TensorRT 11 has, and in 10.x it is requested with
+``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``. One optimisation profile covers
+batches 1..max_batch on the input ``crops`` (opt = max = max_batch).
+
+Cache. Plans are only valid for the TensorRT version, GPU model and compute capability that
+built them, so the plan lives in ``<bundle>/engines/`` under a name derived from a key holding
+all of that plus the bundle digest, graph version, precision and profile. A JSON sidecar
+written after the plan repeats the key and the plan's sha256; a plan whose sidecar is missing,
+differs from the expected key or does not match the plan bytes is rebuilt, never loaded.
+
+Run. A plan runner with two slots (pinned host input, device input, device output, pinned host
+output, two events each) and two streams: while the engine runs batch i on the compute stream,
+the copy stream uploads batch i+1 from the other pinned buffer. All CUDA work goes through a
+small :class:`Device` interface (torch CUDA tensors, streams and events in production), so the
+TensorRT call sequence can be exercised in tests without a GPU.
+
+Nothing here imports tensorrt or torch at module import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from .base import EngineError
+from .export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
+
+if TYPE_CHECKING:
+    from codescan.weights import Bundle
+
+CACHE_FORMAT = 1  # bump when the key or the sidecar changes
+DEFAULT_MAX_BATCH = 64
+DEFAULT_WORKSPACE = 1 << 30  # builder scratch memory limit (bytes)
+TRT_PRECISIONS = ("fp16", "fp32")
+INSTALL_HINT = "pip install 'codescan[tensorrt]'"
+
+
+class PlanError(EngineError):
+    """A cached plan that cannot be used here (corrupt, foreign, wrong I/O); it gets rebuilt."""
+
+
+def import_tensorrt():
+    """The tensorrt module, or an EngineError whose one-line message says what to install."""
+    try:
+        import tensorrt
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] != "tensorrt":
+            raise EngineError(f"TensorRT cannot be imported ({exc}): {INSTALL_HINT}") from None
+        raise EngineError(f"TensorRT is not installed: {INSTALL_HINT}") from None
+    except (ImportError, OSError) as exc:  # installed, but its CUDA libraries cannot be loaded
+        detail = " ".join(str(exc).split())
+        raise EngineError(f"TensorRT is installed but cannot be loaded ({detail}); reinstall with {INSTALL_HINT}") from None
+    return tensorrt
+
+
+# --------------------------------------------------------------------------------------- device
+
+
+class Device(Protocol):
+    """The CUDA operations the runner needs; tensors are torch tensors."""
+
+    name: str  # "cuda:0"
+
+    def describe(self) -> tuple[str, str]: ...  # (GPU name, compute capability "major.minor")
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any: ...  # device memory
+    def pinned(self, shape: tuple[int, ...], dtype: str) -> Any: ...  # page-locked host memory
+    def stream(self) -> Any: ...
+    def handle(self, stream: Any) -> int: ...  # the cudaStream_t TensorRT enqueues on
+    def event(self) -> Any: ...
+    def copy_async(self, dst: Any, src: Any, stream: Any) -> None: ...
+    def record(self, event: Any, stream: Any) -> None: ...
+    def wait(self, stream: Any, event: Any) -> None: ...  # stream waits for event (no host block)
+    def synchronize(self, event: Any) -> None: ...  # host waits for event
+
+
+class CudaDevice:
+    """torch CUDA memory, streams and events (no pycuda): the production Device."""
+
+    def __init__(self, index: int | None = None) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise EngineError(f"the TensorRT engine needs torch for its CUDA buffers: {INSTALL_HINT}") from None
+        if not torch.cuda.is_available():
+            raise EngineError("no CUDA GPU is available here (torch.cuda.is_available() is False)")
+        self._torch = torch
+        self.index = torch.cuda.current_device() if index is None else index
+        torch.cuda.set_device(self.index)  # TensorRT deserialises and runs on the current device
+        torch.cuda.init()
+        self._dev = torch.device("cuda", self.index)
+        self.name = f"cuda:{self.index}"
+
+    def describe(self) -> tuple[str, str]:
+        props = self._torch.cuda.get_device_properties(self._dev)
+        return str(props.name), f"{props.major}.{props.minor}"
+
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
+        return self._torch.empty(shape, dtype=getattr(self._torch, dtype), device=self._dev)
+
+    def pinned(self, shape: tuple[int, ...], dtype: str) -> Any:
+        return self._torch.empty(shape, dtype=getattr(self._torch, dtype), pin_memory=True)
+
+    def stream(self) -> Any:
+        return self._torch.cuda.Stream(device=self._dev)
+
+    def handle(self, stream: Any) -> int:
+        return int(stream.cuda_stream)
+
+    def event(self) -> Any:
+        return self._torch.cuda.Event()
+
+    def copy_async(self, dst: Any, src: Any, stream: Any) -> None:
+        with self._torch.cuda.stream(stream):
+            dst.copy_(src, non_blocking=True)
+
+    def record(self, event: Any, stream: Any) -> None:
+        event.record(stream)
+
+    def wait(self, stream: Any, event: Any) -> None:
+        stream.wait_event(event)
+
+    def synchronize(self, event: Any) -> None:
+        event.synchronize()
+
+
+def default_device() -> Device:
+    return CudaDevice()
+
+
+# ---------------------------------------------------------------------------------------- cache
+
+
+def _input_shape(batch: int, img_size: int) -> list[int]:
+    return [batch, img_size, img_size, 3]
+
+
+def cache_key(
+    bundle: Bundle, precision: str, max_batch: int, trt_version: str, gpu: tuple[str, str], workspace: int
+) -> dict[str, Any]:
+    """Everything a plan's validity depends on."""
+    img = bundle.encoder_config.img_size
+    return {
+        "cache_format": CACHE_FORMAT,
+        "bundle_digest": bundle.digest,
+        "graph_version": GRAPH_VERSION,
+        "precision": precision,
+        "tensorrt": str(trt_version),
+        "gpu": gpu[0],
+        "compute_capability": gpu[1],
+        "profile": {
+            "input": INPUT,
+            "min": _input_shape(1, img),
+            "opt": _input_shape(max_batch, img),
+            "max": _input_shape(max_batch, img),
+        },
+        "workspace": int(workspace),
+    }
+
+
+def _key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def plan_paths(bundle: Bundle, key: dict[str, Any]) -> tuple[Path, Path]:
+    """(plan, sidecar) for a key: readable prefix, then a hash of the whole key."""
+    stem = f"trt-{key['precision']}-b{key['profile']['max'][0]}-g{key['graph_version']}-{_key_hash(key)[:16]}"
+    folder = bundle.path / "engines"
+    return folder / f"{stem}.plan", folder / f"{stem}.json"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_cached_plan(bundle: Bundle, key: dict[str, Any]) -> bytes | None:
+    """The cached plan for exactly this key, or None (missing, foreign, stale or corrupt)."""
+    plan_path, meta_path = plan_paths(bundle, key)
+    try:
+        meta = json.loads(meta_path.read_text())
+        plan = plan_path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return None
+    if meta.get("plan_sha256") != hashlib.sha256(plan).hexdigest():
+        return None
+    return plan
+
+
+def store_plan(bundle: Bundle, key: dict[str, Any], plan: bytes) -> Path:
+    """Plan first, sidecar last: a sidecar only ever describes a complete plan."""
+    plan_path, meta_path = plan_paths(bundle, key)
+    meta_path.unlink(missing_ok=True)
+    _atomic_write(plan_path, plan)
+    meta = {"key": key, "plan_sha256": hashlib.sha256(plan).hexdigest(), "plan_bytes": len(plan)}
+    _atomic_write(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    return plan_path
+
+
+def compiled_max_batch(bundle: Bundle, key: dict[str, Any]) -> int | None:
+    """The largest max_batch among cached plans valid for `key` apart from its profile.
+
+    Lets `codescan scan` use whatever `codescan compile --max-batch N` built for this GPU.
+    """
+    best = None
+    folder = bundle.path / "engines"
+    for meta_path in sorted(folder.glob(f"trt-{key['precision']}-b*-g{key['graph_version']}-*.json")):
+        try:
+            other = json.loads(meta_path.read_text())["key"]
+            n = int(other["profile"]["max"][0])
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+        if other == cache_key_with_batch(key, n) and meta_path.with_suffix(".plan").is_file():
+            best = n if best is None else max(best, n)
+    return best
+
+
+def cache_key_with_batch(key: dict[str, Any], max_batch: int) -> dict[str, Any]:
+    profile = key["profile"]
+    img = profile["min"][1]
+    return {**key, "profile": {**profile, "opt": _input_shape(max_batch, img), "max": _input_shape(max_batch, img)}}
+
+
+# ---------------------------------------------------------------------------------------- build
+
+
+def build_plan(trt: Any, onnx_bytes: bytes, key: dict[str, Any]) -> bytes:
+    """Parse the ONNX graph into a strongly typed network and build a serialized plan."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Strongly typed: tensor types come from the graph. TensorRT 10 needs the flag; 11 is always
+    # strongly typed (the flag, where still present, is accepted and ignored). EXPLICIT_BATCH is
+    # the default since 10 and deprecated, so it is never passed.
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT could not parse the codescan ONNX graph: {errors or 'no detail'}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(key["workspace"]))
+    if key["precision"] == "fp32":
+        tf32 = getattr(trt.BuilderFlag, "TF32", None)  # on by default; fp32 here means IEEE fp32
+        if tf32 is not None:
+            config.clear_flag(tf32)
+    profile = builder.create_optimization_profile()
+    p = key["profile"]
+    profile.set_shape(p["input"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineError("TensorRT rejected the optimisation profile for input 'crops'")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError("TensorRT failed to build the engine (see the TensorRT messages above)")
+    return memoryview(plan).tobytes()
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    path: Path
+    key: dict[str, Any]
+    built: bool  # False: loaded from the cache
+
+
+def _log_stderr(message: str) -> None:
+    print(f"codescan: {message}", file=sys.stderr, flush=True)
+
+
+def ensure_plan(
+    bundle: Bundle,
+    precision: str,
+    max_batch: int | None,
+    trt: Any,
+    device: Device,
+    workspace: int = DEFAULT_WORKSPACE,
+    rebuild: bool = False,
+    log: Callable[[str], None] = _log_stderr,
+) -> tuple[bytes, PlanInfo]:
+    """The plan for this bundle, precision, profile, TensorRT version and GPU: cached or built."""
+    if precision not in TRT_PRECISIONS:
+        raise EngineError(f"tensorrt supports precision {' or '.join(TRT_PRECISIONS)}, not {precision!r}")
+    gpu = device.describe()
+    key = cache_key(bundle, precision, max_batch or DEFAULT_MAX_BATCH, trt.__version__, gpu, workspace)
+    if max_batch is None:
+        key = cache_key_with_batch(key, compiled_max_batch(bundle, key) or DEFAULT_MAX_BATCH)
+    elif not 1 <= max_batch <= 4096:
+        raise EngineError(f"max batch must be between 1 and 4096, not {max_batch}")
+    plan_path, _ = plan_paths(bundle, key)
+    plan = None if rebuild else load_cached_plan(bundle, key)
+    if plan is not None:
+        return plan, PlanInfo(plan_path, key, built=False)
+    log(
+        f"building the TensorRT {precision} engine for {gpu[0]} (sm {gpu[1]}, TensorRT {trt.__version__}, "
+        f"batch 1..{key['profile']['max'][0]}); once per GPU, cached in {plan_path.parent}"
+    )
+    onnx_bytes = build_encoder_graph(bundle.encoder_state(), bundle.encoder_config, precision).SerializeToString()  # type: ignore[arg-type]
+    plan = build_plan(trt, onnx_bytes, key)
+    return plan, PlanInfo(store_plan(bundle, key, plan), key, built=True)
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+@dataclass
+class _Slot:
+    host_in: Any  # pinned (max_batch, H, W, 3) uint8
+    dev_in: Any  # device (max_batch, H, W, 3) uint8
+    dev_out: Any  # device (max_batch, D) float32
+    host_out: Any  # pinned (max_batch, D) float32
+    uploaded: Any  # event: host_in -> dev_in copy finished
+    finished: Any  # event: inference and dev_out -> host_out copy finished
+
+
+class PlanRunner:
+    """Deserialises a plan and runs it, double buffered, through a Device."""
+
+    def __init__(self, trt: Any, plan: bytes, device: Device, max_batch: int, embed_dim: int, img_size: int = 224) -> None:
+        self.trt, self.device = trt, device
+        self.max_batch, self.embed_dim, self.img_size = max_batch, embed_dim, img_size
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise PlanError("TensorRT could not deserialize the cached plan")
+        self._check_io()
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+        shape_in = (max_batch, img_size, img_size, 3)
+        shape_out = (max_batch, embed_dim)
+        self.slots = [
+            _Slot(
+                host_in=device.pinned(shape_in, "uint8"),
+                dev_in=device.empty(shape_in, "uint8"),
+                dev_out=device.empty(shape_out, "float32"),
+                host_out=device.pinned(shape_out, "float32"),
+                uploaded=device.event(),
+                finished=device.event(),
+            )
+            for _ in range(2)
+        ]
+        self.copy_stream = device.stream()
+        self.compute_stream = device.stream()
+
+    def _check_io(self) -> None:
+        trt, engine = self.trt, self.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        expected = {INPUT: (trt.TensorIOMode.INPUT, trt.DataType.UINT8), OUTPUT: (trt.TensorIOMode.OUTPUT, trt.DataType.FLOAT)}
+        if sorted(names) != sorted(expected):
+            raise PlanError(f"plan has I/O tensors {names}, expected {sorted(expected)}")
+        for name, (mode, dtype) in expected.items():
+            if engine.get_tensor_mode(name) != mode or engine.get_tensor_dtype(name) != dtype:
+                raise PlanError(f"plan tensor {name!r} has the wrong direction or type")
+        out_shape = tuple(engine.get_tensor_shape(OUTPUT))
+        if len(out_shape) != 2 or out_shape[1] != self.embed_dim:
+            raise PlanError(f"plan output shape {out_shape} does not end in {self.embed_dim}")
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:  # (B, H, W, 3) uint8 -> (B, D) float32
+        crops = np.asarray(crops, dtype=np.uint8)
+        out = np.empty((len(crops), self.embed_dim), np.float32)
+        pending: tuple[_Slot, int, int] | None = None
+        for i, lo in enumerate(range(0, len(crops), self.max_batch)):
+            hi = min(lo + self.max_batch, len(crops))
+            slot = self.slots[i % 2]
+            # Enqueue chunk i (its upload overlaps chunk i-1's inference), then collect chunk i-1.
+            self._enqueue(slot, crops[lo:hi])
+            if pending is not None:
+                self._collect(*pending, out)
+            pending = (slot, lo, hi)
+        if pending is not None:
+            self._collect(*pending, out)
+        return out
+
+    def _enqueue(self, slot: _Slot, chunk: np.ndarray) -> None:
+        d, ctx, n = self.device, self.context, len(chunk)
+        d.synchronize(slot.uploaded)  # the last upload from this pinned buffer has finished
+        np.copyto(slot.host_in[:n].numpy(), chunk)
+        d.wait(self.copy_stream, slot.finished)  # the last inference has finished reading dev_in
+        d.copy_async(slot.dev_in[:n], slot.host_in[:n], self.copy_stream)
+        d.record(slot.uploaded, self.copy_stream)
+        d.wait(self.compute_stream, slot.uploaded)
+        if not ctx.set_input_shape(INPUT, (n, self.img_size, self.img_size, 3)):
+            raise EngineError(f"TensorRT rejected input shape ({n}, {self.img_size}, {self.img_size}, 3)")
+        if not ctx.set_tensor_address(INPUT, slot.dev_in.data_ptr()):
+            raise EngineError("TensorRT rejected the input buffer address")
+        if not ctx.set_tensor_address(OUTPUT, slot.dev_out.data_ptr()):
+            raise EngineError("TensorRT rejected the output buffer address")
+        if not ctx.execute_async_v3(d.handle(self.compute_stream)):
+            raise EngineError("TensorRT failed to enqueue inference")
+        d.copy_async(slot.host_out[:n], slot.dev_out[:n], self.compute_stream)
+        d.record(slot.finished, self.compute_stream)
+
+    def _collect(self, slot: _Slot, lo: int, hi: int, out: np.ndarray) -> None:
+        self.device.synchronize(slot.finished)
+        out[lo:hi] = slot.host_out[: hi - lo].numpy()
+
+
+# --------------------------------------------------------------------------------------- engine
+
+
+class TensorRTEngine:
+    """The Engine protocol on TensorRT: plan cached per GPU, double-buffered runner."""
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        precision: str = "fp16",
+        max_batch: int | None = None,
+        *,
+        device: Device | None = None,
+        trt: Any = None,
+        workspace: int = DEFAULT_WORKSPACE,
+        log: Callable[[str], None] = _log_stderr,
+    ) -> None:
+        trt = trt if trt is not None else import_tensorrt()
+        device = device if device is not None else default_device()
+        self.precision = precision
+        self.device = device.name
+        cfg = bundle.encoder_config
+        plan, self.plan = ensure_plan(bundle, precision, max_batch, trt, device, workspace, log=log)
+        n = self.plan.key["profile"]["max"][0]
+        try:
+            self.runner = PlanRunner(trt, plan, device, n, cfg.embed_dim, cfg.img_size)
+        except PlanError as exc:  # e.g. a plan the installed TensorRT refuses: rebuild once
+            log(f"cached TensorRT plan unusable ({exc}); rebuilding")
+            plan, self.plan = ensure_plan(bundle, precision, n, trt, device, workspace, rebuild=True, log=log)
+            self.runner = PlanRunner(trt, plan, device, n, cfg.embed_dim, cfg.img_size)
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        return self.runner.embed(crops)
+
+
+def compile_engine(
+    bundle: Bundle,
+    precision: str = "fp16",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    *,
+    device: Device | None = None,
+    trt: Any = None,
+    workspace: int = DEFAULT_WORKSPACE,
+    log: Callable[[str], None] = _log_stderr,
+) -> PlanInfo:
+    """`codescan compile`: export, build and cache the plan (a no-op when a valid one is cached)."""
+    trt = trt if trt is not None else import_tensorrt()
+    device = device if device is not None else default_device()
+    plan, info = ensure_plan(bundle, precision, max_batch, trt, device, workspace, log=log)
+    cfg = bundle.encoder_config
+    try:  # prove the plan deserialises on this GPU before reporting success
+        PlanRunner(trt, plan, device, max_batch, cfg.embed_dim, cfg.img_size)
+    except PlanError:
+        plan, info = ensure_plan(bundle, precision, max_batch, trt, device, workspace, rebuild=True, log=log)
+        PlanRunner(trt, plan, device, max_batch, cfg.embed_dim, cfg.img_size)
+    return info
