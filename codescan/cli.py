@@ -327,14 +327,31 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, WeightsError, EngineError, ValueError, OSError)
 
 
+class _Signals:
+    """Remembers that the user asked to stop, so a failure that the interrupt itself caused (an
+    import cut short becomes an ImportError) still exits 130 quietly."""
+
+    received = False
+
+    @classmethod
+    def stop(cls, signum: int, frame: object) -> None:
+        cls.received = True
+        raise KeyboardInterrupt
+
+
 def main() -> None:
     import click
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _Signals.stop)
+    signal.signal(signal.SIGTERM, _Signals.stop)
     debug = os.environ.get("CODESCAN_DEBUG") == "1"
+    known: tuple[type[BaseException], ...] = ()
     try:
+        known = _known_errors()
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
+    except SystemExit:
+        raise
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -345,17 +362,18 @@ def main() -> None:
     except BrokenPipeError:
         _quiet_stdout()
         sys.exit(141)
-    except _known_errors() as exc:
+    except Exception as exc:  # noqa: BLE001 - the one place every failure becomes a message
+        if _Signals.received:
+            sys.exit(EXIT_INTERRUPTED)
         if debug:
             raise
-        _err().print(f"codescan: error: {_describe(exc)}", markup=False)
-        sys.exit(EXIT_FATAL)
-    except Exception as exc:  # noqa: BLE001
-        if debug:
-            raise
-        _err().print(
-            f"codescan: internal error: {type(exc).__name__}: {exc} (set CODESCAN_DEBUG=1 for a traceback)", markup=False
-        )
+        if isinstance(exc, known):
+            _err().print(f"codescan: error: {_describe(exc)}", markup=False)
+        else:
+            _err().print(
+                f"codescan: internal error: {type(exc).__name__}: {exc} (set CODESCAN_DEBUG=1 for a traceback)",
+                markup=False,
+            )
         sys.exit(EXIT_FATAL)
 
 
@@ -366,10 +384,6 @@ def _describe(exc: BaseException) -> str:
             return f"no space left on device while writing output{where}; the output is incomplete"
         return f"{exc.strerror}{where}"
     return str(exc)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _quiet_stdout() -> None:

@@ -39,6 +39,15 @@ def dumps(obj: Any) -> str:
     return escape_surrogates(json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")))
 
 
+def _final_mode(path: str) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 class Sink:
     """Where the data goes: stdout, a special file in place, or a regular file (atomic if asked)."""
 
@@ -54,8 +63,11 @@ class Sink:
         self._owned = True
         special = os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode)
         if atomic and not special:
-            directory = os.path.dirname(os.path.abspath(target))
-            fd, self._tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=directory)
+            # Replace what the name points at (keep a symlink a symlink) with the mode an
+            # ordinary open() would give, not mkstemp's 0600.
+            self.target = target = os.path.realpath(target)
+            fd, self._tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=os.path.dirname(target))
+            os.fchmod(fd, _final_mode(target))
             self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         else:
             self.stream = open(target, "a" if append else "w", encoding="utf-8", newline="\n")

@@ -140,3 +140,20 @@ def test_usage_errors(home, folder, args, needle):
 def test_version():
     p = run_cli("--version")
     assert p.returncode == 0 and p.stdout.decode().startswith("codescan ")
+
+
+def test_json_output_keeps_mode_and_symlink(home, folder, tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    real.chmod(0o640)
+    link = tmp_path / "link.json"
+    link.symlink_to(real.name)
+    p = run_cli("scan", str(folder / "img0.png"), "-o", str(link), "-q")
+    assert p.returncode in (0, 1), p.stderr
+    assert link.is_symlink() and json.loads(real.read_text())["summary"]["files"] == 1
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    fresh = tmp_path / "fresh.json"
+    assert run_cli("scan", str(folder / "img0.png"), "-o", str(fresh), "-q").returncode in (0, 1)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
