@@ -103,7 +103,9 @@ def scan(
         str,
         typer.Option(envvar="CODESCAN_PRECISION", help="auto | fp32 | fp16 | bf16 | int8 (fp32 = exact reference; fp16 = GPU)."),
     ] = "auto",
-    batch_size: Annotated[int, typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096)] = 32,
+    batch_size: Annotated[
+        Optional[int], typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096, help="Default: 8 on CPU, 64 on GPU.")
+    ] = None,
     workers: Annotated[
         Optional[int], typer.Option(envvar="CODESCAN_WORKERS", min=1, max=256, help="Decode processes (default: CPUs, max 8).")
     ] = None,

@@ -64,7 +64,7 @@ def inspect_entry(entry: Entry, limits: DecodeLimits) -> Outcome:
 class ScanConfig:
     head: HeadChoice = "linear"
     thresholds: dict[HeadName, float] = field(default_factory=dict)  # overrides of the bundle's
-    batch_size: int = 32
+    batch_size: int | None = None  # None: 8 on CPU (small batches overlap decode best), 64 on GPU
     decode_workers: int = max(1, min(8, os.cpu_count() or 1))
     decode_timeout: float = 20.0  # seconds per file, enforced by killing the worker
     limits: DecodeLimits = DecodeLimits()
@@ -100,6 +100,12 @@ class Scanner:
         self.judged: list[HeadName] = names if config.head == "all" else [self.primary]
         self.engine = create_engine(self.bundle, engine, precision)  # type: ignore[arg-type]
 
+    @property
+    def batch_size(self) -> int:
+        if self.config.batch_size:
+            return self.config.batch_size
+        return 64 if self.engine.device.startswith("cuda") else 8
+
     def threshold(self, name: HeadName) -> float:
         return self.config.thresholds.get(name, self.heads.threshold(name))
 
@@ -117,12 +123,13 @@ class Scanner:
     def scan(self, arguments: Iterable[str | bytes], skip: Collection[str] = ()) -> Iterator[Result]:
         """One Result per discovered file, in walk order; paths in `skip` (already done) are passed over."""
         cfg = self.config
+        batch_size = self.batch_size
         entries = (e for e in walk(arguments, cfg.walk) if e.display not in skip)
         pool = DecodePool(
             workers=cfg.decode_workers,
             limits=cfg.limits,
             timeout=cfg.decode_timeout,
-            window=max(2 * cfg.batch_size, 4 * cfg.decode_workers),
+            window=max(2 * batch_size, 4 * cfg.decode_workers),
         )
         pending: list[tuple[Entry, Outcome]] = []
         n_images = 0
@@ -130,7 +137,7 @@ class Scanner:
             pending.append((entry, outcome))  # type: ignore[arg-type]
             n_images += isinstance(outcome, Decoded)
             # Records with no image ahead of them in `pending` need no batch: emit them now.
-            if n_images == 0 or n_images >= cfg.batch_size:
+            if n_images == 0 or n_images >= batch_size:
                 yield from self._finish(pending)
                 pending, n_images = [], 0
         yield from self._finish(pending)

@@ -25,7 +25,7 @@ from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 GraphPrecision = Literal["fp32", "fp16"]
 OPSET = 17
-GRAPH_VERSION = 1  # bump when the graph changes: cached engines are keyed by it
+GRAPH_VERSION = 2  # bump when the graph changes: cached engines are keyed by it
 INPUT = "crops"
 OUTPUT = "embeddings"
 
@@ -76,12 +76,13 @@ class _Builder:
         return self.op("LayerNormalization", [x, w, b], stem, axis=-1, epsilon=eps)
 
     def gelu(self, x: str) -> str:
-        # exact (erf) GELU, as timm's nn.GELU; ORT fuses this pattern into its Gelu kernel
-        inv_sqrt2 = self.const("inv_sqrt2", np.array(1.0 / math.sqrt(2.0), np.float32))
+        # Exact (erf) GELU as timm's nn.GELU, spelled x * (1 + erf(x / sqrt2)) * 0.5: the form
+        # ONNX Runtime's GeluFusion recognises (and fuses with the preceding bias add).
+        sqrt2 = self.const("sqrt2", np.array(math.sqrt(2.0), np.float32))
         one = self.const("one", np.array(1.0, np.float32))
         half = self.const("half", np.array(0.5, np.float32))
-        erf = self.op("Erf", [self.op("Mul", [x, inv_sqrt2])])
-        return self.op("Mul", [self.op("Mul", [x, half]), self.op("Add", [erf, one])], "gelu")
+        erf = self.op("Erf", [self.op("Div", [x, sqrt2])])
+        return self.op("Mul", [self.op("Mul", [x, self.op("Add", [erf, one])]), half], "gelu")
 
 
 def build_encoder_graph(state: dict[str, np.ndarray], cfg: EncoderConfig, precision: GraphPrecision = "fp32"):
@@ -123,13 +124,16 @@ def build_encoder_graph(state: dict[str, np.ndarray], cfg: EncoderConfig, precis
     cls = g.op("Expand", [g.const("cls_token", state["cls_token"]), cls_shape])
     x = g.op("Concat", [cls, x], axis=1)  # (B, 197, D)
     x = g.op("Add", [x, g.const("pos_embed", state["pos_embed"])])
+    # The residual stream as a (B*197, D) matrix: every linear layer is then a plain 2-D
+    # MatMul + bias, which runtimes fuse into one GEMM.
+    x = g.op("Reshape", [x, g.const("shape_tokens", np.array([-1, D], np.int64))])
 
     scale = g.const("attn_scale", np.array(hd**-0.5, np.float32))
-    heads_shape = g.const("shape_qkv", np.array([0, tokens, 3, H, hd], np.int64))
-    merge_shape = g.const("shape_merge", np.array([0, tokens, D], np.int64))
+    merge_shape = g.const("shape_merge", np.array([-1, D], np.int64))
+    heads_shape = g.const("shape_qkv", np.array([-1, tokens, 3, H, hd], np.int64))
     for i in range(cfg.depth):
         p = f"blocks.{i}."
-        # Attention: (B, N, D) -> qkv (3, B, H, N, hd) -> softmax(q k^T / sqrt(hd)) v -> (B, N, D)
+        # Attention: (B*N, D) -> qkv (3, B, H, N, hd) -> softmax(q k^T / sqrt(hd)) v -> (B*N, D)
         h = g.layer_norm(x, state[p + "norm1.weight"], state[p + "norm1.bias"], cfg.layer_norm_eps, f"b{i}_ln1")
         qkv = g.linear(h, state[p + "attn.qkv.weight"], state[p + "attn.qkv.bias"], f"b{i}_qkv")
         qkv = g.op("Transpose", [g.op("Reshape", [qkv, heads_shape])], perm=[2, 0, 3, 1, 4])
@@ -143,7 +147,7 @@ def build_encoder_graph(state: dict[str, np.ndarray], cfg: EncoderConfig, precis
         else:
             attn = g.op("Softmax", [g.op("MatMul", [q, kt])], axis=-1)
             ctx = g.op("MatMul", [attn, v])  # (B, H, N, hd)
-        ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), merge_shape])
+        ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), merge_shape])  # (B*N, D)
         x = g.op("Add", [x, g.linear(ctx, state[p + "attn.proj.weight"], state[p + "attn.proj.bias"], f"b{i}_proj")])
         # MLP
         h = g.layer_norm(x, state[p + "norm2.weight"], state[p + "norm2.bias"], cfg.layer_norm_eps, f"b{i}_ln2")
@@ -151,6 +155,7 @@ def build_encoder_graph(state: dict[str, np.ndarray], cfg: EncoderConfig, precis
         x = g.op("Add", [x, g.linear(h, state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"], f"b{i}_fc2")])
 
     # LayerNorm is per token, so normalising only the CLS token gives the same embedding.
+    x = g.op("Reshape", [x, g.const("shape_bnd", np.array([-1, tokens, D], np.int64))])
     cls_out = g.op("Gather", [x, g.const("cls_idx", np.array(0, np.int64))], axis=1)  # (B, D)
     out = g.layer_norm(cls_out, state["norm.weight"], state["norm.bias"], cfg.layer_norm_eps, "final_ln")
     g.nodes.append(helper.make_node("Identity", [out], [OUTPUT]))
