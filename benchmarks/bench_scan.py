@@ -81,9 +81,8 @@ def make_images(kind: str, count: int, dest: Path, seed: int = 0) -> Path:
 
 
 def build_checkpoint(dest: Path) -> Path:
-    from PIL import Image
-
     from official import build_official_checkpoint
+    from PIL import Image
 
     rng = np.random.default_rng(1)
     ims = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(16)]
@@ -114,10 +113,11 @@ def run_codescan(folder: Path, home: Path, extra: list[str]) -> dict:
 def stages(folder: Path, home: Path, engine: str, precision: str) -> dict[str, float]:
     """Seconds per image for each stage, measured one at a time in this process."""
     os.environ["CODESCAN_HOME"] = str(home)
-    from codescan.decode import DecodeLimits, decode_file
     from codescan.engines.base import create_engine
-    from codescan.reporters import make_reporter
+
+    from codescan.decode import DecodeLimits, decode_file
     from codescan.pipeline import Scanner
+    from codescan.reporters import make_reporter
     from codescan.walk import walk
     from codescan.weights import load_bundle
 

@@ -252,7 +252,11 @@ def compile_command(
     ] = 64,
 ) -> None:
     """Build the TensorRT engine for this GPU from the bundle (once; cached beside the bundle)."""
-    from codescan.engines.tensorrt_engine import TRT_PRECISIONS, compile_engine, import_tensorrt
+    from codescan.engines.tensorrt_engine import (
+        TRT_PRECISIONS,
+        compile_engine,
+        import_tensorrt,
+    )
 
     from .weights import load_bundle
 

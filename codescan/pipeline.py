@@ -27,7 +27,15 @@ from .decode import (
     read_limited,
 )
 from .heads import HeadSet
-from .records import HEAD_NAMES, Header, HeadName, HeadVerdict, Result, error_result, skipped_result
+from .records import (
+    HEAD_NAMES,
+    Header,
+    HeadName,
+    HeadVerdict,
+    Result,
+    error_result,
+    skipped_result,
+)
 from .walk import Entry, WalkOptions, walk
 from .workers import DecodePool
 

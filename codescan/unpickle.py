@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler, _validate_fileobject_and_memmap
+from joblib.numpy_pickle import (
+    NumpyArrayWrapper,
+    NumpyUnpickler,
+    _validate_fileobject_and_memmap,
+)
 
 from .heads import Head, KnnHead, LinearHead, OcsvmHead
 from .records import HeadName

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from codescan.fsutil import atomic_write_bytes
 from codescan.weights import Bundle
 
 from .export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
@@ -25,18 +26,6 @@ def cached_model_path(bundle: Bundle, precision: OrtPrecision) -> Path:
     return bundle.path / "engines" / f"onnx-{precision}-g{GRAPH_VERSION}-{bundle.digest[:16]}.onnx"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def ensure_model(bundle: Bundle, precision: OrtPrecision) -> Path:
     """The cached ONNX file for this bundle and precision, built on first use."""
     path = cached_model_path(bundle, precision)
@@ -44,7 +33,7 @@ def ensure_model(bundle: Bundle, precision: OrtPrecision) -> Path:
         return path
     fp32 = build_encoder_graph(bundle.encoder_state(), bundle.encoder_config, "fp32")
     if precision == "fp32":
-        _atomic_write(path, fp32.SerializeToString())
+        atomic_write_bytes(path, fp32.SerializeToString())
         return path
     # int8: dynamic quantisation of the matrix products (weights int8, activations quantised
     # per batch at run time); uses the CPU's VNNI instructions where present.
@@ -54,7 +43,7 @@ def ensure_model(bundle: Bundle, precision: OrtPrecision) -> Path:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32.SerializeToString())
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-        _atomic_write(path, dst.read_bytes())
+        atomic_write_bytes(path, dst.read_bytes())
     return path
 
 

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from codescan.fsutil import atomic_write_bytes
 
 from .base import EngineError
 from .export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
@@ -183,18 +183,6 @@ def plan_paths(bundle: Bundle, key: dict[str, Any]) -> tuple[Path, Path]:
     return folder / f"{stem}.plan", folder / f"{stem}.json"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def load_cached_plan(bundle: Bundle, key: dict[str, Any]) -> bytes | None:
     """The cached plan for exactly this key, or None (missing, foreign, stale or corrupt)."""
     plan_path, meta_path = plan_paths(bundle, key)
@@ -214,9 +202,9 @@ def store_plan(bundle: Bundle, key: dict[str, Any], plan: bytes) -> Path:
     """Plan first, sidecar last: a sidecar only ever describes a complete plan."""
     plan_path, meta_path = plan_paths(bundle, key)
     meta_path.unlink(missing_ok=True)
-    _atomic_write(plan_path, plan)
+    atomic_write_bytes(plan_path, plan)
     meta = {"key": key, "plan_sha256": hashlib.sha256(plan).hexdigest(), "plan_bytes": len(plan)}
-    _atomic_write(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return plan_path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -55,3 +56,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None, input: bytes | None =
     return subprocess.run(
         [CODESCAN, *args], env={**os.environ, **(env or {})}, input=input, capture_output=True, cwd=cwd, timeout=600
     )
+
+
+@contextlib.contextmanager
+def quiet_fd2():
+    """libtiff/libjpeg print warnings straight to fd 2; keep the test log readable."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

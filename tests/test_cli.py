@@ -8,7 +8,6 @@ import stat
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, textured_image
 
 

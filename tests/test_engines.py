@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
-
 from codescan.engines import base
 from codescan.engines.gate import compare, gates_path
 from codescan.engines.onnx_engine import cached_model_path
-from codescan.weights import load_bundle
 from conftest import LABELED, run_cli
+
+from codescan.weights import load_bundle
 
 
 def verdicts(stdout: bytes) -> dict[str, dict[str, str]]:

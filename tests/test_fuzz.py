@@ -10,7 +10,6 @@ sample also goes through the real CLI.
 from __future__ import annotations
 
 import collections
-import contextlib
 import io
 import json
 import os
@@ -18,27 +17,18 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import quiet_fd2, run_cli, textured_image
 from PIL import Image, ImageFile
 
+from codescan import records as codes
 from codescan.decode import Decoded, DecodeFailure, DecodeLimits
 from codescan.walk import Entry
 from codescan.workers import DecodePool
-from conftest import run_cli, textured_image
 
 N_CASES = 2500
 N_CLI = 300
 BATCH = 250  # files per subfolder
-ERROR_CODES = {
-    "not_an_image",
-    "unsupported_format",
-    "truncated",
-    "corrupt",
-    "too_large",
-    "decode_timeout",
-    "permission_denied",
-    "io_error",
-    "symlink_loop",
-}
+ERROR_CODES = set(codes.ERROR_CODES)
 CRASHED = "the decoder crashed"
 
 
@@ -128,20 +118,6 @@ def mutate(rng: np.random.Generator, seeds: list[tuple[str, bytes]], k: int) -> 
 
 
 # --------------------------------------------------------------------------- reference
-
-
-@contextlib.contextmanager
-def quiet_fd2():
-    """libtiff/libjpeg print warnings straight to fd 2; keep the test log readable."""
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def reference_crop(path: str) -> tuple[np.ndarray, tuple[int, int]] | None:

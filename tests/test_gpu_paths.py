@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from codescan.engines import base
 from codescan.engines.export import build_encoder_graph
-from codescan.weights import load_bundle
 from conftest import LABELED, run_cli
+
+from codescan.weights import load_bundle
 
 FAKE_TRT = Path(__file__).parent / "fake_tensorrt"
 IMG = 224
@@ -102,8 +102,9 @@ def test_fp16_graph_runs_in_onnxruntime_cpu(graphs, fp16_session, torch_fp32):
 
 @pytest.mark.skipif(not LABELED.is_dir(), reason="shared labeled corpus not present")
 def test_fp16_graph_meets_the_gate_on_labeled_corpus(graphs, fp16_session, torch_fp32):
-    from codescan.decode import Decoded, DecodeFailure, DecodeLimits, decode_file
     from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, compare
+
+    from codescan.decode import Decoded, DecodeFailure, DecodeLimits, decode_file
 
     crops = []
     for path in sorted(p for p in LABELED.rglob("*") if p.is_file()):
@@ -533,10 +534,10 @@ def test_compile_without_tensorrt_is_a_one_line_error(home):
 
 
 def test_compile_command_with_the_fake(fake_trt, bundle, monkeypatch):
+    from codescan.engines import tensorrt_engine as te
     from typer.testing import CliRunner
 
     from codescan.cli import app
-    from codescan.engines import tensorrt_engine as te
 
     dev = lazy_device(fake_trt)
     monkeypatch.setattr(te, "default_device", lambda: dev)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import CODESCAN, run_cli, textured_image
 
 N_IMAGES = 200

@@ -215,8 +215,9 @@ def _home(home: Path):
 
 def codescan_embed(home: Path, paths: list[Path], engine_name: str = "torch"):
     """codescan's Python path: bundle → engine (fp32) → decode → embed."""
-    from codescan.decode import DecodeLimits, decode_file
     from codescan.engines.base import EngineError, create_engine
+
+    from codescan.decode import DecodeLimits, decode_file
     from codescan.weights import load_bundle
 
     with _home(home):

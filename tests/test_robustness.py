@@ -8,7 +8,6 @@ cannot decode.
 from __future__ import annotations
 
 import collections
-import contextlib
 import csv
 import json
 import os
@@ -17,26 +16,16 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import ROBUSTNESS, quiet_fd2, run_cli
 from PIL import Image, ImageFile
 from torchvision.transforms import CenterCrop
 
+from codescan import records as codes
 from codescan.decode import DecodeLimits, decode_file
-
-from conftest import ROBUSTNESS, run_cli
 
 pytestmark = pytest.mark.skipif(not ROBUSTNESS.is_dir(), reason=f"robustness corpus not present at {ROBUSTNESS}")
 
-ERROR_CODES = {
-    "not_an_image",
-    "unsupported_format",
-    "truncated",
-    "corrupt",
-    "too_large",
-    "decode_timeout",
-    "permission_denied",
-    "io_error",
-    "symlink_loop",
-}
+ERROR_CODES = set(codes.ERROR_CODES)
 BOMBS = ["bombs_dos/decompression_bomb.gif", "bombs_dos/decompression_bomb.ico", "bombs_dos/png_decompression_dos.png"]
 
 
@@ -54,20 +43,6 @@ def regular_files(root: str) -> list[str]:
 def walk_order_key(path: str, root: str) -> tuple[bytes, ...]:
     """Depth-first, entries sorted by raw name bytes == sort by the tuple of path components."""
     return tuple(os.fsencode(part) for part in os.path.relpath(path, root).split(os.sep))
-
-
-@contextlib.contextmanager
-def quiet_fd2():
-    """libtiff prints warnings straight to fd 2; keep the test log readable."""
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def reference_decode(path: str) -> Image.Image | None:

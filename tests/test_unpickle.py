@@ -27,7 +27,12 @@ import pytest
 from joblib.numpy_pickle import NumpyArrayWrapper, _validate_fileobject_and_memmap
 
 from codescan.heads import KnnHead, LinearHead, OcsvmHead
-from codescan.unpickle import RestrictedUnpickler, UnsafePickleError, estimator_to_head, restricted_load
+from codescan.unpickle import (
+    RestrictedUnpickler,
+    UnsafePickleError,
+    estimator_to_head,
+    restricted_load,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy_sklearn13"
 CODESCAN = str(Path(sys.executable).parent / "codescan")

@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from conftest import run_cli
+from safetensors.numpy import load_file
 
 from codescan import weights as W
 from codescan.model import EncoderConfig, hf_to_timm
-from conftest import run_cli
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
