@@ -559,7 +559,7 @@ def test_gpu_modules_import_nothing_heavy():
         "b.installed('tensorrt'); b.installed('cuda');"
         "print([m for m in ('tensorrt', 'torch', 'pycuda') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, check=True, text=True).stdout.strip()
     heavy = ["torch"] if Path("/dev/nvidiactl").exists() else []  # with a GPU, cuda_available imports torch
     assert out == str(heavy)
 

@@ -43,5 +43,5 @@ def test_onnx_path_imports_no_torch_and_no_reference_stacks(home):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True)  # -P: never import the checkout
     assert r.returncode == 0, r.stdout + r.stderr

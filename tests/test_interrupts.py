@@ -263,7 +263,7 @@ def test_ctrl_c_while_decoders_start(tmp_path):
     img = tmp_path / "a.png"
     textured_image(np.random.default_rng(0), 100, 100).save(img)
     p = subprocess.run(
-        [sys.executable, "-c", STORM, str(img)], capture_output=True, timeout=120, start_new_session=True
+        [sys.executable, "-P", "-c", STORM, str(img)], capture_output=True, timeout=120, start_new_session=True
     )
     assert p.returncode == 0 and p.stderr == b"", p.stderr.decode(errors="replace")[-3000:]
     hits, decoded = map(int, p.stdout.split())
@@ -303,7 +303,7 @@ def test_dead_decoder_is_corrupt_and_the_scan_goes_on(tmp_path):
     textured_image(rng, 100, 100).save(tmp_path / "a.png")
     textured_image(rng, 100, 100).save(tmp_path / "stall_b.png")
     p = subprocess.run(
-        [sys.executable, "-c", CRASH, str(tmp_path / "a.png"), str(tmp_path / "stall_b.png")],
+        [sys.executable, "-P", "-c", CRASH, str(tmp_path / "a.png"), str(tmp_path / "stall_b.png")],
         capture_output=True,
         timeout=90,  # hang guard; the pool's own deadline (60 s) must not be what ends the stall
         start_new_session=True,

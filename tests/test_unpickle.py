@@ -463,7 +463,7 @@ def test_payloads_are_live(tmp_path, marker, payload):
     path = tmp_path / "evil.sav"
     path.write_bytes(_touch_payloads(marker)[payload])
     code = f"import pickle; r = pickle.load(open({str(path)!r}, 'rb')); getattr(r, 'wait', int)()"  # Popen
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True)
     assert marker.exists()
 
 
@@ -526,7 +526,7 @@ def test_object_array_in_joblib_file_is_live(tmp_path, marker):
     arr[0] = _Touch(marker)
     joblib.dump(arr, tmp_path / "a.sav")
     code = f"import joblib; joblib.load({str(tmp_path / 'a.sav')!r})"
-    subprocess.run([sys.executable, "-c", code], check=False, capture_output=True)
+    subprocess.run([sys.executable, "-P", "-c", code], check=False, capture_output=True)
     assert marker.exists()
 
 
