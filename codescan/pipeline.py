@@ -1,9 +1,12 @@
 """Wires walk → decode pool → batches → engine → heads → records, in walk order.
 
 Decoding runs in worker processes (see workers.py) while the engine embeds the previous
-batch. The window of files in flight is bounded, so memory stays flat however large the
-tree. Records leave in exactly the walk order: an error or skip that follows an image waits
-for that image's batch.
+batch. One batch stays in flight in the engine: batch i+1 is submitted before batch i's
+embeddings are collected (engines.base.submitter), so an asynchronous engine (TensorRT)
+uploads batch i+1 while it computes batch i; engines with only ``embed`` simply run it at
+collect time. The window of files in flight is bounded, so memory stays flat however large
+the tree. Records leave in exactly the walk order: an error or skip that follows an image
+waits for that image's batch.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -38,6 +41,9 @@ from .records import (
 )
 from .walk import Entry, WalkOptions, walk
 from .workers import DecodePool
+
+if TYPE_CHECKING:
+    from codescan.engines.base import AsyncEngine
 
 HeadChoice = Literal["linear", "knn", "ocsvm", "all"]
 
@@ -139,22 +145,50 @@ class Scanner:
             timeout=cfg.decode_timeout,
             window=max(2 * batch_size, 4 * cfg.decode_workers),
         )
+        from codescan.engines.base import submitter
+
+        engine = submitter(self.engine)
+        # `pending`: outcomes since the last submitted batch (empty, or holding an image).
+        # `flight`: the submitted batch not yet collected, with the records that follow it
+        # in walk order up to the next image (they wait for it), and its engine handle.
         pending: list[tuple[Entry, Outcome]] = []
         n_images = 0
+        flight: tuple[list[tuple[Entry, Outcome]], object] | None = None
         for entry, outcome in pool.outcomes(entries):
+            if not pending and not isinstance(outcome, Decoded):
+                if flight is None:  # no image ahead of it: needs no batch, emit it now
+                    yield from self._finish([(entry, outcome)])  # type: ignore[list-item]
+                    continue
+                flight[0].append((entry, outcome))  # type: ignore[arg-type]
+                if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
+                    yield from self._finish(*flight, engine=engine)
+                    flight = None
+                continue
             pending.append((entry, outcome))  # type: ignore[arg-type]
             n_images += isinstance(outcome, Decoded)
-            # Records with no image ahead of them in `pending` need no batch: emit them now.
-            if n_images == 0 or n_images >= batch_size:
-                yield from self._finish(pending)
-                pending, n_images = [], 0
-        yield from self._finish(pending)
+            if n_images >= batch_size:
+                handle = self._submit(pending, engine)  # batch i+1 goes in before ...
+                if flight is not None:
+                    yield from self._finish(*flight, engine=engine)  # ... batch i comes out
+                flight, pending, n_images = (pending, handle), [], 0
+        handle = self._submit(pending, engine) if pending else None
+        if flight is not None:
+            yield from self._finish(*flight, engine=engine)
+        if pending:
+            yield from self._finish(pending, handle, engine=engine)
 
-    def _finish(self, pending: list[tuple[Entry, Outcome]]) -> Iterator[Result]:
+    def _submit(self, pending: list[tuple[Entry, Outcome]], engine: AsyncEngine) -> object | None:
         decoded = [o for _, o in pending if isinstance(o, Decoded)]
+        return engine.submit(np.stack([d.crop for d in decoded])) if decoded else None
+
+    def _finish(
+        self, pending: list[tuple[Entry, Outcome]], handle: object | None = None, *, engine: AsyncEngine | None = None
+    ) -> Iterator[Result]:
+        """The records of `pending`, in order; its images' embeddings come from `handle`."""
         verdicts: dict[HeadName, list[HeadVerdict]] = {}
-        if decoded:
-            emb = self.engine.embed(np.stack([d.crop for d in decoded]))  # (B, D)
+        if handle is not None:
+            assert engine is not None
+            emb = engine.collect(handle)  # (B, D)
             verdicts = {n: self.heads.judge(n, emb, self.threshold(n)) for n in self.judged}
         i = 0
         for entry, outcome in pending:

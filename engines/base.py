@@ -68,6 +68,44 @@ class Engine(Protocol):
     def embed(self, crops: np.ndarray) -> np.ndarray:  # (B,224,224,3) uint8 -> (B,D) float32
         ...
 
+    # Optional asynchronous pair (see :class:`AsyncEngine`): an engine may also define
+    # ``submit(crops) -> handle`` and ``collect(handle) -> (B, D) float32`` so a caller can
+    # queue batch i+1 before waiting for batch i. Use :func:`submitter` rather than testing
+    # for them: it falls back to ``embed`` for engines that have only that.
+
+
+class AsyncEngine(Protocol):
+    """Submit a batch now, collect its embeddings later; at least two may be in flight.
+
+    ``collect(submit(crops))`` equals ``embed(crops)``. Each handle is collected once;
+    handles may be collected in any order, though the pipeline collects them in submit order.
+    """
+
+    def submit(self, crops: np.ndarray) -> object: ...  # (B,224,224,3) uint8 -> handle
+    def collect(self, handle: object) -> np.ndarray: ...  # handle -> (B,D) float32
+
+
+class _Deferred:
+    """The AsyncEngine view of an engine that only has ``embed``: ``submit`` keeps the array,
+    ``collect`` runs ``embed`` on it. No threads: such engines stay synchronous and compute
+    exactly what ``embed`` computes, just at collect time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def submit(self, crops: np.ndarray) -> object:
+        return crops
+
+    def collect(self, handle: object) -> np.ndarray:
+        return self.engine.embed(handle)  # type: ignore[arg-type]
+
+
+def submitter(engine: Engine) -> AsyncEngine:
+    """The engine's own submit/collect when it has both, else a synchronous wrapper of embed."""
+    if callable(getattr(engine, "submit", None)) and callable(getattr(engine, "collect", None)):
+        return engine  # type: ignore[return-value]
+    return _Deferred(engine)
+
 
 class EngineError(RuntimeError):
     """The requested engine cannot run here; the message says why and what to do."""

@@ -16,7 +16,9 @@ differs from the expected key or does not match the plan bytes is rebuilt, never
 
 Run. A plan runner with two slots (pinned host input, device input, device output, pinned host
 output, two events each) and two streams: while the engine runs batch i on the compute stream,
-the copy stream uploads batch i+1 from the other pinned buffer. All CUDA work goes through a
+the copy stream uploads batch i+1 from the other pinned buffer. That happens inside one
+``embed`` call, and across calls through ``submit``/``collect`` (up to two batches in flight),
+which the scan pipeline uses to queue batch i+1 before it waits for batch i. All CUDA work goes through a
 small :class:`Device` interface (torch CUDA tensors, streams and events in production), so the
 TensorRT call sequence can be exercised in tests without a GPU.
 
@@ -322,6 +324,16 @@ class _Slot:
     finished: Any  # event: inference and dev_out -> host_out copy finished
 
 
+@dataclass(eq=False)
+class _Ticket:
+    """One submitted batch: the slot it occupies until its result is copied out of host_out."""
+
+    slot: _Slot | None
+    n: int
+    result: np.ndarray | None = None
+    collected: bool = False
+
+
 class PlanRunner:
     """Deserialises a plan and runs it, double buffered, through a Device."""
 
@@ -352,6 +364,8 @@ class PlanRunner:
         ]
         self.copy_stream = device.stream()
         self.compute_stream = device.stream()
+        self._next = 0  # the slot the next submit() uses
+        self._inflight: list[_Ticket] = []  # submitted, result still in its slot (at most 2)
 
     def _check_io(self) -> None:
         trt, engine = self.trt, self.engine
@@ -366,8 +380,48 @@ class PlanRunner:
         if len(out_shape) != 2 or out_shape[1] != self.embed_dim:
             raise PlanError(f"plan output shape {out_shape} does not end in {self.embed_dim}")
 
+    def submit(self, crops: np.ndarray) -> _Ticket:
+        """Enqueue one batch (upload, inference, download) and return at once; see collect().
+
+        Batches alternate between the two slots, so batch i+1's upload is queued while batch i
+        computes. A third submit reuses the oldest batch's slot, so that batch's result is first
+        copied out (a host wait on it only). Empty or larger-than-max_batch inputs run through
+        embed() here, synchronously.
+        """
+        crops = np.asarray(crops, dtype=np.uint8)
+        if len(crops) == 0 or len(crops) > self.max_batch:
+            return _Ticket(None, len(crops), result=self.embed(crops))
+        slot = self.slots[self._next]
+        for ticket in [t for t in self._inflight if t.slot is slot]:
+            self._materialize(ticket)
+        self._enqueue(slot, crops)
+        self._next ^= 1
+        ticket = _Ticket(slot, len(crops))
+        self._inflight.append(ticket)
+        return ticket
+
+    def collect(self, ticket: _Ticket) -> np.ndarray:
+        """The (B, D) float32 embeddings of a submitted batch; waits for that batch only."""
+        if ticket.collected:
+            raise EngineError("a TensorRT batch was collected twice")
+        if ticket.result is None:
+            self._materialize(ticket)
+        result, ticket.result, ticket.collected = ticket.result, None, True
+        return result  # type: ignore[return-value]
+
+    def _materialize(self, ticket: _Ticket) -> None:
+        """Wait for the ticket's batch, copy its result out of the slot and free the slot."""
+        slot = ticket.slot
+        assert slot is not None
+        self.device.synchronize(slot.finished)
+        ticket.result = np.array(slot.host_out[: ticket.n].numpy(), dtype=np.float32, copy=True)
+        ticket.slot = None
+        self._inflight.remove(ticket)
+
     def embed(self, crops: np.ndarray) -> np.ndarray:  # (B, H, W, 3) uint8 -> (B, D) float32
         crops = np.asarray(crops, dtype=np.uint8)
+        for ticket in list(self._inflight):  # embed uses both slots: free them first
+            self._materialize(ticket)
         out = np.empty((len(crops), self.embed_dim), np.float32)
         pending: tuple[_Slot, int, int] | None = None
         for i, lo in enumerate(range(0, len(crops), self.max_batch)):
@@ -441,6 +495,13 @@ class TensorRTEngine:
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         return self.runner.embed(crops)
+
+    def submit(self, crops: np.ndarray) -> Any:
+        """Queue a batch (≤ max batch overlaps; see PlanRunner.submit); collect() returns it."""
+        return self.runner.submit(crops)
+
+    def collect(self, handle: Any) -> np.ndarray:
+        return self.runner.collect(handle)
 
 
 def compile_engine(
