@@ -6,7 +6,7 @@ Backends are imported lazily, so choosing one never imports another's heavy runt
 
 Reduced precision is used by ``--precision auto`` only where the bundle records a passed
 gate (see :mod:`codescan.engines.gate`): embedding cosine ≥ 0.999 against fp32 and ≥ 99.5%
-identical verdicts per head on a labelled folder. ``fp32`` is always exact.
+identical verdicts per head on a labelled folder. ``fp32`` always reproduces the reference.
 
 On a machine with a usable CUDA GPU, ``auto`` prefers the GPU engines (TensorRT, else torch
 CUDA) to every CPU engine; fp16 is their reduced precision and obeys the same gate rule.
