@@ -18,8 +18,11 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from codescan.engines.base import EngineName, Precision
+
 from . import __version__
-from .records import HEAD_NAMES, Summary
+from .records import HEAD_NAMES, HeadChoice, Summary
+from .reporters import Format
 
 EXIT_FATAL = 2
 EXIT_INTERRUPTED = 130
@@ -88,20 +91,18 @@ def scan(
         Optional[str], typer.Option(help="Continue the JSONL scan in FILE: keep its results, append the rest.")
     ] = None,
     fmt: Annotated[
-        Optional[str],
-        typer.Option("--format", "-f", envvar="CODESCAN_FORMAT", help="jsonl | json | csv (default: from -o, else jsonl)."),
+        Optional[Format],
+        typer.Option("--format", "-f", envvar="CODESCAN_FORMAT", help="Default: from the -o suffix, else jsonl."),
     ] = None,
-    head: Annotated[str, typer.Option(envvar="CODESCAN_HEAD", help="linear | knn | ocsvm | all.")] = "linear",
+    head: Annotated[HeadChoice, typer.Option(envvar="CODESCAN_HEAD", help="Head that sets status; all = every head.")] = "linear",
     threshold: Annotated[
         Optional[list[str]],
         typer.Option(help="Score above which a file is fake: X for the selected head, or HEAD=X (repeatable)."),
     ] = None,
-    engine: Annotated[
-        str, typer.Option(envvar="CODESCAN_ENGINE", help="auto | onnxruntime | torch | tensorrt | cuda.")
-    ] = "auto",
+    engine: Annotated[EngineName, typer.Option(envvar="CODESCAN_ENGINE", help="auto: GPU if usable, else CPU.")] = "auto",
     precision: Annotated[
-        str,
-        typer.Option(envvar="CODESCAN_PRECISION", help="auto | fp32 | fp16 | bf16 | int8 (fp32 = exact reference; fp16 = GPU)."),
+        Precision,
+        typer.Option(envvar="CODESCAN_PRECISION", help="auto: fp32 unless a gate passed; fp32 = the reference; fp16 = GPU."),
     ] = "auto",
     batch_size: Annotated[
         Optional[int], typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096, help="Default: 8 on CPU, 64 on GPU.")
@@ -129,8 +130,6 @@ def scan(
     from .reporters import FORMATS, guess_format, make_reporter
     from .walk import WalkOptions, read_path_list
 
-    if head not in (*HEAD_NAMES, "all"):
-        raise UsageError(f"--head: choose from {', '.join((*HEAD_NAMES, 'all'))}")
     if resume is not None:
         if output not in ("-", resume) or (fmt or "jsonl") != "jsonl":
             raise UsageError("--resume FILE writes JSONL to FILE itself; drop -o/--format")
@@ -358,12 +357,9 @@ def main() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except SystemExit:
         raise
-    except click.exceptions.Exit as exc:
+    except (typer.Exit, click.exceptions.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort, click.exceptions.Abort):
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         _quiet_stdout()
@@ -371,6 +367,9 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the one place every failure becomes a message
         if _Signals.received:
             sys.exit(EXIT_INTERRUPTED)
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # a usage error from click (typer vendors its own copy): its own message, exit 2
+            sys.exit(exc.exit_code)
         if debug:
             raise
         if isinstance(exc, known):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from .decode import (
 from .heads import HeadSet
 from .records import (
     HEAD_NAMES,
+    HeadChoice,
     Header,
     HeadName,
     HeadVerdict,
@@ -45,7 +46,6 @@ from .workers import DecodePool
 if TYPE_CHECKING:
     from codescan.engines.base import AsyncEngine
 
-HeadChoice = Literal["linear", "knn", "ocsvm", "all"]
 
 
 class Skipped:

@@ -10,6 +10,7 @@ SCHEMA_VERSION = 1
 Status = Literal["real", "fake", "error", "skipped"]
 HeadName = Literal["linear", "knn", "ocsvm"]
 HEAD_NAMES: tuple[HeadName, ...] = ("linear", "knn", "ocsvm")
+HeadChoice = Literal["linear", "knn", "ocsvm", "all"]
 
 ErrorCode = Literal[
     "not_an_image",
