@@ -13,6 +13,7 @@ flight, so memory stays flat and a slow consumer holds the walk back (back-press
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -63,6 +64,26 @@ def _worker_main(conn: Connection, limits: DecodeLimits, quiet_stderr: bool) -> 
         conn.send((seq, inspect_entry(entry, limits)))
 
 
+@contextlib.contextmanager
+def _safe_path():
+    """Start the forkserver with PYTHONSAFEPATH=1.
+
+    multiprocessing launches it as ``python -c ...``, which would put the current directory
+    first on sys.path: scanning from inside a folder that holds another ``codescan/`` (a
+    source checkout, say) would make every worker import that code instead of the installed
+    package. The variable only matters for the one launch; the previous value is restored.
+    """
+    old = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = old
+
+
 @dataclass
 class _Slot:
     proc: mp.process.BaseProcess
@@ -97,7 +118,8 @@ class DecodePool:
         resource_tracker.ensure_running()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            proc.start()
+            with _safe_path():
+                proc.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child.close()

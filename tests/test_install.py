@@ -45,3 +45,16 @@ def test_onnx_path_imports_no_torch_and_no_reference_stacks(home):
 
     r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True)  # -P: never import the checkout
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_workers_never_import_a_codescan_folder_from_the_cwd(home, tmp_path):
+    """A scan run inside a folder holding another `codescan/` must still decode with the installed code."""
+    from PIL import Image
+
+    decoy = tmp_path / "codescan"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('decoy codescan imported')\n")
+    Image.new("RGB", (240, 240), (10, 200, 30)).save(tmp_path / "a.png")
+    p = run_cli("scan", "a.png", "-q", cwd=tmp_path)
+    assert p.returncode in (0, 1), p.stderr
+    assert b'"status": "error"' not in p.stdout and b"decoy" not in p.stderr
