@@ -76,8 +76,11 @@ class OcsvmHead:
     degree: int
     kernel: Literal["poly"] = "poly"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_svs", np.asarray(self.support_vectors, dtype=np.float64))  # once, not per batch
+
     def score(self, emb: np.ndarray) -> np.ndarray:  # (B, D) -> (B,)
-        svs = self.support_vectors.astype(np.float64)
+        svs = self._svs  # type: ignore[attr-defined]
 
         def one(x: np.ndarray) -> float:
             k = (self.gamma * (svs @ x) + self.coef0) ** self.degree  # (S,)

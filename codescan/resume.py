@@ -9,9 +9,6 @@ so a resumed scan ends with the same records as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,20 +76,13 @@ def check_compatible(state: ResumeState, header: dict[str, Any], path: str) -> N
 
 def rewrite(path: str, state: ResumeState) -> None:
     """Atomically keep only the header and complete results, ready for appending."""
-    from .reporters import dumps
+    from .reporters import Sink, dumps
 
-    path = os.path.realpath(path)  # through a symlink: rewrite its target, keep the link
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=directory)
+    sink = Sink(path, atomic=True)  # through a symlink it rewrites the target; keeps the mode
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for obj in ([state.header] if state.header else []) + state.results:
-                fh.write(dumps(obj) + "\n")
-            fh.flush()
-            os.fchmod(fh.fileno(), stat.S_IMODE(os.stat(path).st_mode))  # mkstemp made it 0600
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        for obj in ([state.header] if state.header else []) + state.results:
+            sink.stream.write(dumps(obj) + "\n")
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        sink.close(commit=False)
         raise
+    sink.close()

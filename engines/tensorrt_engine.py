@@ -463,6 +463,31 @@ class PlanRunner:
 # --------------------------------------------------------------------------------------- engine
 
 
+def load_runner(
+    bundle: Bundle,
+    precision: str,
+    max_batch: int | None,
+    trt: Any,
+    device: Device,
+    workspace: int,
+    log: Callable[[str], None],
+) -> tuple[PlanRunner, PlanInfo]:
+    """A runner on the cached (or freshly built) plan; a plan this TensorRT refuses is rebuilt once.
+
+    Deserialising is the only proof that a plan works on this GPU, so `compile` goes through
+    here too before it reports success.
+    """
+    cfg = bundle.encoder_config
+    plan, info = ensure_plan(bundle, precision, max_batch, trt, device, workspace, log=log)
+    n = info.key["profile"]["max"][0]
+    try:
+        return PlanRunner(trt, plan, device, n, cfg.embed_dim, cfg.img_size), info
+    except PlanError as exc:
+        log(f"cached TensorRT plan unusable ({exc}); rebuilding")
+        plan, info = ensure_plan(bundle, precision, n, trt, device, workspace, rebuild=True, log=log)
+        return PlanRunner(trt, plan, device, n, cfg.embed_dim, cfg.img_size), info
+
+
 class TensorRTEngine:
     """The Engine protocol on TensorRT: plan cached per GPU, double-buffered runner."""
 
@@ -483,15 +508,7 @@ class TensorRTEngine:
         device = device if device is not None else default_device()
         self.precision = precision
         self.device = device.name
-        cfg = bundle.encoder_config
-        plan, self.plan = ensure_plan(bundle, precision, max_batch, trt, device, workspace, log=log)
-        n = self.plan.key["profile"]["max"][0]
-        try:
-            self.runner = PlanRunner(trt, plan, device, n, cfg.embed_dim, cfg.img_size)
-        except PlanError as exc:  # e.g. a plan the installed TensorRT refuses: rebuild once
-            log(f"cached TensorRT plan unusable ({exc}); rebuilding")
-            plan, self.plan = ensure_plan(bundle, precision, n, trt, device, workspace, rebuild=True, log=log)
-            self.runner = PlanRunner(trt, plan, device, n, cfg.embed_dim, cfg.img_size)
+        self.runner, self.plan = load_runner(bundle, precision, max_batch, trt, device, workspace, log)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         return self.runner.embed(crops)
@@ -517,11 +534,4 @@ def compile_engine(
     """`codescan compile`: export, build and cache the plan (a no-op when a valid one is cached)."""
     trt = trt if trt is not None else import_tensorrt()
     device = device if device is not None else default_device()
-    plan, info = ensure_plan(bundle, precision, max_batch, trt, device, workspace, log=log)
-    cfg = bundle.encoder_config
-    try:  # prove the plan deserialises on this GPU before reporting success
-        PlanRunner(trt, plan, device, max_batch, cfg.embed_dim, cfg.img_size)
-    except PlanError:
-        plan, info = ensure_plan(bundle, precision, max_batch, trt, device, workspace, rebuild=True, log=log)
-        PlanRunner(trt, plan, device, max_batch, cfg.embed_dim, cfg.img_size)
-    return info
+    return load_runner(bundle, precision, max_batch, trt, device, workspace, log)[1]
