@@ -7,7 +7,7 @@ import pytest
 from codescan.engines import base
 from codescan.engines.gate import compare, gates_path
 from codescan.engines.onnx_engine import cached_model_path
-from conftest import LABELED, run_cli
+from conftest import LABELED, run_cli, write_gate
 
 from codescan.weights import load_bundle
 
@@ -48,15 +48,14 @@ def test_auto_uses_reduced_precision_only_after_a_passed_gate(home):
     path = gates_path(bundle)
     path.unlink(missing_ok=True)
     assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
-    record = {"engine": "onnxruntime", "precision": "int8", "digest": bundle.digest, "passed": True}
     try:
-        path.write_text(json.dumps({"results": [record]}))
+        write_gate(bundle, "onnxruntime", "int8")
         assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "int8")
         assert base.choose(bundle, "auto", "fp32") == ("onnxruntime", "fp32")
         assert base.choose(bundle, "torch", "auto") == ("torch", "fp32")
-        path.write_text(json.dumps({"results": [{**record, "digest": "0" * 64}]}))  # other weights
+        write_gate(bundle, "onnxruntime", "int8", digest="0" * 64)  # other weights
         assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
-        path.write_text(json.dumps({"results": [{**record, "passed": False}]}))
+        write_gate(bundle, "onnxruntime", "int8", passed=False)
         assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
     finally:
         path.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from codescan.engines import base
 from codescan.engines.export import build_encoder_graph
-from conftest import LABELED, run_cli
+from conftest import LABELED, run_cli, write_gate
 
 from codescan.weights import load_bundle
 
@@ -497,9 +497,8 @@ def test_auto_choice_here_and_with_a_gpu(fake_trt, home, monkeypatch):
     assert base.choose(bundle, "auto", "auto") == ("tensorrt", "fp32")  # fp16 not gated yet
     assert base.choose(bundle, "auto", "fp16") == ("tensorrt", "fp16")  # explicit: honoured
     assert base.choose(bundle, "cuda", "auto") == ("cuda", "fp32")
-    record = {"engine": "tensorrt", "precision": "fp16", "digest": bundle.digest, "passed": True}
     try:
-        path.write_text(json.dumps({"results": [record]}))
+        write_gate(bundle, "tensorrt", "fp16")
         assert base.choose(bundle, "auto", "auto") == ("tensorrt", "fp16")
         assert base.choose(bundle, "auto", "fp32") == ("tensorrt", "fp32")
     finally:
