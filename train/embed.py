@@ -1,0 +1,61 @@
+"""Embeddings of a list of files, through the scanner's own decoder and engine.
+
+Head fitting, threshold choice and evaluation must see exactly the crops `codescan scan`
+judges; a torchvision pipeline of their own would drift from it (resize, EXIF, modes), so
+they reuse ``decode_file`` and an :class:`~codescan.engines.base.Engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from codescan.engines.base import Engine
+
+from codescan.decode import DecodeFailure, DecodeLimits, configure_pillow, decode_file
+
+
+@dataclass
+class Embedded:
+    """Embeddings of the files that decoded, with the indices (into the input list) they belong to."""
+
+    index: np.ndarray  # (N,) int64 positions in the input list
+    emb: np.ndarray  # (N, D) float32
+    failures: dict[int, DecodeFailure] = field(default_factory=dict)
+
+
+def embed_files(
+    paths: Sequence[str | Path],
+    engine: Engine,
+    batch_size: int = 32,
+    limits: DecodeLimits = DecodeLimits(),
+    on_batch: Callable[[int], None] | None = None,
+) -> Embedded:
+    """Decode (centre crop, as `scan` does) and embed `paths`; undecodable files are reported, not raised."""
+    configure_pillow(limits)
+    index: list[int] = []
+    chunks: list[np.ndarray] = []
+    failures: dict[int, DecodeFailure] = {}
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        crops = np.stack([c for _, c in pending])  # (B, 224, 224, 3) uint8
+        chunks.append(engine.embed(crops))  # (B, D)
+        index.extend(i for i, _ in pending)
+        if on_batch is not None:
+            on_batch(len(pending))
+        pending.clear()
+
+    for i, path in enumerate(paths):
+        try:
+            pending.append((i, decode_file(str(path), limits).crop))
+        except DecodeFailure as failure:
+            failures[i] = failure
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    emb = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return Embedded(index=np.asarray(index, dtype=np.int64), emb=emb.astype(np.float32, copy=False), failures=failures)
