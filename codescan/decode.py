@@ -4,6 +4,10 @@ Decoding follows the reference: Pillow, first frame, ``convert("RGB")``, no EXIF
 orientation, no colour management, no reduced (draft) decoding. Only the pixels inside the
 crop box are converted: every ``convert("RGB")`` path in Pillow is per pixel, so
 crop-then-convert equals convert-then-crop (tests check it on every mode we meet).
+
+JPEGs (RGB or grayscale) go through ``_jpegregion`` when it was built: libjpeg-turbo
+reconstructs only the rows and columns around the crop box, bit-identical to Pillow's full
+decode, and hands anything unusual (warnings, CMYK, 12-bit) back to Pillow.
 """
 
 from __future__ import annotations
@@ -18,8 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .preprocess import CROP, place_crop, plan_crop
+from .preprocess import CROP, CropPlan, place_crop, plan_crop
 from .records import ErrorCode
+
+try:
+    from . import _jpegregion
+except ImportError:  # built without libjpeg-turbo headers: Pillow decodes every JPEG in full
+    _jpegregion = None
 
 # Decoders we let Pillow use. EPS (Ghostscript), PSD, DDS, FITS and the long tail stay off:
 # each extra plugin is attack surface the reference never needed.
@@ -188,12 +197,27 @@ def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "") -> D
                 )
             fmt = im.format or "unknown"
             plan = plan_crop(width, height, CROP)
-            im.load()
-            region = im.crop(plan.box).convert("RGB")
-            crop = place_crop(np.asarray(region), plan, CROP)
+            region = _jpeg_region(data, im, plan)
+            if region is None:
+                im.load()
+                region = np.asarray(im.crop(plan.box).convert("RGB"))
+            crop = place_crop(region, plan, CROP)
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed record
         raise _classify(exc, data, _extension(name)) from None
     return Decoded(crop=crop, width=width, height=height, format=fmt, box=plan.box)
+
+
+def _jpeg_region(data: bytes, im: Image.Image, plan: CropPlan) -> np.ndarray | None:
+    """The crop box of a JPEG as (h, w, 3) uint8 without a full decode, or None: use Pillow."""
+    if _jpegregion is None or im.format not in ("JPEG", "MPO") or im.mode not in ("RGB", "L"):
+        return None
+    decoded = _jpegregion.decode_region(data, plan.box)
+    if decoded is None:
+        return None
+    pixels, channels = decoded
+    left, top, right, bottom = plan.box
+    region = np.frombuffer(pixels, np.uint8).reshape(bottom - top, right - left, channels)
+    return region if channels == 3 else np.repeat(region, 3, axis=2)  # L -> RGB replicates, as Pillow does
 
 
 @functools.cache

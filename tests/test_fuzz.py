@@ -49,6 +49,8 @@ def make_seeds(rng: np.random.Generator) -> list[tuple[str, bytes]]:
         (".jpg", _encode(tex(250, 300).convert("L"), "JPEG", quality=80, progressive=True)),
         (".jpeg", _encode(tex(233, 231).convert("CMYK"), "JPEG", quality=85)),
         (".jpg", _encode(tex(64, 300), "JPEG", quality=95, subsampling=0, optimize=True)),
+        (".jpg", _encode(tex(400, 360), "JPEG", quality=75)),  # cropped on both axes: the region decoder
+        (".jpg", _encode(tex(480, 300), "JPEG", quality=85, progressive=True)),
         (".png", _encode(tex(300, 200), "PNG")),
         (".png", _encode(tex(64, 64).convert("RGBA"), "PNG")),
         (".png", _encode(tex(200, 200).convert("P", palette=Image.ADAPTIVE), "PNG", transparency=0)),
