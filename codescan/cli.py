@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -273,6 +273,55 @@ def compile_command(
     print(info.path)
 
 
+@app.command("eval")
+def eval_command(
+    data: Annotated[
+        Path,
+        typer.Option(help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]).", show_default=False),
+    ],
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+    head: Annotated[HeadChoice, typer.Option(help="Head to measure; all = every head in the bundle.")] = "all",
+    crops: Annotated[
+        Literal[1, 5], typer.Option(help="1: the central 224×224, as scan judges; 5: centre + four corners, score = max.")
+    ] = 1,
+    engine: Annotated[EngineName, typer.Option(envvar="CODESCAN_ENGINE", help="auto: GPU if usable, else CPU.")] = "auto",
+    precision: Annotated[Precision, typer.Option(envvar="CODESCAN_PRECISION", help="auto: fp32 unless a gate passed; fp32 = the reference.")] = "auto",
+    batch_size: Annotated[
+        Optional[int], typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096, help="Images per engine call (default 32).")
+    ] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option(help="Also draw ROC curves per generator into this PNG (needs matplotlib: the plot extra).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or tables.")] = False,
+) -> None:
+    """Measure a bundle on labelled images, overall and per generator: tables on stderr, JSON on stdout."""
+    import json
+
+    from codescan.train.eval_console import progress_bar, render
+    from codescan.train.evaluate import EvalConfig, build_report, score_samples
+
+    if plot is not None:
+        from codescan.train.roc_plot import MISSING, available, plot_roc
+
+        if not available():
+            raise UsageError(MISSING)
+        if not plot.parent.is_dir():
+            raise UsageError(f"--plot: folder {plot.parent} does not exist")
+    config = EvalConfig(
+        data=data, weights=weights, head=head, crops=crops, engine=engine, precision=precision, batch_size=batch_size
+    )
+    err = _err()
+    with progress_bar(err, quiet) as progress:
+        task = progress.add_task("embedding", total=None)
+        scored = score_samples(config, lambda done, total: progress.update(task, completed=done, total=total))
+    report = build_report(scored)
+    if not quiet:
+        render(report, err)
+    if plot is not None:
+        plot_roc(scored, plot)
+    print(json.dumps(report.to_dict(), indent=2))
+
+
 @weights_app.command("pull")
 def weights_pull(
     name: Annotated[str, typer.Option(help="Bundle name to install as.")] = "code",
@@ -321,6 +370,80 @@ def weights_info(
 
     bundle = load_bundle(name, verify=True)
     print(json.dumps({"name": bundle.name, "path": str(bundle.path), "digest": bundle.digest, **bundle.meta}, indent=2))
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            envvar="CODESCAN_TRAIN_DATA",
+            help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]). "
+            "With --resume: the checkpoint's.",
+            show_default=False,
+        ),
+    ] = None,
+    init: Annotated[
+        Optional[str], typer.Option(envvar="CODESCAN_TRAIN_INIT", help="scratch, or an installed bundle to start from. Default: scratch.")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(envvar="CODESCAN_TRAIN_EPOCHS", min=1, help="Default: 10.")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(envvar="CODESCAN_TRAIN_BATCH_SIZE", min=4, help="Images per step, half real, half fake; even. Default: 32."),
+    ] = None,
+    steps_per_epoch: Annotated[
+        Optional[int],
+        typer.Option(envvar="CODESCAN_TRAIN_STEPS_PER_EPOCH", min=1, help="Default: training images / batch size, rounded up."),
+    ] = None,
+    views: Annotated[
+        Optional[Literal[3, 4]],
+        typer.Option(
+            envvar="CODESCAN_TRAIN_VIEWS",
+            help="Views per image: 4 = clean, augmented, global, local; 3 = the global view is also the augmented one "
+            "(25% less compute). Default: 4.",
+        ),
+    ] = None,
+    lr: Annotated[Optional[float], typer.Option(envvar="CODESCAN_TRAIN_LR", min=0.0, help="Peak AdamW learning rate. Default: 0.002.")] = None,
+    seed: Annotated[Optional[int], typer.Option(envvar="CODESCAN_TRAIN_SEED", help="Default: 0.")] = None,
+    val_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            envvar="CODESCAN_TRAIN_VAL_FRACTION", min=0.0, max=0.99, help="Held out by file hash to pick thresholds. Default: 0.1."
+        ),
+    ] = None,
+    device: Annotated[
+        Optional[Literal["auto", "cpu", "cuda"]],
+        typer.Option(envvar="CODESCAN_TRAIN_DEVICE", help="auto: CUDA if usable, else CPU. Default: auto."),
+    ] = None,
+    out: Annotated[
+        str, typer.Option(envvar="CODESCAN_TRAIN_OUT", help="Bundle to install the result as; also names the work folder.")
+    ] = "trained",
+    resume: Annotated[bool, typer.Option(help="Continue the run checkpointed under --out, with its settings.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or summary.")] = False,
+) -> None:
+    """Train a CoDE encoder and its heads on labelled images; install them as a bundle for scan."""
+    import importlib.util
+    import json
+
+    missing = [m for m in ("torch", "timm", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"codescan train needs {', '.join(missing)}: pip install 'codescan[train]'")
+    from codescan.train.console import TrainConsole
+    from codescan.train.run import requested_config, train_bundle
+
+    options = {
+        "data": str(data.resolve()) if data is not None else None, "init": init, "epochs": epochs, "batch_size": batch_size,
+        "steps_per_epoch": steps_per_epoch, "views": views, "lr": lr, "seed": seed, "val_fraction": val_fraction, "device": device,
+    }
+    config = requested_config(out, {k: v for k, v in options.items() if v is not None}, resume)
+    with TrainConsole(quiet) as console:
+        try:
+            result = train_bundle(config, resume=resume, on_event=console)
+        except KeyboardInterrupt:
+            console.interrupted(out)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    console.finished(result)
+    print(json.dumps(result.summary(), indent=2))
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

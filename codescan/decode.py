@@ -17,12 +17,13 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .preprocess import CROP, CropPlan, place_crop, plan_crop
+from .preprocess import CROP, place_crop, plan_crop
 from .records import ErrorCode
 
 try:
@@ -184,8 +185,26 @@ def _classify(exc: BaseException, data: bytes, ext: str = "") -> DecodeFailure:
     return DecodeFailure("corrupt", f"{type(exc).__name__}: {msg}")
 
 
-def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "") -> Decoded:
-    """Decode the first frame and cut the reference crop; raise DecodeFailure on any problem."""
+@dataclass(frozen=True, slots=True)
+class Regions:
+    regions: list[np.ndarray]  # per box, (h, w, 3) uint8: the pixels inside it, not yet padded
+    width: int
+    height: int
+    format: str
+
+
+Box = tuple[int, int, int, int]  # (left, top, right, bottom)
+
+
+def decode_boxes(
+    data: bytes, limits: DecodeLimits, boxes_for: Callable[[int, int], Sequence[Box]], name: str | bytes = ""
+) -> Regions:
+    """Decode the first frame and return the pixels inside the boxes `boxes_for(width, height)` asks for.
+
+    The one place where bytes become pixels, so every caller (scan, eval's five crops, training)
+    gets the allow-list, the limits checked before any pixel is decoded, the typed errors and
+    the crop-aware JPEG path. Raises DecodeFailure on any problem.
+    """
     try:
         with Image.open(io.BytesIO(data), formats=_enabled_formats()) as im:
             width, height = im.size
@@ -195,27 +214,36 @@ def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "") -> D
                 raise DecodeFailure(
                     "too_large", f"{width}x{height} pixels exceed the limit of {limits.max_pixels} (--max-pixels)"
                 )
-            fmt = im.format or "unknown"
-            plan = plan_crop(width, height, CROP)
-            region = _jpeg_region(data, im, plan)
-            if region is None:
+            boxes = boxes_for(width, height)
+            # One box: the region decoder's rows and columns. Several: one full decode serves them all.
+            fast = _jpeg_region(data, im, boxes[0]) if len(boxes) == 1 else None
+            if fast is not None:
+                regions = [fast]
+            else:
                 im.load()
-                region = np.asarray(im.crop(plan.box).convert("RGB"))
-            crop = place_crop(region, plan, CROP)
+                regions = [np.asarray(im.crop(box).convert("RGB")) for box in boxes]
+            return Regions(regions=regions, width=width, height=height, format=im.format or "unknown")
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed record
         raise _classify(exc, data, _extension(name)) from None
-    return Decoded(crop=crop, width=width, height=height, format=fmt, box=plan.box)
 
 
-def _jpeg_region(data: bytes, im: Image.Image, plan: CropPlan) -> np.ndarray | None:
-    """The crop box of a JPEG as (h, w, 3) uint8 without a full decode, or None: use Pillow."""
+def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "") -> Decoded:
+    """Decode the first frame and cut the reference crop; raise DecodeFailure on any problem."""
+    decoded = decode_boxes(data, limits, lambda w, h: [plan_crop(w, h, CROP).box], name)
+    plan = plan_crop(decoded.width, decoded.height, CROP)
+    crop = place_crop(decoded.regions[0], plan, CROP)
+    return Decoded(crop=crop, width=decoded.width, height=decoded.height, format=decoded.format, box=plan.box)
+
+
+def _jpeg_region(data: bytes, im: Image.Image, box: Box) -> np.ndarray | None:
+    """The box of a JPEG as (h, w, 3) uint8 without a full decode, or None: use Pillow."""
     if _jpegregion is None or im.format not in ("JPEG", "MPO") or im.mode not in ("RGB", "L"):
         return None
-    decoded = _jpegregion.decode_region(data, plan.box)
+    decoded = _jpegregion.decode_region(data, box)
     if decoded is None:
         return None
     pixels, channels = decoded
-    left, top, right, bottom = plan.box
+    left, top, right, bottom = box
     region = np.frombuffer(pixels, np.uint8).reshape(bottom - top, right - left, channels)
     return region if channels == 3 else np.repeat(region, 3, axis=2)  # L -> RGB replicates, as Pillow does
 

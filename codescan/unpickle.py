@@ -159,29 +159,42 @@ def restricted_load(path: Path) -> Any:
             return RestrictedUnpickler(str(path), fobj, True).load()
 
 
-def _attr(state: EstimatorState, *names: str) -> Any:
+def sklearn_class(state: Any) -> str:
+    """The scikit-learn class `state` stands for: an inert state from a pickle, or a fitted estimator itself.
+
+    Both keep the fitted attributes in their ``__dict__``, so :func:`estimator_to_head` converts
+    the official pickles and the heads ``codescan train`` fits with the same code.
+    """
+    if isinstance(state, EstimatorState):
+        return state.sklearn_class
+    cls = type(state)
+    return cls.__name__ if cls.__module__.startswith("sklearn.") else ""
+
+
+def _attr(state: Any, *names: str) -> Any:
     for n in names:
-        if n in state.__dict__:
-            return state.__dict__[n]
-    raise ValueError(f"{state.sklearn_class} pickle lacks {' / '.join(names)}")
+        if n in vars(state):
+            return vars(state)[n]
+    raise ValueError(f"{sklearn_class(state)} pickle lacks {' / '.join(names)}")
 
 
-def _binary_classes(state: EstimatorState) -> None:
+def _binary_classes(state: Any) -> None:
     classes = np.asarray(_attr(state, "classes_"))
     if classes.shape != (2,) or classes.tolist() != [0, 1]:
-        raise ValueError(f"{state.sklearn_class}: expected classes_ == [0, 1] (1 = fake), got {classes.tolist()}")
+        raise ValueError(f"{sklearn_class(state)}: expected classes_ == [0, 1] (1 = fake), got {classes.tolist()}")
 
 
 def estimator_to_head(state: Any) -> tuple[HeadName, Head]:
-    """Turn an unpickled estimator state into a head, checking the conventions CoDE relies on."""
-    if isinstance(state, LogisticRegressionState):
+    """Turn an unpickled estimator state (or a fitted estimator) into a head, checking CoDE's conventions."""
+    kind = sklearn_class(state)
+    if kind == "LogisticRegression":
         _binary_classes(state)
         coef = np.asarray(_attr(state, "coef_"), dtype=np.float64)
         intercept = np.asarray(_attr(state, "intercept_"), dtype=np.float64).reshape(-1)
         if coef.ndim != 2 or coef.shape[0] != 1 or intercept.shape != (1,):
             raise ValueError(f"LogisticRegression: expected a binary model, coef_ has shape {coef.shape}")
         return "linear", LinearHead(coef=coef[0], intercept=float(intercept[0]))
-    if isinstance(state, KNeighborsClassifierState):
+    if kind == "KNeighborsClassifier":
         _binary_classes(state)
         if int(_attr(state, "n_neighbors")) != 1:
             raise ValueError("KNeighborsClassifier: only n_neighbors=1 is supported")
@@ -191,7 +204,7 @@ def estimator_to_head(state: Any) -> tuple[HeadName, Head]:
         classes = np.asarray(_attr(state, "classes_"))
         labels = classes[np.asarray(_attr(state, "_y")).reshape(-1)].astype(np.int64)
         return "knn", KnnHead(bank=np.asarray(_attr(state, "_fit_X")), labels=labels)
-    if isinstance(state, OneClassSVMState):
+    if kind == "OneClassSVM":
         kernel = _attr(state, "kernel")
         if kernel != "poly":
             raise ValueError(f"OneClassSVM: only the poly kernel is supported, got {kernel!r}")

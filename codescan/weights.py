@@ -62,7 +62,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise WeightsError(f"invalid bundle name {name!r}: use letters, digits, '.', '_' or '-'")
     return name
@@ -112,7 +112,7 @@ class Bundle:
 
 
 def load_bundle(name: str, verify: bool = True) -> Bundle:
-    path = weights_dir() / _check_name(name)
+    path = weights_dir() / check_name(name)
     meta_path = path / "bundle.json"
     if not meta_path.is_file():
         have = ", ".join(b.name for b in list_bundles()) or "none"
@@ -161,7 +161,34 @@ def _load_official_heads(src: Path) -> dict[HeadName, Head]:
     return heads
 
 
-def _write_bundle(name: str, encoder: dict[str, np.ndarray], heads: dict[HeadName, Head], meta: dict[str, Any]) -> Bundle:
+def bundle_meta(
+    name: str,
+    config: EncoderConfig,
+    thresholds: dict[HeadName, float],
+    source: dict[str, Any],
+    license: str,
+) -> dict[str, Any]:
+    """bundle.json's fields (without the file hashes), shared by imported and trained bundles."""
+    return {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "codescan": __version__,
+        "encoder": config.to_dict(),
+        "embedding": "cls_after_final_norm",
+        "preprocess": {
+            "version": PREPROCESS_VERSION,
+            "crop": config.img_size,
+            "resize": False,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        "heads": {n: {"threshold": float(thresholds[n])} for n in HEAD_NAMES if n in thresholds},
+        "license": license,
+        "source": source,
+    }
+
+
+def write_bundle(name: str, encoder: dict[str, np.ndarray], heads: dict[HeadName, Head], meta: dict[str, Any]) -> Bundle:
     """Write into a temp dir beside the target, then swap it in with renames."""
     from safetensors.numpy import save_file
 
@@ -194,7 +221,7 @@ def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] 
 
     from .unpickle import UnsafePickleError
 
-    _check_name(name)
+    check_name(name)
     src = Path(src)
     for required in ("config.json", "model.safetensors"):
         if not (src / required).is_file():
@@ -220,24 +247,9 @@ def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] 
             "imported_from": str(src.resolve()),
             "files": _hash_official(src),
         }
-    meta: dict[str, Any] = {
-        "format": BUNDLE_FORMAT,
-        "name": name,
-        "codescan": __version__,
-        "encoder": config.to_dict(),
-        "embedding": "cls_after_final_norm",
-        "preprocess": {
-            "version": PREPROCESS_VERSION,
-            "crop": config.img_size,
-            "resize": False,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-        },
-        "heads": {n: {"threshold": 0.0} for n in HEAD_NAMES if n in heads},
-        "license": OFFICIAL_LICENSE if source.get("repo") == OFFICIAL_REPO else source.get("license", "unknown"),
-        "source": source,
-    }
-    return _write_bundle(name, encoder, heads, meta)
+    license = OFFICIAL_LICENSE if source.get("repo") == OFFICIAL_REPO else source.get("license", "unknown")
+    meta = bundle_meta(name, config, {n: 0.0 for n in heads}, source, license)
+    return write_bundle(name, encoder, heads, meta)
 
 
 def _hash_official(src: Path) -> dict[str, str]:
@@ -266,7 +278,7 @@ def pull(
     whose sha256 differs from what was recorded, so a re-uploaded or tampered file never
     replaces the weights silently. ``revision`` re-pins on purpose.
     """
-    _check_name(name)
+    check_name(name)
     previous: Bundle | None = None
     try:
         previous = load_bundle(name, verify=False)

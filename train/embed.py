@@ -22,8 +22,13 @@ class Embedded:
     """Embeddings of the files that decoded, with the indices (into the input list) they belong to."""
 
     index: np.ndarray  # (N,) int64 positions in the input list
-    emb: np.ndarray  # (N, D) float32
+    emb: np.ndarray  # (N, D) float32, or (N, K, D) for a decoder that gives K crops per file
     failures: dict[int, DecodeFailure] = field(default_factory=dict)
+
+
+def centre_crop(path: str, limits: DecodeLimits) -> np.ndarray:
+    """(224, 224, 3) uint8: exactly what `scan` judges."""
+    return decode_file(path, limits).crop
 
 
 def embed_files(
@@ -32,8 +37,13 @@ def embed_files(
     batch_size: int = 32,
     limits: DecodeLimits = DecodeLimits(),
     on_batch: Callable[[int], None] | None = None,
+    decode: Callable[[str, DecodeLimits], np.ndarray] = centre_crop,
 ) -> Embedded:
-    """Decode (centre crop, as `scan` does) and embed `paths`; undecodable files are reported, not raised."""
+    """Decode and embed `paths`; undecodable files are reported, not raised.
+
+    `decode` gives (..., 224, 224, 3) uint8 per file; ``emb`` keeps its leading shape, so the
+    centre crop gives (N, D) and five crops (N, 5, D). `batch_size` counts files.
+    """
     configure_pillow(limits)
     index: list[int] = []
     chunks: list[np.ndarray] = []
@@ -41,8 +51,9 @@ def embed_files(
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        crops = np.stack([c for _, c in pending])  # (B, 224, 224, 3) uint8
-        chunks.append(engine.embed(crops))  # (B, D)
+        crops = np.stack([c for _, c in pending])  # (B, ..., 224, 224, 3) uint8
+        emb = engine.embed(crops.reshape(-1, *crops.shape[-3:]))  # (B·K, D)
+        chunks.append(emb.reshape(*crops.shape[:-3], -1))  # (B, ..., D)
         index.extend(i for i, _ in pending)
         if on_batch is not None:
             on_batch(len(pending))
@@ -50,7 +61,7 @@ def embed_files(
 
     for i, path in enumerate(paths):
         try:
-            pending.append((i, decode_file(str(path), limits).crop))
+            pending.append((i, decode(str(path), limits)))
         except DecodeFailure as failure:
             failures[i] = failure
         if len(pending) == batch_size:

@@ -1,0 +1,199 @@
+"""`codescan eval`: score a labelled set with a bundle's heads and measure them, overall and per generator.
+
+Files go through the scanner's own decoder and an engine (via :mod:`.embed`), so the numbers
+describe what `codescan scan` would answer on those files, with the bundle's thresholds.
+A detector is only as good as its worst generator, so every metric is also reported per
+generator: that generator's fakes against all reals (the reals are shared; nothing else is
+fair to a generator with few images).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from codescan.engines.base import Engine, EngineName, Precision, create_engine
+
+from codescan import __version__
+from codescan.decode import DecodeLimits
+from codescan.heads import HeadSet
+from codescan.records import ErrorCode, HeadChoice, HeadName
+from codescan.weights import load_bundle
+
+from .crops import five_crops
+from .data import Label, Sample, load_samples
+from .embed import Embedded, centre_crop, embed_files
+from .metrics import BinaryMetrics, binary_metrics
+
+CropCount = Literal[1, 5]
+EVAL_SCHEMA_VERSION = 1
+DEFAULT_BATCH = 32  # embed_files' default: eval decodes in-process, so no decode pool sets the batch size
+
+Progress = Callable[[int, int], None]  # (files embedded so far, files in the data set)
+
+
+class EvalError(ValueError):
+    """The data cannot be evaluated (nothing decodes, or a head the bundle lacks)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    data: Path
+    weights: str = "code"
+    head: HeadChoice = "all"
+    crops: CropCount = 1
+    engine: EngineName = "auto"
+    precision: Precision = "auto"
+    batch_size: int | None = None
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    path: str
+    label: Label
+    generator: str
+    error_code: ErrorCode
+    error: str
+
+
+@dataclass
+class Scored:
+    """Per-file scores of the files that decoded, and what produced them."""
+
+    samples: list[Sample]
+    scores: dict[HeadName, np.ndarray]  # (N,) per head, higher = more likely fake
+    thresholds: dict[HeadName, float]
+    undecodable: list[Undecodable]
+    run: dict[str, Any]  # data, weights, engine, device, precision, crops
+
+    @property
+    def is_fake(self) -> np.ndarray:
+        return np.array([s.is_fake for s in self.samples], dtype=bool)
+
+    def generators(self) -> list[str]:
+        return sorted({s.generator for s in self.samples if s.is_fake})
+
+    def subset(self, generator: str) -> np.ndarray:
+        """Mask of all reals plus the fakes of `generator`."""
+        return np.array([not s.is_fake or s.generator == generator for s in self.samples], dtype=bool)
+
+
+def _selected_heads(heads: HeadSet, choice: HeadChoice, weights: str) -> list[HeadName]:
+    names = heads.names()
+    if not names:
+        raise EvalError(f"bundle {weights!r} has no heads")
+    if choice == "all":
+        return names
+    if choice not in names:
+        raise EvalError(f"bundle {weights!r} has no {choice!r} head (has: {', '.join(names)})")
+    return [choice]
+
+
+def _embed(config: EvalConfig, samples: list[Sample], engine: Engine, progress: Progress | None) -> Embedded:
+    done = 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, len(samples))
+
+    paths = [s.path for s in samples]
+    batch = config.batch_size or DEFAULT_BATCH
+    decode = five_crops if config.crops == 5 else centre_crop
+    return embed_files(paths, engine, batch_size=batch, limits=config.limits, on_batch=on_batch, decode=decode)
+
+
+def _head_scores(heads: HeadSet, name: HeadName, emb: np.ndarray) -> np.ndarray:
+    """(N,) scores from (N, D) embeddings, or the maximum over crops from (N, crops, D)."""
+    if emb.ndim == 2:
+        return heads.heads[name].score(emb)
+    n, crops, dim = emb.shape
+    return heads.heads[name].score(emb.reshape(n * crops, dim)).reshape(n, crops).max(axis=1)
+
+
+def score_samples(config: EvalConfig, progress: Progress | None = None) -> Scored:
+    samples = load_samples(config.data)
+    bundle = load_bundle(config.weights)
+    heads = bundle.head_set()
+    names = _selected_heads(heads, config.head, config.weights)
+    engine = create_engine(bundle, config.engine, config.precision)
+    embedded = _embed(config, samples, engine, progress)
+    if len(embedded.index) == 0:
+        raise EvalError(f"none of the {len(samples)} images in {config.data} could be decoded")
+    undecodable = [
+        Undecodable(str(samples[i].path), samples[i].label, samples[i].generator, f.code, f.message)
+        for i, f in sorted(embedded.failures.items())
+    ]
+    return Scored(
+        samples=[samples[i] for i in embedded.index],
+        scores={n: _head_scores(heads, n, embedded.emb) for n in names},
+        thresholds={n: heads.threshold(n) for n in names},
+        undecodable=undecodable,
+        run={
+            "data": str(config.data),
+            "weights": {"name": bundle.name, "sha256": bundle.digest, "revision": bundle.revision},
+            "engine": engine.name,
+            "device": engine.device,
+            "precision": engine.precision,
+            "crops": config.crops,
+        },
+    )
+
+
+
+@dataclass(frozen=True)
+class HeadReport:
+    threshold: float
+    overall: BinaryMetrics
+    generators: dict[str, BinaryMetrics]  # that generator's fakes vs all reals
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "overall": self.overall.to_dict(),
+            "generators": {g: m.to_dict() for g, m in self.generators.items()},
+        }
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    run: dict[str, Any]
+    counts: dict[str, int]  # files, scored, real, fake, undecodable
+    heads: dict[HeadName, HeadReport]
+    undecodable: list[Undecodable]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": EVAL_SCHEMA_VERSION,
+            "codescan": __version__,
+            **self.run,
+            "counts": self.counts,
+            "heads": {n: h.to_dict() for n, h in self.heads.items()},
+            "undecodable": [asdict(u) for u in self.undecodable],
+        }
+
+
+def build_report(scored: Scored) -> EvalReport:
+    is_fake = scored.is_fake
+    heads: dict[HeadName, HeadReport] = {}
+    for name, scores in scored.scores.items():
+        t = scored.thresholds[name]
+        per_generator = {}
+        for g in scored.generators():
+            mask = scored.subset(g)
+            per_generator[g] = binary_metrics(is_fake[mask], scores[mask], t)
+        heads[name] = HeadReport(threshold=t, overall=binary_metrics(is_fake, scores, t), generators=per_generator)
+    n_fake = int(is_fake.sum())
+    counts = {
+        "files": len(scored.samples) + len(scored.undecodable),
+        "scored": len(scored.samples),
+        "real": len(scored.samples) - n_fake,
+        "fake": n_fake,
+        "undecodable": len(scored.undecodable),
+    }
+    return EvalReport(run=scored.run, counts=counts, heads=heads, undecodable=scored.undecodable)
