@@ -158,6 +158,13 @@ def main() -> None:
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--skip-stages", action="store_true")
+    ap.add_argument(
+        "--gate",
+        type=Path,
+        default=HERE.parent.parent / "shared" / "corpus" / "labeled",
+        help="labelled folder to run `codescan gate` on first, so --precision auto may pick a reduced precision "
+        "that passes it (as a user would after `codescan gate`); 'none' to skip",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,6 +175,12 @@ def main() -> None:
         env = {**os.environ, "CODESCAN_HOME": str(home)}
         exe = Path(sys.executable).parent / "codescan"
         subprocess.run([str(exe), "weights", "import", str(ckpt)], env=env, check=True, capture_output=True)
+        if str(args.gate) != "none":
+            gate = subprocess.run([str(exe), "gate", str(args.gate)], env=env, check=True, capture_output=True, text=True)
+            for r in json.loads(gate.stdout):
+                agreement = ", ".join(f"{k} {v:.2%}" for k, v in r["agreement"].items())
+                print(f"gate {r['engine']} {r['precision']}: cosine min {r['cosine_min']:.5f}, agreement {agreement}, "
+                      f"{'passed' if r['passed'] else 'failed'} ({r['images']} images of {args.gate})")
         extra = ["--engine", args.engine, "--precision", args.precision]
         run_codescan(folder, home, extra)  # builds and caches the engine once, as a first scan would
         refs, ours = [], []

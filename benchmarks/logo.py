@@ -15,13 +15,13 @@ Only manifests are written into the work dir (absolute paths to the corpus); ima
 copied. Bundles go into a private CODESCAN_HOME under the work dir.
 
     benchmarks/train_labeled.sh --dry-run                # manifests + baseline only (seconds)
-    benchmarks/train_labeled.sh                          # the full benchmark, --epochs 1
+    benchmarks/train_labeled.sh                          # the full benchmark, --epochs 3
 
-Budget on the 2-core development CPU (no GPU): the whole benchmark with one full epoch per fold
-(~13 steps of 32 images, 4 views each) took 16 minutes; a fold took 84–212 s (training ran at
-2–6 images/s depending on what else shared the CPU), evaluation 3–4 s. Each further epoch adds
-70–210 s per fold, so --epochs 2 stays within an hour too. --steps-per-epoch N shortens epochs
-for a quicker look. Checkpoints and bundles take ~850 MB in the work dir.
+Budget on the 2-core development CPU (no GPU): the default, three full epochs per fold (~14
+steps of 32 images, 4 views each), took 32 minutes for the 8 folds on an idle machine (training
+225–264 s per fold, evaluation 3–4 s); each further epoch adds about 75 s per fold, so --epochs 5
+is the most that stays within an hour. --steps-per-epoch N shortens epochs for a quicker look.
+Checkpoints and bundles take ~850 MB in the work dir.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--min-images", type=int, default=15, help="hold out generators with at least this many fakes")
     ap.add_argument("--test-fraction", type=float, default=0.3, help="share of reals held out for testing")
     ap.add_argument("--generators", nargs="*", default=[], help="run only these folds")
-    ap.add_argument("--epochs", type=int, default=1, help="codescan train --epochs: the time budget knob (see Budget above)")
+    ap.add_argument("--epochs", type=int, default=3, help="codescan train --epochs: the time budget knob (see Budget above)")
     ap.add_argument("--steps-per-epoch", type=int, help="codescan train --steps-per-epoch (default: a full epoch)")
     ap.add_argument("--init", default="scratch", help="codescan train --init")
     ap.add_argument("--train-arg", action="append", default=[], help="extra codescan train argument (repeatable), "

@@ -25,7 +25,7 @@ from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 GraphPrecision = Literal["fp32", "fp16"]
 OPSET = 17
-GRAPH_VERSION = 2  # bump when the graph changes: cached engines are keyed by it
+GRAPH_VERSION = 3  # bump when the graph changes: cached engines are keyed by it
 INPUT = "crops"
 OUTPUT = "embeddings"
 
@@ -53,7 +53,7 @@ class _Builder:
 
     def op(self, op_type: str, inputs: list[str], stem: str | None = None, **attrs) -> str:
         out = self.name(stem or op_type.lower())
-        self.nodes.append(self.h.make_node(op_type, inputs, [out], **attrs))
+        self.nodes.append(self.h.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
     def cast(self, x: str, to: int) -> str:
@@ -68,7 +68,7 @@ class _Builder:
             return self.cast(y, self.T.FLOAT)
         w = self.const(f"{stem}_w", weight.T.astype(np.float32))
         b = self.const(f"{stem}_b", bias.astype(np.float32))
-        return self.op("Add", [self.op("MatMul", [x, w]), b], stem)
+        return self.op("Add", [self.op("MatMul", [x, w], f"{stem}_matmul"), b], stem)
 
     def layer_norm(self, x: str, weight: np.ndarray, bias: np.ndarray, eps: float, stem: str) -> str:
         w = self.const(f"{stem}_g", weight.astype(np.float32))

@@ -35,14 +35,20 @@ def ensure_model(bundle: Bundle, precision: OrtPrecision) -> Path:
     if precision == "fp32":
         atomic_write_bytes(path, fp32.SerializeToString())
         return path
-    # int8: dynamic quantisation of the matrix products (weights int8, activations quantised
-    # per batch at run time); uses the CPU's VNNI instructions where present.
+    # int8: dynamic quantisation of the linear layers (weights int8 with one scale per output
+    # channel, activations quantised per batch at run time; VNNI where present). The first and
+    # last blocks stay in float: they carry the widest activation ranges, and quantising them
+    # too cost most of the accuracy (test bundle: cosine min 0.9989 → 0.9995 with them kept).
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    last = bundle.encoder_config.depth - 1
+    keep = [n.name for n in fp32.graph.node if n.op_type == "MatMul" and n.name.startswith(("b0_", f"b{last}_"))]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32.SerializeToString())
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        quantize_dynamic(
+            src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_exclude=keep
+        )
         atomic_write_bytes(path, dst.read_bytes())
     return path
 

@@ -98,3 +98,20 @@ def test_onnx_cache_is_keyed_by_bundle_digest(home):
     path = cached_model_path(bundle, "fp32")
     assert path.is_file() and bundle.digest[:16] in path.name
     assert cached_model_path(bundle, "int8") != path
+
+
+def test_int8_graph_keeps_first_and_last_block_in_float(home):
+    """Every linear layer is quantised per channel except those of the first and last blocks."""
+    import onnx
+    from codescan.engines.onnx_engine import ensure_model
+
+    bundle = load_bundle("code")
+    model = onnx.load(str(ensure_model(bundle, "int8")))
+    last = bundle.encoder_config.depth - 1
+    float_linear = sorted(n.name for n in model.graph.node if n.op_type == "MatMul" and "_matmul_" in n.name)
+    assert {name.split("_")[0] for name in float_linear} == {"b0", f"b{last}"}
+    assert len(float_linear) == 8  # qkv, proj, fc1, fc2 of the two kept blocks
+    quantised = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(quantised) == 4 * (bundle.encoder_config.depth - 2)
+    scales = {i.name: i for i in model.graph.initializer if i.name.endswith("_scale")}
+    assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in scales.values())  # per-channel weight scales
