@@ -465,18 +465,21 @@ class PlanRunner:
 
 def load_runner(
     bundle: Bundle,
-    precision: str,
-    max_batch: int | None,
-    trt: Any,
-    device: Device,
-    workspace: int,
-    log: Callable[[str], None],
+    precision: str = "fp16",
+    max_batch: int | None = None,
+    *,
+    device: Device | None = None,
+    trt: Any = None,
+    workspace: int = DEFAULT_WORKSPACE,
+    log: Callable[[str], None] = _log_stderr,
 ) -> tuple[PlanRunner, PlanInfo]:
     """A runner on the cached (or freshly built) plan; a plan this TensorRT refuses is rebuilt once.
 
     Deserialising is the only proof that a plan works on this GPU, so `compile` goes through
-    here too before it reports success.
+    here too before it reports success. `trt` and `device` default to the real module and GPU 0.
     """
+    trt = trt if trt is not None else import_tensorrt()
+    device = device if device is not None else default_device()
     cfg = bundle.encoder_config
     plan, info = ensure_plan(bundle, precision, max_batch, trt, device, workspace, log=log)
     n = info.key["profile"]["max"][0]
@@ -504,11 +507,11 @@ class TensorRTEngine:
         workspace: int = DEFAULT_WORKSPACE,
         log: Callable[[str], None] = _log_stderr,
     ) -> None:
-        trt = trt if trt is not None else import_tensorrt()
-        device = device if device is not None else default_device()
         self.precision = precision
-        self.device = device.name
-        self.runner, self.plan = load_runner(bundle, precision, max_batch, trt, device, workspace, log)
+        self.runner, self.plan = load_runner(
+            bundle, precision, max_batch, device=device, trt=trt, workspace=workspace, log=log
+        )
+        self.device = self.runner.device.name
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         return self.runner.embed(crops)
@@ -532,6 +535,4 @@ def compile_engine(
     log: Callable[[str], None] = _log_stderr,
 ) -> PlanInfo:
     """`codescan compile`: export, build and cache the plan (a no-op when a valid one is cached)."""
-    trt = trt if trt is not None else import_tensorrt()
-    device = device if device is not None else default_device()
-    return load_runner(bundle, precision, max_batch, trt, device, workspace, log)[1]
+    return load_runner(bundle, precision, max_batch, device=device, trt=trt, workspace=workspace, log=log)[1]
