@@ -10,13 +10,13 @@ replaced atomically, so a crash leaves the previous checkpoint or the new one, n
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from codescan.fsutil import atomic_write_bytes
 from codescan.weights import check_name, store_root
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -66,7 +66,7 @@ def save(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
 ) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -84,11 +84,8 @@ def save(
         "param_groups": opt["param_groups"],
         "scaler": scaler.state_dict(),
     }
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT
-    tmp = folder / f".{CHECKPOINT}.tmp"
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata={_META_KEY: json.dumps(meta)}))
     return path
 
 
@@ -129,6 +126,4 @@ def trim_metrics(folder: Path, epochs_done: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue  # a line torn by the interruption
-    tmp = path.with_name(f".{METRICS}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(kept).encode("utf-8"))
