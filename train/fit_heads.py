@@ -23,7 +23,8 @@ from codescan.unpickle import estimator_to_head
 
 from .data import Sample
 from .embed import embed_files
-from .threshold import ThresholdChoice, balanced_accuracy, choose_threshold
+from .metrics import binary_metrics
+from .threshold import ThresholdChoice, choose_threshold
 
 
 @dataclass(frozen=True)
@@ -74,21 +75,18 @@ class HeadValidation:
 
 def validate(heads: dict[HeadName, Head], val: EmbeddedSamples) -> dict[HeadName, HeadValidation]:
     """Choose every head's threshold on the validation embeddings and measure it there."""
-    from sklearn.metrics import roc_auc_score
-
     out: dict[HeadName, HeadValidation] = {}
-    n_fake = int(val.is_fake.sum())
-    n_real = len(val.is_fake) - n_fake
-    both = n_fake > 0 and n_real > 0
     for name, head in heads.items():
         scores = head.score(val.emb) if len(val.is_fake) else np.zeros(0)
         choice = choose_threshold(scores, val.is_fake)
+        m = binary_metrics(val.is_fake, scores, choice.threshold)
+        cm = m.confusion
         out[name] = HeadValidation(
             threshold=choice,
-            n_real=n_real,
-            n_fake=n_fake,
-            balanced_accuracy=balanced_accuracy(scores, val.is_fake, choice.threshold) if both else None,
-            accuracy=float(((scores > choice.threshold) == val.is_fake).mean()) if len(scores) else None,
-            auc=float(roc_auc_score(val.is_fake, scores)) if both else None,
+            n_real=m.n_real,
+            n_fake=m.n_fake,
+            balanced_accuracy=m.balanced_accuracy,
+            accuracy=(cm.tn + cm.tp) / len(scores) if len(scores) else None,
+            auc=m.auc,
         )
     return out

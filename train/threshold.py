@@ -30,12 +30,6 @@ class ThresholdChoice:
         return asdict(self)
 
 
-def balanced_accuracy(scores: np.ndarray, is_fake: np.ndarray, threshold: float) -> float:
-    """(N,), (N,) bool -> mean of the fake and real recall at `threshold` (fake when score > threshold)."""
-    predicted = scores > threshold
-    return float((predicted[is_fake].mean() + (~predicted[~is_fake]).mean()) / 2)
-
-
 def choose_threshold(scores: np.ndarray, is_fake: np.ndarray, natural: float = NATURAL) -> ThresholdChoice:
     scores = np.asarray(scores, dtype=np.float64)
     is_fake = np.asarray(is_fake, dtype=bool)
