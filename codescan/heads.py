@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from .records import HEAD_NAMES, HeadName, HeadVerdict
+from .records import HEAD_NAMES, HeadChoice, HeadName, HeadVerdict
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,17 @@ class HeadSet:
 
     def names(self) -> list[HeadName]:
         return [n for n in HEAD_NAMES if n in self.heads]
+
+    def select(self, choice: HeadChoice, bundle: str) -> list[HeadName]:
+        """The heads `--head` asks for, in canonical order; ValueError names what the bundle has."""
+        names = self.names()
+        if not names:
+            raise ValueError(f"bundle {bundle!r} has no heads")
+        if choice == "all":
+            return names
+        if choice not in names:
+            raise ValueError(f"bundle {bundle!r} has no {choice!r} head (has: {', '.join(names)})")
+        return [choice]
 
     def threshold(self, name: HeadName) -> float:
         return float(self.thresholds.get(name, 0.0))

@@ -102,16 +102,11 @@ class Scanner:
         self.config = config
         self.bundle = load_bundle(weights)
         self.heads: HeadSet = self.bundle.head_set()
-        names = self.heads.names()
-        if not names:
-            raise ValueError(f"bundle {weights!r} has no heads")
-        if config.head != "all" and config.head not in names:
-            raise ValueError(f"bundle {weights!r} has no {config.head!r} head (has: {', '.join(names)})")
+        self.judged: list[HeadName] = self.heads.select(config.head, weights)
         for name in config.thresholds:
-            if name not in names:
+            if name not in self.heads.names():
                 raise ValueError(f"--threshold for {name!r}, but the bundle has no such head")
-        self.primary: HeadName = names[0] if config.head == "all" else config.head  # type: ignore[assignment]
-        self.judged: list[HeadName] = names if config.head == "all" else [self.primary]
+        self.primary: HeadName = self.judged[0]
         self.engine = create_engine(self.bundle, engine, precision)  # type: ignore[arg-type]
 
     @property

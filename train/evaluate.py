@@ -36,7 +36,7 @@ Progress = Callable[[int, int], None]  # (files embedded so far, files in the da
 
 
 class EvalError(ValueError):
-    """The data cannot be evaluated (nothing decodes, or a head the bundle lacks)."""
+    """The data cannot be evaluated (nothing decodes)."""
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,6 @@ class Scored:
         return np.array([not s.is_fake or s.generator == generator for s in self.samples], dtype=bool)
 
 
-def _selected_heads(heads: HeadSet, choice: HeadChoice, weights: str) -> list[HeadName]:
-    names = heads.names()
-    if not names:
-        raise EvalError(f"bundle {weights!r} has no heads")
-    if choice == "all":
-        return names
-    if choice not in names:
-        raise EvalError(f"bundle {weights!r} has no {choice!r} head (has: {', '.join(names)})")
-    return [choice]
-
-
 def _embed(config: EvalConfig, samples: list[Sample], engine: Engine, progress: Progress | None) -> Embedded:
     done = 0
 
@@ -120,7 +109,7 @@ def score_samples(config: EvalConfig, progress: Progress | None = None) -> Score
     samples = load_samples(config.data)
     bundle = load_bundle(config.weights)
     heads = bundle.head_set()
-    names = _selected_heads(heads, config.head, config.weights)
+    names = heads.select(config.head, config.weights)
     engine = create_engine(bundle, config.engine, config.precision)
     embedded = _embed(config, samples, engine, progress)
     if len(embedded.index) == 0:
