@@ -21,7 +21,7 @@ from rich.console import Console
 from codescan.engines.base import EngineName, Precision
 
 from . import __version__
-from .records import HEAD_NAMES, HeadChoice, Summary
+from .records import HEAD_NAMES, EvidenceLevel, HeadChoice, Summary
 from .reporters import Format
 
 EXIT_FATAL = 2
@@ -122,9 +122,37 @@ def scan(
         float, typer.Option(envvar="CODESCAN_DECODE_TIMEOUT", min=0.1, help="Seconds per file before its decoder is killed.")
     ] = 20.0,
     weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+    evidence: Annotated[
+        EvidenceLevel,
+        typer.Option(
+            envvar="CODESCAN_EVIDENCE",
+            help="Provenance read from each file: metadata (generator parameters, EXIF, XMP, C2PA), "
+            "all (+ SD/SDXL watermark), none.",
+        ),
+    ] = "metadata",
+    cache: Annotated[
+        Optional[str],
+        typer.Option(envvar="CODESCAN_CACHE", help="Scan cache file (SQLite). Default: scan-cache.sqlite3 in the store."),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", envvar="CODESCAN_NO_CACHE", help="Neither read nor write the scan cache.")
+    ] = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            envvar="CODESCAN_RAY",
+            help="Run on Ray Data: 'local' (a private instance here), 'auto' (the running cluster) or an address.",
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        Optional[int],
+        typer.Option(envvar="CODESCAN_RAY_WORKERS", min=1, help="--ray: decode actors (local: also the CPUs Ray may use)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or summary.")] = False,
 ) -> None:
-    """Scan files and folders; one record per file. Exit 2 if any error, else 1 if any fake, else 0."""
+    """Scan files and folders; one record per file. Exit 2 if any error, else 1 if any fake (model or evidence), else 0."""
+    from .cache import default_path
     from .decode import DecodeLimits
     from .pipeline import ScanConfig, Scanner
     from .reporters import FORMATS, guess_format, make_reporter
@@ -151,11 +179,13 @@ def scan(
         decode_timeout=decode_timeout,
         limits=DecodeLimits(max_filesize=max_filesize, max_pixels=max_pixels),
         walk=WalkOptions(excludes=tuple(exclude or ()), follow_symlinks=follow_symlinks),
+        evidence=evidence,  # type: ignore[arg-type]
+        cache=None if no_cache or ray else (cache or str(default_path())),
         **({"decode_workers": workers} if workers else {}),
     )
-    scanner = Scanner(weights=weights, engine=engine, precision=precision, config=config)
+    scanner = Scanner(weights=weights, engine=engine, precision=precision, config=config, warn=_warn)
     header = scanner.header()
-    summary = Summary()
+    summary = Summary(combined_fake=None if evidence == "none" else 0)
     done: set[str] = set()
     appending = False
     if resume is not None:
@@ -166,9 +196,11 @@ def scan(
         if state.header is not None:
             resuming.rewrite(resume, state)
         for old in state.results:
-            summary.count(old["status"])
+            summary.count(old["status"], old.get("combined"))
         done, appending = state.done, state.header is not None
-    reporter = make_reporter(fmt, output, scanner.judged if head == "all" else None, append=appending)  # type: ignore[arg-type]
+    reporter = make_reporter(
+        fmt, output, scanner.judged if head == "all" else None, append=appending, evidence=evidence != "none"  # type: ignore[arg-type]
+    )
     started = time.perf_counter()
     interrupted = False
     reporter.header(header)
@@ -176,7 +208,7 @@ def scan(
     try:
         with progress:
             task = progress.add_task("scanning", total=None)
-            for result in scanner.scan(arguments, skip=done):
+            for result in _results(scanner, arguments, done, ray, ray_workers, batch_size):
                 reporter.result(result)
                 summary.add(result)
                 progress.update(task, advance=1, fake=summary.fake, errors=summary.errors)
@@ -187,11 +219,32 @@ def scan(
     reporter.close(commit=True)
     if not quiet:
         rate = summary.files / summary.seconds if summary.seconds > 0 else 0.0
+        extra = (summary.combined_fake or 0) - summary.fake
+        flagged = f" (+{extra} by evidence)" if extra > 0 else ""
         _err().print(
-            f"{'interrupted: ' if interrupted else ''}{summary.files} files: {summary.real} real, {summary.fake} fake, "
-            f"{summary.errors} errors, {summary.skipped} skipped in {summary.seconds:.1f}s ({rate:.1f} files/s)"
+            f"{'interrupted: ' if interrupted else ''}{summary.files} files: {summary.real} real, {summary.fake} fake"
+            f"{flagged}, {summary.errors} errors, {summary.skipped} skipped in {summary.seconds:.1f}s "
+            f"({rate:.1f} files/s)"
         )
     raise typer.Exit(EXIT_INTERRUPTED if interrupted else summary.exit_code())
+
+
+def _results(scanner, arguments: list, done: set[str], ray: str | None, workers: int | None, batch: int | None):
+    if ray is None:
+        return scanner.scan(arguments, skip=done)
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs the ray extra: pip install 'codescan[ray]'")
+    from .ray_scan import RayOptions
+    from .ray_scan import scan as ray_scan
+
+    options = RayOptions(address=ray, workers=workers, **({"batch_size": batch} if batch else {}))
+    return ray_scan(scanner, arguments, skip=done, options=options)
+
+
+def _warn(message: str) -> None:
+    _err().print(f"codescan: warning: {message}", markup=False)
 
 
 def _progress(quiet: bool):
@@ -223,14 +276,14 @@ def gate(
     from codescan.engines.base import GPU_GATE_CANDIDATES
     from codescan.engines.gate import CANDIDATES, MIN_AGREEMENT, MIN_COSINE, run_gate
 
-    from .decode import Decoded, DecodeLimits
+    from .examine import ExamineConfig, Examined
     from .walk import walk
     from .weights import load_bundle
     from .workers import DecodePool
 
     bundle = load_bundle(weights)
-    pool = DecodePool(workers=os.cpu_count() or 1, limits=DecodeLimits(), timeout=20.0, window=64)
-    crops = [o.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Decoded)]
+    pool = DecodePool(workers=os.cpu_count() or 1, config=ExamineConfig(evidence="none"), timeout=20.0, window=64)
+    crops = [o.decoded.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Examined) and o.decoded]
     if not crops:
         raise UsageError("no decodable images under the given paths")
     results = run_gate(bundle, np.stack(crops), candidates=(*CANDIDATES, *GPU_GATE_CANDIDATES))
@@ -450,9 +503,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     """Failures with a message written for the user: no traceback, exit 2."""
     from codescan.engines.base import EngineError
 
+    from .provenance import ProvenanceError
     from .weights import WeightsError
 
-    return (UsageError, WeightsError, EngineError, ValueError, OSError)
+    return (UsageError, WeightsError, EngineError, ProvenanceError, ValueError, OSError)
 
 
 class _Signals:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .preprocess import CROP, place_crop, plan_crop
-from .records import ErrorCode
+from .records import ErrorCode, Evidence
 
 try:
     from . import _jpegregion
@@ -127,9 +127,11 @@ class Decoded:
 class DecodeFailure(Exception):
     code: ErrorCode
     message: str
+    sha256: str | None = None  # set when the bytes were read
+    evidence: tuple[Evidence, ...] | None = None  # what the metadata said, though the pixels failed
 
     def __reduce__(self):  # crosses process boundaries; Exception's default would drop the fields
-        return (DecodeFailure, (self.code, self.message))
+        return (DecodeFailure, (self.code, self.message, self.sha256, self.evidence))
 
 
 def read_limited(path: str | bytes, max_filesize: int) -> bytes:
@@ -266,3 +268,8 @@ def configure_pillow(limits: DecodeLimits) -> None:
 
 def decode_file(path: str | bytes, limits: DecodeLimits) -> Decoded:
     return decode_bytes(read_limited(path, limits.max_filesize), limits, path)
+
+
+def decode_full(data: bytes, limits: DecodeLimits) -> np.ndarray:
+    """The whole first frame as (H, W, 3) uint8 RGB, under the same limits and allow-list."""
+    return decode_boxes(data, limits, lambda w, h: [(0, 0, w, h)]).regions[0]

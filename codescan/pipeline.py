@@ -12,26 +12,22 @@ waits for that image's batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
-from .decode import (
-    MAGIC_BYTES,
-    Decoded,
-    DecodeFailure,
-    DecodeLimits,
-    decode_bytes,
-    has_image_extension,
-    has_image_magic,
-    read_limited,
-)
+from .cache import CachedVerdict, CacheError, CacheSpec, CacheWriter
+from .decode import DecodeFailure, DecodeLimits
+from .examine import ExamineConfig, Examined, Outcome
 from .heads import HeadSet
+from .preprocess import PREPROCESS_VERSION
 from .records import (
     HEAD_NAMES,
+    EvidenceLevel,
     HeadChoice,
     Header,
     HeadName,
@@ -40,38 +36,12 @@ from .records import (
     error_result,
     skipped_result,
 )
-from .walk import Entry, WalkOptions, walk
+from .sources import entries as list_entries
+from .walk import Entry, WalkOptions
 from .workers import DecodePool
 
 if TYPE_CHECKING:
     from codescan.engines.base import AsyncEngine
-
-
-
-class Skipped:
-    """Marker outcome: not a candidate (no image extension, no image magic)."""
-
-
-SKIPPED = Skipped()
-Outcome = Decoded | DecodeFailure | Skipped
-
-
-def inspect_entry(entry: Entry, limits: DecodeLimits) -> Outcome:
-    """Decide candidate vs skipped from name and first bytes, then decode candidates."""
-    if entry.error is not None:
-        return DecodeFailure(*entry.error)
-    try:
-        if not has_image_extension(entry.path):
-            try:
-                with open(entry.path, "rb") as fh:
-                    head = fh.read(MAGIC_BYTES)
-            except OSError:
-                head = b""  # unreadable and no image extension: read_limited reports the real cause
-            if head and not has_image_magic(head):
-                return SKIPPED
-        return decode_bytes(read_limited(entry.path, limits.max_filesize), limits, entry.path)
-    except DecodeFailure as failure:
-        return failure
 
 
 @dataclass(frozen=True)
@@ -83,6 +53,16 @@ class ScanConfig:
     decode_timeout: float = 20.0  # seconds per file, enforced by killing the worker
     limits: DecodeLimits = DecodeLimits()
     walk: WalkOptions = WalkOptions()
+    evidence: EvidenceLevel = "metadata"
+    cache: str | None = None  # the SQLite scan cache; None: nothing read or stored across scans
+
+
+Scores = dict[str, float]  # every head of the bundle, by name
+Item = tuple[Entry, Outcome, bool]  # bool: its crop goes to the engine in this item's batch
+
+
+def _ignore(message: str) -> None:
+    pass
 
 
 class Scanner:
@@ -94,12 +74,18 @@ class Scanner:
         engine: str = "auto",
         precision: str = "auto",
         config: ScanConfig = ScanConfig(),
+        warn: Callable[[str], None] = _ignore,
     ) -> None:
         from codescan.engines.base import create_engine
 
         from .weights import load_bundle
 
+        if config.evidence == "all":
+            from .provenance import require_watermark
+
+            require_watermark()  # fail now, with the install hint, not in every worker
         self.config = config
+        self.warn = warn
         self.bundle = load_bundle(weights)
         self.heads: HeadSet = self.bundle.head_set()
         self.judged: list[HeadName] = self.heads.select(config.head, weights)
@@ -108,6 +94,8 @@ class Scanner:
                 raise ValueError(f"--threshold for {name!r}, but the bundle has no such head")
         self.primary: HeadName = self.judged[0]
         self.engine = create_engine(self.bundle, engine, precision)  # type: ignore[arg-type]
+        self._writer: CacheWriter | None = None
+        self._known: OrderedDict[bytes, Scores] = OrderedDict()
 
     @property
     def batch_size(self) -> int:
@@ -127,85 +115,171 @@ class Scanner:
             precision=self.engine.precision,
             head=self.config.head,
             thresholds={n: self.threshold(n) for n in self.judged},
+            evidence=self.config.evidence,
         )
+
+    def cache_spec(self) -> CacheSpec | None:
+        """Everything that can change a score is in the model key; evidence has its own."""
+        from .evidence import EVIDENCE_VERSION
+
+        if self.config.cache is None:
+            return None
+        model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/{self.engine.name}/{self.engine.precision}"
+        evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
+        return CacheSpec(path=self.config.cache, model=model, evidence=evidence)
 
     def scan(self, arguments: Iterable[str | bytes], skip: Collection[str] = ()) -> Iterator[Result]:
         """One Result per discovered file, in walk order; paths in `skip` (already done) are passed over."""
         cfg = self.config
         batch_size = self.batch_size
-        entries = (e for e in walk(arguments, cfg.walk) if e.display not in skip)
+        spec = self.cache_spec()
+        if spec is not None:
+            try:
+                self._writer = CacheWriter(spec)
+            except CacheError as exc:
+                self.warn(str(exc))
+                spec = None
+        # Scores of recent contents, so a copy met again in this scan is not embedded twice
+        # even before the cache has it (or with no cache at all). Far larger than what can be
+        # in flight, so a copy's original is still here when the copy's record is made.
+        self._known = OrderedDict()
+        self._capacity = max(4096, 8 * batch_size)
+        entries = (e for e in list_entries(arguments, cfg.walk) if e.display not in skip)
         pool = DecodePool(
             workers=cfg.decode_workers,
-            limits=cfg.limits,
+            config=ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=spec),
             timeout=cfg.decode_timeout,
             window=max(2 * batch_size, 4 * cfg.decode_workers),
         )
         from codescan.engines.base import submitter
 
         engine = submitter(self.engine)
-        # `pending`: outcomes since the last submitted batch (empty, or holding an image).
+        # `pending`: outcomes since the last submitted batch (empty, or holding a crop to embed).
         # `flight`: the submitted batch not yet collected, with the records that follow it
-        # in walk order up to the next image (they wait for it), and its engine handle.
-        pending: list[tuple[Entry, Outcome]] = []
-        n_images = 0
-        flight: tuple[list[tuple[Entry, Outcome]], object] | None = None
-        for entry, outcome in pool.outcomes(entries):
-            if not pending and not isinstance(outcome, Decoded):
-                if flight is None:  # no image ahead of it: needs no batch, emit it now
-                    yield from self._finish([(entry, outcome)])  # type: ignore[list-item]
+        # in walk order up to the next crop (they wait for it), and its engine handle.
+        # `queued`: contents whose crop is in `pending` or `flight`; a copy waits for them.
+        pending: list[Item] = []
+        queued: set[bytes] = set()
+        n_crops = 0
+        flight: tuple[list[Item], object] | None = None
+        try:
+            for entry, outcome in pool.outcomes(entries):
+                outcome = self._resolve(outcome)
+                embed = isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 not in queued
+                if not pending and not embed:
+                    if flight is None:  # nothing ahead of it: needs no batch, emit it now
+                        yield from self._finish([(entry, outcome, False)])
+                        continue
+                    flight[0].append((entry, outcome, False))
+                    if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
+                        yield from self._finish(*flight, engine=engine, queued=queued)
+                        flight = None
                     continue
-                flight[0].append((entry, outcome))  # type: ignore[arg-type]
-                if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
-                    yield from self._finish(*flight, engine=engine)
-                    flight = None
-                continue
-            pending.append((entry, outcome))  # type: ignore[arg-type]
-            n_images += isinstance(outcome, Decoded)
-            if n_images >= batch_size:
-                handle = self._submit(pending, engine)  # batch i+1 goes in before ...
-                if flight is not None:
-                    yield from self._finish(*flight, engine=engine)  # ... batch i comes out
-                flight, pending, n_images = (pending, handle), [], 0
-        handle = self._submit(pending, engine) if pending else None
-        if flight is not None:
-            yield from self._finish(*flight, engine=engine)
-        if pending:
-            yield from self._finish(pending, handle, engine=engine)
+                pending.append((entry, outcome, embed))
+                if embed:
+                    queued.add(outcome.sha256)  # type: ignore[union-attr]
+                    n_crops += 1
+                if n_crops >= batch_size:
+                    handle = self._submit(pending, engine)  # batch i+1 goes in before ...
+                    if flight is not None:
+                        yield from self._finish(*flight, engine=engine, queued=queued)  # ... batch i comes out
+                    flight, pending, n_crops = (pending, handle), [], 0
+            handle = self._submit(pending, engine) if n_crops else None
+            if flight is not None:
+                yield from self._finish(*flight, engine=engine, queued=queued)
+            if pending:
+                yield from self._finish(pending, handle, engine=engine, queued=queued)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
-    def _submit(self, pending: list[tuple[Entry, Outcome]], engine: AsyncEngine) -> object | None:
-        decoded = [o for _, o in pending if isinstance(o, Decoded)]
-        return engine.submit(np.stack([d.crop for d in decoded])) if decoded else None
+    def _resolve(self, outcome: Outcome) -> Outcome:
+        """A decoded copy of content already scored in this scan takes those scores: no second embedding."""
+        if isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 in self._known:
+            w, h, box, fmt = outcome.size_box_format
+            cached = CachedVerdict(w, h, fmt, box, self._known[outcome.sha256])
+            return Examined(outcome.sha256, outcome.evidence, outcome.new_evidence, cached=cached)
+        return outcome
+
+    def _submit(self, pending: list[Item], engine: AsyncEngine) -> object | None:
+        crops = [o.decoded.crop for _, o, embed in pending if embed]  # type: ignore[union-attr]
+        return engine.submit(np.stack(crops)) if crops else None
+
+    def _remember(self, sha: bytes, scores: Scores) -> None:
+        self._known[sha] = scores
+        self._known.move_to_end(sha)
+        if len(self._known) > self._capacity:
+            self._known.popitem(last=False)
 
     def _finish(
-        self, pending: list[tuple[Entry, Outcome]], handle: object | None = None, *, engine: AsyncEngine | None = None
+        self,
+        items: list[Item],
+        handle: object | None = None,
+        *,
+        engine: AsyncEngine | None = None,
+        queued: set[bytes] | None = None,
     ) -> Iterator[Result]:
-        """The records of `pending`, in order; its images' embeddings come from `handle`."""
-        verdicts: dict[HeadName, list[HeadVerdict]] = {}
+        """The records of `items`, in order; the crops they sent to the engine come back from `handle`."""
+        fresh: list[tuple[bytes, CachedVerdict]] = []
         if handle is not None:
-            assert engine is not None
+            assert engine is not None and queued is not None
             emb = engine.collect(handle)  # (B, D)
-            verdicts = {n: self.heads.judge(n, emb, self.threshold(n)) for n in self.judged}
-        i = 0
-        for entry, outcome in pending:
-            if isinstance(outcome, Decoded):
-                yield self._verdict(entry, outcome, {n: v[i] for n, v in verdicts.items()})
-                i += 1
-            elif isinstance(outcome, DecodeFailure):
-                yield error_result(entry.display, outcome.code, outcome.message)
-            else:
-                yield skipped_result(entry.display)
+            per_head = {n: self.heads.heads[n].score(emb) for n in self.heads.names()}  # name -> (B,)
+            batched = [o for _, o, embed in items if embed]
+            for i, o in enumerate(batched):
+                scores = {n: float(s[i]) for n, s in per_head.items()}
+                self._remember(o.sha256, scores)  # type: ignore[union-attr]
+                queued.discard(o.sha256)  # type: ignore[union-attr]
+                w, h, box, fmt = o.size_box_format  # type: ignore[union-attr]
+                fresh.append((o.sha256, CachedVerdict(w, h, fmt, box, scores)))  # type: ignore[union-attr]
+        new_evidence = [
+            (o.sha256, o.evidence) for _, o, _ in items if isinstance(o, Examined) and o.new_evidence and o.evidence is not None
+        ]
+        self._store(fresh, new_evidence)
+        for entry, outcome, _ in items:
+            known = self._known.get(outcome.sha256) if isinstance(outcome, Examined) and outcome.cached is None else None
+            yield self.record(entry, outcome, known)
 
-    def _verdict(self, entry: Entry, d: Decoded, per_head: dict[HeadName, HeadVerdict]) -> Result:
+    def record(self, entry: Entry, outcome: Outcome, scores: Scores | None = None) -> Result:
+        """The record of one file: `scores` for a decoded image, else the ones `outcome` carries."""
+        if isinstance(outcome, Examined):
+            if scores is None:
+                assert outcome.cached is not None, "an image record needs its scores"
+                scores = outcome.cached.scores
+            return self._verdict(entry, outcome, scores)
+        if isinstance(outcome, DecodeFailure):
+            return error_result(entry.display, outcome.code, outcome.message, outcome.sha256, outcome.evidence)
+        return skipped_result(entry.display)
+
+    def _store(self, verdicts: list[tuple[bytes, CachedVerdict]], evidence: list) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.put(verdicts, evidence)
+        except CacheError as exc:
+            self.warn(str(exc))
+            self._writer.close()
+            self._writer = None
+
+    def _verdict(self, entry: Entry, o: Examined, scores: Scores) -> Result:
+        per_head = {n: self._judge(n, scores[n]) for n in self.judged}
         main = per_head[self.primary]
+        width, height, box, fmt = o.size_box_format
         return Result(
             path=entry.display,
             status=main.status,
             score=main.score,
             threshold=self.threshold(self.primary),
             head=self.primary,
-            width=d.width,
-            height=d.height,
-            format=d.format,
-            crop=d.box,
+            width=width,
+            height=height,
+            format=fmt,
+            crop=box,
             heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.config.head == "all" else None,
+            sha256=o.sha256.hex(),
+            evidence=o.evidence,
         )
+
+    def _judge(self, name: HeadName, score: float) -> HeadVerdict:
+        return HeadVerdict(score=score, status="fake" if score > self.threshold(name) else "real")

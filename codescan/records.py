@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: evidence, combined and sha256 on results; evidence level in the header
 
 Status = Literal["real", "fake", "error", "skipped"]
 HeadName = Literal["linear", "knn", "ocsvm"]
@@ -24,6 +24,50 @@ ErrorCode = Literal[
     "symlink_loop",
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
+
+
+EvidenceLevel = Literal["none", "metadata", "all"]
+EvidenceKind = Literal[
+    "a1111",  # AUTOMATIC1111-style generation parameters (also Forge, SD.Next, Fooocus' a1111 scheme)
+    "comfyui",  # ComfyUI prompt/workflow graph
+    "novelai",
+    "invokeai",
+    "fooocus",
+    "software",  # EXIF Software / PNG Software / XMP CreatorTool naming an AI generator
+    "digital_source_type",  # IPTC DigitalSourceType in XMP
+    "c2pa",  # C2PA manifest (Content Credentials)
+    "watermark",  # invisible watermark of the Stable Diffusion / SDXL reference pipelines
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A fact found in the file itself, kept apart from the model's score.
+
+    `conclusive` means the file declares AI generation (a generator's own parameters, an IPTC
+    AI source type, a C2PA manifest whose hashes verify and that says so, a decoded
+    watermark). Metadata can be stripped or forged, so no evidence means nothing, and
+    evidence is a claim made by whatever wrote the file.
+    """
+
+    kind: EvidenceKind
+    detail: str
+    generator: str | None = None
+    conclusive: bool = False
+    valid: bool | None = None  # c2pa only: signature and content hashes verified
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "detail": self.detail}
+        if self.generator is not None:
+            out["generator"] = self.generator
+        out["conclusive"] = self.conclusive
+        if self.valid is not None:
+            out["valid"] = self.valid
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Evidence:
+        return cls(d["kind"], d["detail"], d.get("generator"), bool(d.get("conclusive")), d.get("valid"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +92,15 @@ class Result:
     error_code: ErrorCode | None = None
     error: str | None = None
     heads: dict[str, HeadVerdict] | None = None
+    sha256: str | None = None
+    evidence: tuple[Evidence, ...] | None = None  # None: not looked for (--evidence none)
+
+    @property
+    def combined(self) -> Literal["real", "fake"] | None:
+        """The model verdict, overruled to fake by conclusive evidence; None for errors and skips."""
+        if self.status not in ("real", "fake") or self.evidence is None:
+            return None
+        return "fake" if self.status == "fake" or any(e.conclusive for e in self.evidence) else "real"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "result", "path": self.path, "status": self.status}
@@ -59,11 +112,19 @@ class Result:
             out["crop"] = list(self.crop)
         if self.heads is not None:
             out["heads"] = {n: {"score": h.score, "status": h.status} for n, h in self.heads.items()}
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        if self.evidence is not None and (self.evidence or self.combined is not None):
+            out["evidence"] = [e.to_dict() for e in self.evidence]
+        if self.combined is not None:
+            out["combined"] = self.combined
         return out
 
 
-def error_result(path: str, code: ErrorCode, message: str) -> Result:
-    return Result(path=path, status="error", error_code=code, error=message)
+def error_result(
+    path: str, code: ErrorCode, message: str, sha256: str | None = None, evidence: tuple[Evidence, ...] | None = None
+) -> Result:
+    return Result(path=path, status="error", error_code=code, error=message, sha256=sha256, evidence=evidence)
 
 
 def skipped_result(path: str) -> Result:
@@ -78,11 +139,12 @@ class Summary:
     errors: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    combined_fake: int | None = None  # counted when evidence is looked for
 
     def add(self, result: Result) -> None:
-        self.count(result.status)
+        self.count(result.status, result.combined)
 
-    def count(self, status: str) -> None:
+    def count(self, status: str, combined: str | None = None) -> None:
         self.files += 1
         if status == "real":
             self.real += 1
@@ -92,25 +154,30 @@ class Summary:
             self.errors += 1
         else:
             self.skipped += 1
+        if combined == "fake" and self.combined_fake is not None:
+            self.combined_fake += 1
 
     def exit_code(self) -> int:
         """Errors win over fakes: an incomplete answer must not look like a clean one."""
         if self.errors:
             return 2
-        if self.fake:
+        if self.fake or self.combined_fake:
             return 1
         return 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "summary",
             "files": self.files,
             "real": self.real,
             "fake": self.fake,
             "errors": self.errors,
             "skipped": self.skipped,
-            "seconds": round(self.seconds, 3),
         }
+        if self.combined_fake is not None:
+            out["combined_fake"] = self.combined_fake
+        out["seconds"] = round(self.seconds, 3)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +189,7 @@ class Header:
     precision: str
     head: str
     thresholds: dict[str, float] = field(default_factory=dict)
+    evidence: EvidenceLevel = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,4 +202,5 @@ class Header:
             "precision": self.precision,
             "head": self.head,
             "thresholds": dict(self.thresholds),
+            "evidence": self.evidence,
         }

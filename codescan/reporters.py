@@ -24,7 +24,10 @@ from .records import HEAD_NAMES, Header, Result, Summary
 
 Format = Literal["jsonl", "json", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "json", "csv")
-CSV_COLUMNS = ("path", "status", "score", "threshold", "head", "width", "height", "format", "error_code", "error")
+CSV_COLUMNS = (
+    "path", "status", "score", "threshold", "head", "width", "height", "format", "error_code", "error", "sha256",
+)
+EVIDENCE_COLUMNS = ("combined", "evidence")  # evidence: "kind=generator; kind" for each item found
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -143,12 +146,15 @@ class JsonReporter:
 
 
 class CsvReporter:
-    def __init__(self, sink: Sink, heads: list[str] | None = None) -> None:
+    """Fixed columns, then per-head columns (--head all), then the evidence columns (unless --evidence none)."""
+
+    def __init__(self, sink: Sink, heads: list[str] | None = None, evidence: bool = False) -> None:
         self.sink = sink
         self.heads = [h for h in HEAD_NAMES if heads and h in heads]
+        self.evidence = evidence
         extra = [c for h in self.heads for c in (f"score_{h}", f"status_{h}")]
         self.writer = csv.writer(sink.stream, lineterminator="\n")
-        self.writer.writerow([*CSV_COLUMNS, *extra])
+        self.writer.writerow([*CSV_COLUMNS, *extra, *(EVIDENCE_COLUMNS if evidence else ())])
         sink.flush()
 
     def header(self, header: Header) -> None:
@@ -160,6 +166,9 @@ class CsvReporter:
         for h in self.heads:
             v = (result.heads or {}).get(h)
             row += [v.score, v.status] if v else ["", ""]
+        if self.evidence:
+            found = result.evidence or ()
+            row += [result.combined or "", "; ".join(e.kind + (f"={e.generator}" if e.generator else "") for e in found)]
         self.writer.writerow([escape_surrogates(x) if isinstance(x, str) else x for x in row])
         self.sink.flush()
 
@@ -170,7 +179,9 @@ class CsvReporter:
         self.sink.close(commit)
 
 
-def make_reporter(fmt: Format, target: str | None, heads: list[str] | None = None, append: bool = False) -> Reporter:
+def make_reporter(
+    fmt: Format, target: str | None, heads: list[str] | None = None, append: bool = False, evidence: bool = False
+) -> Reporter:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     sink = Sink(target, atomic=(fmt == "json"), append=append)
@@ -180,7 +191,7 @@ def make_reporter(fmt: Format, target: str | None, heads: list[str] | None = Non
         return reporter
     if fmt == "json":
         return JsonReporter(sink)
-    return CsvReporter(sink, heads)
+    return CsvReporter(sink, heads, evidence)
 
 
 def guess_format(target: str | None) -> Format | None:

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-# Header fields that must agree: resuming with other weights, head or thresholds would mix
+# Header fields that must agree: resuming with other weights, head, thresholds or evidence would mix
 # two different questions in one file.
-MUST_MATCH = ("schema_version", "weights", "head", "thresholds")
+MUST_MATCH = ("schema_version", "weights", "head", "thresholds", "evidence")
 
 
 class ResumeError(ValueError):

@@ -27,6 +27,7 @@ class Entry:
     display: str  # as reached from the argument, fsdecoded
     path: bytes  # lossless filesystem path
     error: tuple[ErrorCode, str] | None = None  # unreadable dir, loop, missing argument
+    uri: bool = False  # `path` is a URI read through pyarrow (sources.py), not a local path
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,18 +25,19 @@ from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 
-from .decode import DecodeFailure, DecodeLimits, configure_pillow
+from .decode import DecodeFailure, configure_pillow
+from .examine import ExamineConfig
 from .walk import Entry
 
 _STOP = None
 ADDRESS_SPACE_LIMIT = 4 << 30  # per worker; a bomb that slips past the pixel check dies here
 
 
-def _worker_main(conn: Connection, limits: DecodeLimits, quiet_stderr: bool) -> None:
+def _worker_main(conn: Connection, config: ExamineConfig, quiet_stderr: bool) -> None:
     import resource
     import warnings
 
-    from .pipeline import inspect_entry
+    from .examine import Examiner
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     if quiet_stderr:
@@ -48,7 +49,8 @@ def _worker_main(conn: Connection, limits: DecodeLimits, quiet_stderr: bool) -> 
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
     except (ValueError, OSError):
         pass
-    configure_pillow(limits)
+    configure_pillow(config.limits)
+    examine = Examiner(config)
     delay = float(os.environ.get("CODESCAN_TEST_DECODE_DELAY", "0") or 0)
     stall_marker = os.environ.get("CODESCAN_TEST_STALL_MARKER", "")
     while True:
@@ -61,7 +63,7 @@ def _worker_main(conn: Connection, limits: DecodeLimits, quiet_stderr: bool) -> 
         seq, entry = task
         if delay or (stall_marker and stall_marker.encode() in entry.path):
             time.sleep(delay or 3600)  # test hook: a decoder that stalls
-        conn.send((seq, inspect_entry(entry, limits)))
+        conn.send((seq, examine(entry)))
 
 
 @contextlib.contextmanager
@@ -96,21 +98,21 @@ class _Slot:
 class DecodePool:
     """``pool.outcomes(entries)`` yields ``(entry, outcome)`` in input order."""
 
-    def __init__(self, workers: int, limits: DecodeLimits, timeout: float, window: int, quiet_stderr: bool = True):
+    def __init__(self, workers: int, config: ExamineConfig, timeout: float, window: int, quiet_stderr: bool = True):
         self.n = max(1, workers)
-        self.limits = limits
+        self.config = config
         self.timeout = timeout
         self.window = max(window, self.n)
         self.quiet_stderr = quiet_stderr
         self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["codescan.pipeline"])
+        self.ctx.set_forkserver_preload(["codescan.examine"])
         self._slots: list[_Slot] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _spawn(self) -> _Slot:
         parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.limits, self.quiet_stderr), daemon=True)
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.config, self.quiet_stderr), daemon=True)
         # Ctrl-C reaches the whole process group. Start the forkserver (and through it every
         # worker) with SIGINT blocked, a mask that survives fork and exec, so neither can die of
         # it mid-start with a traceback on the user's stderr; here it stays pending until unblocked.

@@ -160,12 +160,15 @@ def choose(bundle: Bundle, engine: EngineName, precision: Precision) -> tuple[st
     raise EngineError(f"no installed engine supports precision {precision!r} (supported: {SUPPORTED})")
 
 
-def create_engine(bundle: Bundle, engine: EngineName = "auto", precision: Precision = "auto") -> Engine:
+def create_engine(
+    bundle: Bundle, engine: EngineName = "auto", precision: Precision = "auto", threads: int | None = None
+) -> Engine:
+    """`threads` caps ONNX Runtime's intra-op threads (several engines sharing one machine, as under Ray)."""
     name, prec = choose(bundle, engine, precision)
     if name == "onnxruntime":
         from .onnx_engine import OnnxEngine
 
-        return OnnxEngine(bundle, prec)  # type: ignore[arg-type]
+        return OnnxEngine(bundle, prec, threads)  # type: ignore[arg-type]
     if name == "tensorrt":
         from .tensorrt_engine import TensorRTEngine
 

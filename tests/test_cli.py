@@ -67,8 +67,8 @@ def test_head_all_and_csv(home, folder):
     p = run_cli("scan", str(folder), "--head", "all", "--format", "csv", "--threshold", "knn=0.5")
     rows = list(csv.DictReader(io.StringIO(p.stdout.decode())))
     assert list(rows[0]) == [
-        "path", "status", "score", "threshold", "head", "width", "height", "format", "error_code", "error",
-        "score_linear", "status_linear", "score_knn", "status_knn", "score_ocsvm", "status_ocsvm",
+        "path", "status", "score", "threshold", "head", "width", "height", "format", "error_code", "error", "sha256",
+        "score_linear", "status_linear", "score_knn", "status_knn", "score_ocsvm", "status_ocsvm", "combined", "evidence",
     ]
     img = rows[0]
     assert img["status"] == img["status_linear"] and img["head"] == "linear"

@@ -21,7 +21,9 @@ from conftest import quiet_fd2, run_cli, textured_image
 from PIL import Image, ImageFile
 
 from codescan import records as codes
-from codescan.decode import Decoded, DecodeFailure, DecodeLimits
+from codescan.decode import DecodeFailure
+from codescan.examine import ExamineConfig, Examined
+from codescan.records import Evidence
 from codescan.walk import Entry
 from codescan.workers import DecodePool
 
@@ -161,7 +163,7 @@ def corpus(tmp_path_factory) -> list[tuple[str, str, str]]:
 @pytest.fixture(scope="module")
 def pool_outcomes(corpus):
     entries = [Entry(display=p, path=os.fsencode(p)) for p, _, _ in corpus]
-    pool = DecodePool(workers=2, limits=DecodeLimits(), timeout=10, window=64)
+    pool = DecodePool(workers=2, config=ExamineConfig(evidence="metadata"), timeout=10, window=64)
     return entries, list(pool.outcomes(iter(entries)))
 
 
@@ -175,7 +177,9 @@ def test_decode_pool_fuzz(corpus, pool_outcomes):
     crashes, hangs, mismatches, undecodable, false_errors = [], [], [], [], collections.Counter()
     with quiet_fd2():
         for (path, ext, strategy), (_, outcome) in zip(corpus, outcomes):
-            if isinstance(outcome, Decoded):
+            if isinstance(outcome, Examined):
+                assert isinstance(outcome.evidence, tuple) and all(isinstance(e, Evidence) for e in outcome.evidence)
+                outcome = outcome.decoded
                 per_strategy[(strategy, "decoded")] += 1
                 assert outcome.crop.dtype == np.uint8 and outcome.crop.shape == (224, 224, 3), path
                 assert outcome.crop.flags.c_contiguous
@@ -200,7 +204,7 @@ def test_decode_pool_fuzz(corpus, pool_outcomes):
             elif outcome.code != "too_large" and reference_crop(path) is not None:
                 false_errors[outcome.code] += 1  # informational: Pillow decodes what we refused
 
-    decoded = sum(isinstance(o, Decoded) for _, o in outcomes)
+    decoded = sum(isinstance(o, Examined) for _, o in outcomes)
     print(
         f"\nfuzz (decode pool): {len(outcomes)} mutants, {decoded} decoded, {sum(codes.values())} errors by code "
         f"{dict(sorted(codes.items()))}; crashes {len(crashes)}, hangs {len(hangs)}, "
@@ -244,8 +248,9 @@ def test_cli_fuzz(corpus, pool_outcomes, session_home, tmp_path):
                 if reference_crop(r["path"]) is None:
                     undecodable_verdicts.append(r["path"])
                 # The CLI judged the same box the pool decoded.
-                assert isinstance(outcome, Decoded), (r, outcome)
-                assert (r["width"], r["height"], tuple(r["crop"])) == (outcome.width, outcome.height, outcome.box)
+                assert isinstance(outcome, Examined), (r, outcome)
+                d = outcome.decoded
+                assert (r["width"], r["height"], tuple(r["crop"])) == (d.width, d.height, d.box)
             else:
                 assert r["status"] == "error" and r.get("error_code") in ERROR_CODES and "score" not in r, r
                 assert isinstance(outcome, DecodeFailure), (r, outcome)

@@ -234,7 +234,7 @@ def test_interrupt_json_format(tmp_path, bigdir, env):
 
 STORM = r"""
 import os, signal, sys, threading, time
-from codescan.decode import Decoded, DecodeLimits
+from codescan.examine import Examined, ExamineConfig
 from codescan.walk import Entry
 from codescan.workers import DecodePool
 
@@ -250,10 +250,10 @@ def storm():  # Ctrl-C, again and again, to the whole process group while the po
         time.sleep(0.005)
 threading.Thread(target=storm, daemon=True).start()
 path = sys.argv[1]
-pool = DecodePool(workers=2, limits=DecodeLimits(), timeout=20, window=8)
+pool = DecodePool(workers=2, config=ExamineConfig(), timeout=20, window=8)
 outs = [o for _, o in pool.outcomes(iter([Entry(display=path, path=os.fsencode(path))] * 6))]
 stop.set()
-print(hits, sum(isinstance(o, Decoded) for o in outs))
+print(hits, sum(isinstance(o, Examined) for o in outs))
 """
 
 
@@ -274,12 +274,12 @@ def test_ctrl_c_while_decoders_start(tmp_path):
 CRASH = r"""
 import os, signal, sys, threading, time
 os.environ["CODESCAN_TEST_STALL_MARKER"] = "stall_"  # before the forkserver starts: workers inherit it
-from codescan.decode import Decoded, DecodeFailure, DecodeLimits
+from codescan.examine import Examined, ExamineConfig
 from codescan.walk import Entry
 from codescan.workers import DecodePool
 
 good, stall = sys.argv[1], sys.argv[2]
-pool = DecodePool(workers=2, limits=DecodeLimits(), timeout=60, window=8)
+pool = DecodePool(workers=2, config=ExamineConfig(), timeout=60, window=8)
 def killer():  # the OOM killer strikes the worker stuck on the stalled file
     while True:
         for slot in list(pool._slots):
@@ -291,7 +291,7 @@ def killer():  # the OOM killer strikes the worker stuck on the stalled file
 threading.Thread(target=killer, daemon=True).start()
 entries = [Entry(display=p, path=os.fsencode(p)) for p in (good, stall, good, good, good)]
 for entry, outcome in pool.outcomes(iter(entries)):
-    if isinstance(outcome, Decoded):
+    if isinstance(outcome, Examined):
         print("decoded")
     else:
         print(outcome.code, outcome.message)

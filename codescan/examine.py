@@ -1,0 +1,124 @@
+"""One file, inside a decode worker: read it once, hash it, reuse what the cache knows,
+decode what it does not, and collect evidence from the same bytes.
+
+Runs in the worker process so the parent's single thread never touches file contents: the
+outcome it sends back is a crop to embed, or cached scores, or a typed failure, or a skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .cache import CachedVerdict, CacheReader, CacheSpec
+from .decode import (
+    MAGIC_BYTES,
+    Decoded,
+    DecodeFailure,
+    DecodeLimits,
+    decode_bytes,
+    has_image_extension,
+    has_image_magic,
+    read_limited,
+    sniff,
+)
+from .evidence import metadata_evidence
+from .records import Evidence, EvidenceLevel
+from .sources import read_uri
+
+if TYPE_CHECKING:
+    from .walk import Entry
+
+
+@dataclass(frozen=True, slots=True)
+class ExamineConfig:
+    limits: DecodeLimits = DecodeLimits()
+    evidence: EvidenceLevel = "metadata"
+    cache: CacheSpec | None = None
+
+
+class Skipped:
+    """Marker outcome: not a candidate (no image extension, no image magic)."""
+
+
+SKIPPED = Skipped()
+
+
+@dataclass(frozen=True, slots=True)
+class Examined:
+    """An image whose verdict needs `decoded` embedded, or is already known (`cached`)."""
+
+    sha256: bytes
+    evidence: tuple[Evidence, ...] | None
+    new_evidence: bool  # computed now, not read from the cache: the parent stores it
+    decoded: Decoded | None = None
+    cached: CachedVerdict | None = None
+
+    @property
+    def size_box_format(self) -> tuple[int, int, tuple[int, int, int, int], str]:
+        src = self.decoded if self.decoded is not None else self.cached
+        assert src is not None
+        return src.width, src.height, src.box, src.format
+
+
+Outcome = Examined | DecodeFailure | Skipped
+
+_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+class Examiner:
+    """Holds the per-worker state: the cache connection and the optional provenance readers."""
+
+    def __init__(self, config: ExamineConfig) -> None:
+        from . import provenance
+
+        self.config = config
+        self.cache = CacheReader(config.cache) if config.cache is not None else None
+        self.c2pa = provenance.c2pa_reader() if config.evidence != "none" else None
+        self.watermark = provenance.watermark_detector() if config.evidence == "all" else None
+
+    def __call__(self, entry: Entry) -> Outcome:
+        if entry.error is not None:
+            return DecodeFailure(*entry.error)
+        try:
+            if entry.uri:  # one request: read it all, then look at the first bytes
+                data = read_uri(entry.display, self.config.limits.max_filesize)
+                if data and not has_image_extension(entry.path) and not has_image_magic(data[:MAGIC_BYTES]):
+                    return SKIPPED
+            else:
+                if not has_image_extension(entry.path) and not _magic_ok(entry.path):
+                    return SKIPPED
+                data = read_limited(entry.path, self.config.limits.max_filesize)
+        except DecodeFailure as failure:
+            return failure
+        sha = hashlib.sha256(data).digest()
+        evidence = self.cache.evidence(sha) if self.cache is not None else None
+        new_evidence = evidence is None and self.config.evidence != "none"
+        if new_evidence:
+            evidence = self._evidence(data)
+        cached = self.cache.verdict(sha) if self.cache is not None else None
+        if cached is not None:
+            return Examined(sha, evidence, new_evidence, cached=cached)
+        try:
+            decoded = decode_bytes(data, self.config.limits, entry.path)
+        except DecodeFailure as failure:
+            return DecodeFailure(failure.code, failure.message, sha.hex(), evidence)
+        return Examined(sha, evidence, new_evidence, decoded=decoded)
+
+    def _evidence(self, data: bytes) -> tuple[Evidence, ...]:
+        mime = _MIME.get(sniff(data[:MAGIC_BYTES])[1] or "", "")
+        found = metadata_evidence(data, self.c2pa, mime)
+        if self.watermark is not None:
+            found += self.watermark(data, self.config.limits)
+        return tuple(found)
+
+
+def _magic_ok(path: bytes) -> bool:
+    """Whether a file without an image extension starts like an image (unreadable: let read report it)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(MAGIC_BYTES)
+    except OSError:
+        return True
+    return not head or has_image_magic(head)

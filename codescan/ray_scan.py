@@ -1,0 +1,208 @@
+"""`codescan scan --ray`: the same scan as a Ray Data pipeline, for trees one machine cannot finish.
+
+The driver lists the inputs in the scan's documented order (local walk, or pyarrow listing for
+s3://, gs://, file:// URIs) and numbers them. Ray Data then runs two actor pools:
+
+- decode (CPU): each actor owns a codescan DecodePool with one killable decode process, so the
+  per-file deadline, crash isolation, limits and evidence are exactly those of a local scan;
+  a file that kills its decoder is an error record, not a failed task.
+- embed (one per GPU, or CPU slots): the bundle's engine and every head's score. Crops leave
+  the object store here; only small rows go on.
+
+The driver takes rows back, restores listing order, and builds each record with the local
+Scanner's own code, so a record is identical to the local scan's and the usual reporters write
+it (header, summary, `--resume`). Ray provides the fault tolerance: actors are restarted and
+their tasks retried. The scan cache is per machine and stays off under Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .cache import CachedVerdict
+from .decode import DecodeFailure
+from .examine import ExamineConfig, Examined, Skipped
+from .records import Evidence, Result, error_result
+from .sources import entries as list_entries
+from .walk import Entry
+
+if TYPE_CHECKING:
+    from .pipeline import Scanner
+
+CROP_SHAPE = (224, 224, 3)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str = "local"  # "local": a private instance on this machine; "auto" or host:port / ray://…
+    workers: int | None = None  # decode actors; default: the cluster's CPUs minus the embed actors
+    embedders: int | None = None  # embed actors; default: one per GPU, else one per 2 decode actors
+    batch_size: int = 64
+
+
+class DecodeStage:
+    """Ray actor: files → crops, evidence and typed failures, through codescan's own decode pool."""
+
+    def __init__(self, config: ExamineConfig, timeout: float) -> None:
+        from .workers import DecodePool
+
+        self.pool = DecodePool(workers=1, config=config, timeout=timeout, window=8)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        items = [
+            Entry(display=os.fsdecode(bytes(p)), path=bytes(p), uri=bool(u)) for p, u in zip(batch["path"], batch["uri"])
+        ]
+        outcomes = [o for _, o in self.pool.outcomes(iter(items))]
+        n = len(outcomes)
+        out: dict[str, Any] = {
+            "seq": batch["seq"],
+            "crop": np.zeros((n, *CROP_SHAPE), np.uint8),
+            "embed": np.zeros(n, bool),
+            "meta": np.empty(n, object),  # JSON: everything a record needs besides the scores
+        }
+        for i, o in enumerate(outcomes):
+            if isinstance(o, Examined):
+                assert o.decoded is not None  # no cache under Ray
+                out["crop"][i] = o.decoded.crop
+                out["embed"][i] = True
+                w, h, box, fmt = o.size_box_format
+                meta = {"kind": "image", "width": w, "height": h, "box": box, "format": fmt}
+                meta |= {"sha256": o.sha256.hex(), "evidence": _evidence_json(o.evidence)}
+            elif isinstance(o, DecodeFailure):
+                meta = {"kind": "failure", "code": o.code, "message": o.message, "sha256": o.sha256}
+                meta["evidence"] = _evidence_json(o.evidence)
+            else:
+                meta = {"kind": "skipped"}
+            out["meta"][i] = json.dumps(meta)
+        return out
+
+
+class EmbedStage:
+    """Ray actor: crops → every head's score; drops the crops."""
+
+    def __init__(self, home: str, weights: str, engine: str, precision: str, threads: int | None) -> None:
+        os.environ["CODESCAN_HOME"] = home
+        from codescan.engines.base import create_engine
+
+        from .weights import load_bundle
+
+        bundle = load_bundle(weights)
+        self.heads = bundle.head_set()
+        self.engine = create_engine(bundle, engine, precision, threads)  # type: ignore[arg-type]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        scores = np.array([""] * len(batch["seq"]), dtype=object)
+        idx = np.flatnonzero(batch["embed"])
+        if len(idx):
+            emb = self.engine.embed(np.ascontiguousarray(batch["crop"][idx]))  # (B, D)
+            per_head = {n: self.heads.heads[n].score(emb) for n in self.heads.names()}
+            for j, i in enumerate(idx):
+                scores[i] = json.dumps({n: float(s[j]) for n, s in per_head.items()})
+        return {"seq": batch["seq"], "meta": batch["meta"], "scores": scores}
+
+
+def _evidence_json(evidence: tuple[Evidence, ...] | None) -> list[dict] | None:
+    return None if evidence is None else [e.to_dict() for e in evidence]
+
+
+def _outcome(meta: dict[str, Any], scores: str) -> Examined | DecodeFailure | Skipped:
+    """A row back as the outcome a local scan would have had, its scores as if from the cache."""
+    evidence = None if meta.get("evidence") is None else tuple(Evidence.from_dict(d) for d in meta["evidence"])
+    if meta["kind"] == "image":
+        verdict = CachedVerdict(meta["width"], meta["height"], meta["format"], tuple(meta["box"]), json.loads(scores))
+        return Examined(bytes.fromhex(meta["sha256"]), evidence, False, cached=verdict)
+    if meta["kind"] == "failure":
+        return DecodeFailure(meta["code"], meta["message"], meta["sha256"], evidence)
+    return Skipped()
+
+
+def connect(options: RayOptions, num_cpus: int | None = None) -> None:
+    """Join or start Ray with its own chatter off (stderr is codescan's); CODESCAN_DEBUG=1 keeps it."""
+    import ray
+    import ray.data
+
+    if os.environ.get("CODESCAN_DEBUG") != "1":
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    if ray.is_initialized():
+        return
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    if options.address == "local":
+        ray.init(num_cpus=num_cpus, **quiet)  # type: ignore[arg-type]
+    else:
+        ray.init(address=options.address, **quiet)  # type: ignore[arg-type]
+
+
+def scan(
+    scanner: Scanner, arguments: Iterable[str | bytes], skip: Collection[str] = (), options: RayOptions = RayOptions()
+) -> Iterator[Result]:
+    """One Result per discovered file, in the local scan's order and with its exact content."""
+    import ray
+
+    from .weights import store_root
+
+    cfg = scanner.config
+    listed = [e for e in list_entries(arguments, cfg.walk) if e.display not in skip]
+    connect(options, num_cpus=options.workers)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    on_gpu = scanner.engine.device.startswith("cuda")
+    embedders = options.embedders or (gpus if on_gpu and gpus else max(1, cpus // 2))
+    workers = options.workers or max(1, cpus - (0 if on_gpu else embedders))
+    # CPU share per actor: decode and embed actors together fill the CPUs Ray reports.
+    share = min(1.0, cpus / (workers + (0 if on_gpu else embedders)))
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # stderr belongs to codescan's own progress
+
+    todo = [{"seq": i, "path": e.path, "uri": e.uri} for i, e in enumerate(listed) if e.error is None]
+    rows: Iterator[dict[str, Any]] = iter(())
+    if todo:
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // options.batch_size, 4096)))
+        ds = ds.map_batches(
+            DecodeStage,
+            fn_constructor_kwargs={
+                "config": ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=None),
+                "timeout": cfg.decode_timeout,
+            },
+            batch_size=options.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=share,
+        )
+        ds = ds.map_batches(
+            EmbedStage,
+            fn_constructor_kwargs={
+                "home": str(store_root()),
+                "weights": scanner.bundle.name,
+                "engine": scanner.engine.name,
+                "precision": scanner.engine.precision,
+                "threads": None if on_gpu else max(1, int(share)),
+            },
+            batch_size=options.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=embedders),
+            num_cpus=share,
+            num_gpus=1 if on_gpu and gpus else 0,
+        )
+        rows = iter(ds.iter_rows())
+    waiting: dict[int, dict[str, Any]] = {}  # rows that arrived before their turn
+    for seq, entry in enumerate(listed):
+        if entry.error is not None:
+            yield error_result(entry.display, *entry.error)
+            continue
+        while seq not in waiting:
+            row = next(rows)
+            waiting[int(row["seq"])] = row
+        row = waiting.pop(seq)
+        yield scanner.record(entry, _outcome(json.loads(row["meta"]), row["scores"]))
