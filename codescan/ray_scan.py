@@ -33,6 +33,8 @@ from .sources import entries as list_entries
 from .walk import Entry
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from .pipeline import Scanner
 
 CROP_SHAPE = (224, 224, 3)
@@ -41,8 +43,8 @@ CROP_SHAPE = (224, 224, 3)
 @dataclass(frozen=True)
 class RayOptions:
     address: str = "local"  # "local": a private instance on this machine; "auto" or host:port / ray://…
-    workers: int | None = None  # decode actors; default: the cluster's CPUs minus the embed actors
-    embedders: int | None = None  # embed actors; default: one per GPU, else one per 2 decode actors
+    workers: int | None = None  # decode actors; default: the cluster's CPUs (local: the CPUs Ray may use)
+    embedders: int | None = None  # embed actors; default: one per GPU, else one per decode actor
     batch_size: int = 64
 
 
@@ -54,23 +56,19 @@ class DecodeStage:
 
         self.pool = DecodePool(workers=1, config=config, timeout=timeout, window=8)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        import pyarrow as pa
+
         items = [
             Entry(display=os.fsdecode(bytes(p)), path=bytes(p), uri=bool(u)) for p, u in zip(batch["path"], batch["uri"])
         ]
-        outcomes = [o for _, o in self.pool.outcomes(iter(items))]
-        n = len(outcomes)
-        out: dict[str, Any] = {
-            "seq": batch["seq"],
-            "crop": np.zeros((n, *CROP_SHAPE), np.uint8),
-            "embed": np.zeros(n, bool),
-            "meta": np.empty(n, object),  # JSON: everything a record needs besides the scores
-        }
-        for i, o in enumerate(outcomes):
+        crops: list[bytes | None] = []
+        metas: list[str] = []
+        for _, o in self.pool.outcomes(iter(items)):
+            crop = None
             if isinstance(o, Examined):
                 assert o.decoded is not None  # no cache under Ray
-                out["crop"][i] = o.decoded.crop
-                out["embed"][i] = True
+                crop = o.decoded.crop.tobytes()  # (224, 224, 3) uint8
                 w, h, box, fmt = o.size_box_format
                 meta = {"kind": "image", "width": w, "height": h, "box": box, "format": fmt}
                 meta |= {"sha256": o.sha256.hex(), "evidence": _evidence_json(o.evidence)}
@@ -79,8 +77,17 @@ class DecodeStage:
                 meta["evidence"] = _evidence_json(o.evidence)
             else:
                 meta = {"kind": "skipped"}
-            out["meta"][i] = json.dumps(meta)
-        return out
+            crops.append(crop)
+            metas.append(json.dumps(meta))
+        # An Arrow table, not a dict of numpy arrays: Ray's guessing would turn equal-length
+        # byte strings into tensors.
+        return pa.table(
+            {
+                "seq": pa.array(batch["seq"], pa.int64()),
+                "crop": pa.array(crops, pa.binary()),
+                "meta": pa.array(metas, pa.string()),
+            }
+        )
 
 
 class EmbedStage:
@@ -96,25 +103,30 @@ class EmbedStage:
         self.heads = bundle.head_set()
         self.engine = create_engine(bundle, engine, precision, threads)  # type: ignore[arg-type]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        scores = np.array([""] * len(batch["seq"]), dtype=object)
-        idx = np.flatnonzero(batch["embed"])
-        if len(idx):
-            emb = self.engine.embed(np.ascontiguousarray(batch["crop"][idx]))  # (B, D)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        crops = batch["crop"].to_pylist()
+        idx = [i for i, c in enumerate(crops) if c is not None]
+        scores: list[str | None] = [None] * len(crops)
+        if idx:
+            stacked = np.stack([np.frombuffer(crops[i], np.uint8).reshape(CROP_SHAPE) for i in idx])
+            emb = self.engine.embed(stacked)  # (B, 224, 224, 3) uint8 -> (B, D)
             per_head = {n: self.heads.heads[n].score(emb) for n in self.heads.names()}
             for j, i in enumerate(idx):
                 scores[i] = json.dumps({n: float(s[j]) for n, s in per_head.items()})
-        return {"seq": batch["seq"], "meta": batch["meta"], "scores": scores}
+        return pa.table({"seq": batch["seq"], "meta": batch["meta"], "scores": pa.array(scores, pa.string())})
 
 
 def _evidence_json(evidence: tuple[Evidence, ...] | None) -> list[dict] | None:
     return None if evidence is None else [e.to_dict() for e in evidence]
 
 
-def _outcome(meta: dict[str, Any], scores: str) -> Examined | DecodeFailure | Skipped:
+def _outcome(meta: dict[str, Any], scores: str | None) -> Examined | DecodeFailure | Skipped:
     """A row back as the outcome a local scan would have had, its scores as if from the cache."""
     evidence = None if meta.get("evidence") is None else tuple(Evidence.from_dict(d) for d in meta["evidence"])
     if meta["kind"] == "image":
+        assert scores is not None
         verdict = CachedVerdict(meta["width"], meta["height"], meta["format"], tuple(meta["box"]), json.loads(scores))
         return Examined(bytes.fromhex(meta["sha256"]), evidence, False, cached=verdict)
     if meta["kind"] == "failure":
@@ -159,8 +171,8 @@ def scan(
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
     on_gpu = scanner.engine.device.startswith("cuda")
-    embedders = options.embedders or (gpus if on_gpu and gpus else max(1, cpus // 2))
-    workers = options.workers or max(1, cpus - (0 if on_gpu else embedders))
+    workers = options.workers or cpus
+    embedders = options.embedders or (gpus if on_gpu and gpus else workers)
     # CPU share per actor: decode and embed actors together fill the CPUs Ray reports.
     share = min(1.0, cpus / (workers + (0 if on_gpu else embedders)))
     context = ray.data.DataContext.get_current()
@@ -192,6 +204,7 @@ def scan(
             },
             batch_size=options.batch_size,
             compute=ray.data.ActorPoolStrategy(size=embedders),
+            batch_format="pyarrow",
             num_cpus=share,
             num_gpus=1 if on_gpu and gpus else 0,
         )

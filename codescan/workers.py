@@ -138,6 +138,7 @@ class DecodePool:
     def outcomes(self, entries: Iterator[Entry]) -> Iterator[tuple[Entry, object]]:
         out: queue.Queue = queue.Queue()
         credits = threading.Semaphore(self.window)
+        self._stop.clear()  # reusable: each call starts its workers and close() stops them
         self._slots = [self._spawn() for _ in range(self.n)]
         self._thread = threading.Thread(target=self._dispatch, args=(entries, out, credits), daemon=True)
         self._thread.start()

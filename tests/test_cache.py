@@ -146,3 +146,19 @@ def test_cli_rescan_identical_and_broken_cache_is_a_warning(home, tree, tmp_path
     elsewhere = tmp_path / "never.sqlite3"
     rc4, fourth, _ = records("--cache", str(elsewhere), "--no-cache")
     assert fourth == first and not elsewhere.exists()
+
+
+def test_decode_pool_serves_several_calls(tmp_path):
+    """Ray's decode actors keep one pool and call it once per batch."""
+    from codescan.workers import DecodePool
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(3):
+        textured_image(rng, 120, 90).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    pool = DecodePool(workers=1, config=ExamineConfig(evidence="none"), timeout=20, window=4)
+    for _ in range(3):
+        entries = [Entry(display=str(p), path=os.fsencode(p)) for p in paths]
+        outcomes = [o for _, o in pool.outcomes(iter(entries))]
+        assert len(outcomes) == 3 and all(isinstance(o, Examined) for o in outcomes)

@@ -1,0 +1,82 @@
+"""`codescan scan --ray`: a private local Ray instance (2 CPUs) gives the local scan's records,
+for local paths and file:// URIs, with hostile files, under --resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import LABELED, run_cli, textured_image
+
+pytest.importorskip("ray", reason="the ray extra is part of the test install")
+
+RAY = ("--ray", "local", "--ray-workers", "2")
+
+
+def lines(stdout: bytes) -> list[dict]:
+    out = [json.loads(x) for x in stdout.decode().splitlines()]
+    assert out[-1].pop("seconds") >= 0
+    return out
+
+
+@pytest.mark.skipif(not LABELED.is_dir(), reason="shared labelled corpus not present")
+def test_labeled_corpus_same_records_as_local_scan(home):
+    local = run_cli("scan", str(LABELED), "-q", "--no-cache", "--head", "all")
+    ray = run_cli("scan", str(LABELED), "-q", "--head", "all", *RAY)
+    assert ray.returncode == local.returncode, ray.stderr.decode()[-3000:]
+    expected, got = lines(local.stdout), lines(ray.stdout)
+    assert len(got) == 2 + sum(1 for p in LABELED.rglob("*") if p.is_file())
+    assert got == expected
+
+
+@pytest.fixture()
+def mixed_tree(tmp_path):
+    root = tmp_path / "tree"
+    (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    textured_image(rng, 260, 230).save(root / "a" / "b.png")
+    textured_image(rng, 300, 200).save(root / "a.png")  # after a/b.png in walk order
+    textured_image(rng, 200, 240).save(root / "c.jpg", quality=90)
+    (root / "d.png").write_bytes((root / "a.png").read_bytes()[:300])  # truncated
+    (root / "e.txt").write_text("notes")
+    (root / "stall_f.png").write_bytes((root / "a.png").read_bytes())
+    return root
+
+
+def test_uri_listing_resume_and_a_stalled_decoder(home, mixed_tree, tmp_path):
+    env = {"CODESCAN_TEST_STALL_MARKER": "stall_"}
+    local = run_cli("scan", str(mixed_tree), "-q", "--no-cache", "--decode-timeout", "2", env=env)
+    expected = lines(local.stdout)
+    names = [r["path"].rsplit("/", 1)[-1] for r in expected[1:-1]]
+    assert names == ["b.png", "a.png", "c.jpg", "d.png", "e.txt", "stall_f.png"]
+    assert expected[-2]["error_code"] == "decode_timeout"  # the decoder that never returns was killed
+
+    uri = f"file://{mixed_tree}"
+    ray = run_cli("scan", uri, "-q", "--decode-timeout", "2", *RAY, env=env)
+    got = lines(ray.stdout)
+    assert ray.returncode == local.returncode == 2, ray.stderr.decode()[-3000:]
+    assert [r["path"] for r in got[1:-1]] == [uri + r["path"][len(str(mixed_tree)) :] for r in expected[1:-1]]
+    for r in expected[1:-1] + got[1:-1]:
+        r.pop("path")
+    assert got == expected  # same records, paths aside: same order, verdicts, errors, evidence
+
+    # A killed --ray scan resumes from its output file and ends with the uninterrupted records.
+    out = tmp_path / "out.jsonl"
+    first = run_cli("scan", str(mixed_tree), "-q", "--decode-timeout", "2", "-o", str(out), *RAY, env=env)
+    assert first.returncode == 2
+    full = out.read_text().splitlines()
+    out.write_text("\n".join(full[:3]) + "\n" + full[3][:20])  # header, 2 results, a torn line
+    again = run_cli("scan", str(mixed_tree), "-q", "--decode-timeout", "2", "--resume", str(out), *RAY, env=env)
+    assert again.returncode == 2, again.stderr.decode()[-3000:]
+    assert out.read_text().splitlines()[:-1] == full[:-1]
+
+
+def test_missing_ray_extra_is_a_usage_error(home, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "x.png").write_bytes(b"")
+    code = "import sys; sys.modules['ray'] = None; from codescan.cli import main; main()"
+    p = subprocess.run([sys.executable, "-c", code, "scan", str(tmp_path), "--ray", "local"], capture_output=True)
+    assert p.returncode == 2 and b"pip install 'codescan[ray]'" in p.stderr
