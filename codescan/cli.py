@@ -149,6 +149,14 @@ def scan(
         Optional[int],
         typer.Option(envvar="CODESCAN_RAY_WORKERS", min=1, help="--ray: decode actors (local: also the CPUs Ray may use)."),
     ] = None,
+    shards: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="CODESCAN_SHARDS",
+            help="--ray: workers write JSONL shards into DIR (header.json, part-*.jsonl, summary.json); "
+            "rerun to continue.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or summary.")] = False,
 ) -> None:
     """Scan files and folders; one record per file. Exit 2 if any error, else 1 if any fake (model or evidence), else 0."""
@@ -184,6 +192,16 @@ def scan(
         **({"decode_workers": workers} if workers else {}),
     )
     scanner = Scanner(weights=weights, engine=engine, precision=precision, config=config, warn=_warn)
+    if shards is not None:
+        if ray is None or resume is not None or output != "-" or fmt != "jsonl":
+            raise UsageError("--shards DIR needs --ray and replaces -o/--format/--resume")
+        _require_ray()
+        from .ray_scan import RayOptions, scan_to_shards
+
+        options = RayOptions(address=ray, workers=ray_workers, **({"batch_size": batch_size} if batch_size else {}))
+        summary, interrupted = scan_to_shards(scanner, arguments, Path(shards), options)
+        _print_summary(summary, interrupted, quiet)
+        raise typer.Exit(EXIT_INTERRUPTED if interrupted else summary.exit_code())
     header = scanner.header()
     summary = Summary(combined_fake=None if evidence == "none" else 0)
     done: set[str] = set()
@@ -217,25 +235,34 @@ def scan(
     summary.seconds = time.perf_counter() - started
     reporter.summary(summary, interrupted=interrupted)
     reporter.close(commit=True)
-    if not quiet:
-        rate = summary.files / summary.seconds if summary.seconds > 0 else 0.0
-        extra = (summary.combined_fake or 0) - summary.fake
-        flagged = f" (+{extra} by evidence)" if extra > 0 else ""
-        _err().print(
-            f"{'interrupted: ' if interrupted else ''}{summary.files} files: {summary.real} real, {summary.fake} fake"
-            f"{flagged}, {summary.errors} errors, {summary.skipped} skipped in {summary.seconds:.1f}s "
-            f"({rate:.1f} files/s)"
-        )
+    _print_summary(summary, interrupted, quiet)
     raise typer.Exit(EXIT_INTERRUPTED if interrupted else summary.exit_code())
+
+
+def _print_summary(summary: Summary, interrupted: bool, quiet: bool) -> None:
+    if quiet:
+        return
+    rate = summary.files / summary.seconds if summary.seconds > 0 else 0.0
+    extra = (summary.combined_fake or 0) - summary.fake
+    flagged = f" (+{extra} by evidence)" if extra > 0 else ""
+    _err().print(
+        f"{'interrupted: ' if interrupted else ''}{summary.files} files: {summary.real} real, {summary.fake} fake"
+        f"{flagged}, {summary.errors} errors, {summary.skipped} skipped in {summary.seconds:.1f}s "
+        f"({rate:.1f} files/s)"
+    )
+
+
+def _require_ray() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs the ray extra: pip install 'codescan[ray]'")
 
 
 def _results(scanner, arguments: list, done: set[str], ray: str | None, workers: int | None, batch: int | None):
     if ray is None:
         return scanner.scan(arguments, skip=done)
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise UsageError("--ray needs the ray extra: pip install 'codescan[ray]'")
+    _require_ray()
     from .ray_scan import RayOptions
     from .ray_scan import scan as ray_scan
 

@@ -21,20 +21,17 @@ import numpy as np
 
 from . import __version__
 from .cache import CachedVerdict, CacheError, CacheSpec, CacheWriter
-from .decode import DecodeFailure, DecodeLimits
+from .decode import DecodeLimits
 from .examine import ExamineConfig, Examined, Outcome
 from .heads import HeadSet
+from .judge import Judge, Scores
 from .preprocess import PREPROCESS_VERSION
 from .records import (
-    HEAD_NAMES,
     EvidenceLevel,
     HeadChoice,
     Header,
     HeadName,
-    HeadVerdict,
     Result,
-    error_result,
-    skipped_result,
 )
 from .sources import entries as list_entries
 from .walk import Entry, WalkOptions
@@ -57,7 +54,6 @@ class ScanConfig:
     cache: str | None = None  # the SQLite scan cache; None: nothing read or stored across scans
 
 
-Scores = dict[str, float]  # every head of the bundle, by name
 Item = tuple[Entry, Outcome, bool]  # bool: its crop goes to the engine in this item's batch
 
 
@@ -92,7 +88,11 @@ class Scanner:
         for name in config.thresholds:
             if name not in self.heads.names():
                 raise ValueError(f"--threshold for {name!r}, but the bundle has no such head")
-        self.primary: HeadName = self.judged[0]
+        self.judge = Judge(
+            judged=tuple(self.judged),
+            thresholds={n: config.thresholds.get(n, self.heads.threshold(n)) for n in self.judged},
+            show_all=config.head == "all",
+        )
         self.engine = create_engine(self.bundle, engine, precision)  # type: ignore[arg-type]
         self._writer: CacheWriter | None = None
         self._known: OrderedDict[bytes, Scores] = OrderedDict()
@@ -103,9 +103,6 @@ class Scanner:
             return self.config.batch_size
         return 64 if self.engine.device.startswith("cuda") else 8
 
-    def threshold(self, name: HeadName) -> float:
-        return self.config.thresholds.get(name, self.heads.threshold(name))
-
     def header(self) -> Header:
         return Header(
             codescan=__version__,
@@ -114,7 +111,7 @@ class Scanner:
             device=self.engine.device,
             precision=self.engine.precision,
             head=self.config.head,
-            thresholds={n: self.threshold(n) for n in self.judged},
+            thresholds=dict(self.judge.thresholds),
             evidence=self.config.evidence,
         )
 
@@ -239,18 +236,7 @@ class Scanner:
         self._store(fresh, new_evidence)
         for entry, outcome, _ in items:
             known = self._known.get(outcome.sha256) if isinstance(outcome, Examined) and outcome.cached is None else None
-            yield self.record(entry, outcome, known)
-
-    def record(self, entry: Entry, outcome: Outcome, scores: Scores | None = None) -> Result:
-        """The record of one file: `scores` for a decoded image, else the ones `outcome` carries."""
-        if isinstance(outcome, Examined):
-            if scores is None:
-                assert outcome.cached is not None, "an image record needs its scores"
-                scores = outcome.cached.scores
-            return self._verdict(entry, outcome, scores)
-        if isinstance(outcome, DecodeFailure):
-            return error_result(entry.display, outcome.code, outcome.message, outcome.sha256, outcome.evidence)
-        return skipped_result(entry.display)
+            yield self.judge.record(entry.display, outcome, known)
 
     def _store(self, verdicts: list[tuple[bytes, CachedVerdict]], evidence: list) -> None:
         if self._writer is None:
@@ -261,25 +247,3 @@ class Scanner:
             self.warn(str(exc))
             self._writer.close()
             self._writer = None
-
-    def _verdict(self, entry: Entry, o: Examined, scores: Scores) -> Result:
-        per_head = {n: self._judge(n, scores[n]) for n in self.judged}
-        main = per_head[self.primary]
-        width, height, box, fmt = o.size_box_format
-        return Result(
-            path=entry.display,
-            status=main.status,
-            score=main.score,
-            threshold=self.threshold(self.primary),
-            head=self.primary,
-            width=width,
-            height=height,
-            format=fmt,
-            crop=box,
-            heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.config.head == "all" else None,
-            sha256=o.sha256.hex(),
-            evidence=o.evidence,
-        )
-
-    def _judge(self, name: HeadName, score: float) -> HeadVerdict:
-        return HeadVerdict(score=score, status="fake" if score > self.threshold(name) else "real")

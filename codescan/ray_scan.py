@@ -21,6 +21,7 @@ import json
 import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +29,8 @@ import numpy as np
 from .cache import CachedVerdict
 from .decode import DecodeFailure
 from .examine import ExamineConfig, Examined, Skipped
-from .records import Evidence, Result, error_result
+from .judge import Judge
+from .records import Evidence, Result, Summary
 from .sources import entries as list_entries
 from .walk import Entry
 
@@ -60,8 +62,9 @@ class DecodeStage:
         import pyarrow as pa
 
         items = [
-            Entry(display=os.fsdecode(bytes(p)), path=bytes(p), uri=bool(u)) for p, u in zip(batch["path"], batch["uri"])
-        ]
+            Entry(os.fsdecode(bytes(p)), bytes(p), (code, message) if code else None, bool(u))
+            for p, u, code, message in zip(batch["path"], batch["uri"], batch["error_code"], batch["error"])
+        ]  # display is the absolute path here; records use the "display" column
         crops: list[bytes | None] = []
         metas: list[str] = []
         for _, o in self.pool.outcomes(iter(items)):
@@ -84,6 +87,7 @@ class DecodeStage:
         return pa.table(
             {
                 "seq": pa.array(batch["seq"], pa.int64()),
+                "display": pa.array([bytes(d) for d in batch["display"]], pa.binary()),
                 "crop": pa.array(crops, pa.binary()),
                 "meta": pa.array(metas, pa.string()),
             }
@@ -91,9 +95,20 @@ class DecodeStage:
 
 
 class EmbedStage:
-    """Ray actor: crops → every head's score; drops the crops."""
+    """Ray actor: crops → every head's score. Without `shards` the rows go back to the driver;
+    with it the actor makes the records itself and writes them, one shard per run of
+    consecutive files, and only statuses go back."""
 
-    def __init__(self, home: str, weights: str, engine: str, precision: str, threads: int | None) -> None:
+    def __init__(
+        self,
+        home: str,
+        weights: str,
+        engine: str,
+        precision: str,
+        threads: int | None,
+        judge: Judge,
+        shards: str | None = None,
+    ) -> None:
         os.environ["CODESCAN_HOME"] = home
         from codescan.engines.base import create_engine
 
@@ -102,6 +117,8 @@ class EmbedStage:
         bundle = load_bundle(weights)
         self.heads = bundle.head_set()
         self.engine = create_engine(bundle, engine, precision, threads)  # type: ignore[arg-type]
+        self.judge = judge
+        self.shards = shards
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
@@ -115,7 +132,41 @@ class EmbedStage:
             per_head = {n: self.heads.heads[n].score(emb) for n in self.heads.names()}
             for j, i in enumerate(idx):
                 scores[i] = json.dumps({n: float(s[j]) for n, s in per_head.items()})
-        return pa.table({"seq": batch["seq"], "meta": batch["meta"], "scores": pa.array(scores, pa.string())})
+        if self.shards is None:
+            return pa.table({"seq": batch["seq"], "meta": batch["meta"], "scores": pa.array(scores, pa.string())})
+        seqs = batch["seq"].to_pylist()
+        displays = batch["display"].to_pylist()
+        metas = batch["meta"].to_pylist()
+        records = [
+            self.judge.record(os.fsdecode(display), _outcome(json.loads(meta), score))
+            for display, meta, score in zip(displays, metas, scores)
+        ]
+        _write_shards(Path(self.shards), seqs, records)
+        return pa.table(
+            {
+                "seq": pa.array(seqs, pa.int64()),
+                "status": pa.array([r.status for r in records], pa.string()),
+                "combined": pa.array([r.combined for r in records], pa.string()),
+            }
+        )
+
+
+def _write_shards(folder: Path, seqs: list[int], records: list[Result]) -> None:
+    """One file per run of consecutive listing numbers, named by its first: the shards, in name
+    order, are the local scan's result lines. Written atomically, so a shard is whole or absent,
+    and a retried task rewrites the same names with the same content."""
+    from .fsutil import atomic_write_bytes
+    from .reporters import dumps
+
+    order = sorted(range(len(seqs)), key=seqs.__getitem__)
+    run: list[int] = []
+    for k, i in enumerate(order):
+        run.append(i)
+        last = k == len(order) - 1 or seqs[order[k + 1]] != seqs[i] + 1
+        if last:
+            text = "".join(dumps(records[j].to_dict()) + "\n" for j in run)
+            atomic_write_bytes(folder / f"part-{seqs[run[0]]:012d}.jsonl", text.encode("utf-8"))
+            run = []
 
 
 def _evidence_json(evidence: tuple[Evidence, ...] | None) -> list[dict] | None:
@@ -149,23 +200,47 @@ def connect(options: RayOptions, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from .weights import store_root
+
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-    if options.address == "local":
-        ray.init(num_cpus=num_cpus, **quiet)  # type: ignore[arg-type]
-    else:
-        ray.init(address=options.address, **quiet)  # type: ignore[arg-type]
+    # Ray starts its workers in the driver's working directory and puts it first on their
+    # sys.path: run from a source checkout, they would import its codescan/ instead of the
+    # installed package. They start in a folder of the store instead (paths are sent absolute).
+    here, neutral = os.getcwd(), store_root() / "ray"
+    neutral.mkdir(parents=True, exist_ok=True)
+    os.chdir(neutral)
+    try:
+        if options.address == "local":
+            ray.init(num_cpus=num_cpus, **quiet)  # type: ignore[arg-type]
+        else:
+            ray.init(address=options.address, **quiet)  # type: ignore[arg-type]
+    finally:
+        os.chdir(here)
 
 
-def scan(
-    scanner: Scanner, arguments: Iterable[str | bytes], skip: Collection[str] = (), options: RayOptions = RayOptions()
-) -> Iterator[Result]:
-    """One Result per discovered file, in the local scan's order and with its exact content."""
+def _rows(
+    scanner: Scanner, listed: list[Entry], options: RayOptions, shards: Path | None, skip: Collection[str] = ()
+) -> Iterator[dict[str, Any]]:
+    """The pipeline's output rows, in no particular order; `listed` numbers the files."""
     import ray
 
     from .weights import store_root
 
     cfg = scanner.config
-    listed = [e for e in list_entries(arguments, cfg.walk) if e.display not in skip]
+    todo = [
+        {
+            "seq": i,
+            "path": e.path if e.uri else os.path.abspath(e.path),  # workers do not share our working directory
+            "display": os.fsencode(e.display),
+            "uri": e.uri,
+            "error_code": e.error[0] if e.error else "",
+            "error": e.error[1] if e.error else "",
+        }
+        for i, e in enumerate(listed)
+        if e.display not in skip
+    ]
+    if not todo:
+        return iter(())
     connect(options, num_cpus=options.workers)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -179,43 +254,98 @@ def scan(
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # stderr belongs to codescan's own progress
 
-    todo = [{"seq": i, "path": e.path, "uri": e.uri} for i, e in enumerate(listed) if e.error is None]
-    rows: Iterator[dict[str, Any]] = iter(())
-    if todo:
-        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // options.batch_size, 4096)))
-        ds = ds.map_batches(
-            DecodeStage,
-            fn_constructor_kwargs={
-                "config": ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=None),
-                "timeout": cfg.decode_timeout,
-            },
-            batch_size=options.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=share,
-        )
-        ds = ds.map_batches(
-            EmbedStage,
-            fn_constructor_kwargs={
-                "home": str(store_root()),
-                "weights": scanner.bundle.name,
-                "engine": scanner.engine.name,
-                "precision": scanner.engine.precision,
-                "threads": None if on_gpu else max(1, int(share)),
-            },
-            batch_size=options.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=embedders),
-            batch_format="pyarrow",
-            num_cpus=share,
-            num_gpus=1 if on_gpu and gpus else 0,
-        )
-        rows = iter(ds.iter_rows())
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // options.batch_size, 4096)))
+    ds = ds.map_batches(
+        DecodeStage,
+        fn_constructor_kwargs={
+            "config": ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=None),
+            "timeout": cfg.decode_timeout,
+        },
+        batch_size=options.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=share,
+    )
+    ds = ds.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={
+            "home": str(store_root()),
+            "weights": scanner.bundle.name,
+            "engine": scanner.engine.name,
+            "precision": scanner.engine.precision,
+            "threads": None if on_gpu else max(1, int(share)),
+            "judge": scanner.judge,
+            "shards": None if shards is None else str(shards.absolute()),
+        },
+        batch_size=options.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=embedders),
+        batch_format="pyarrow",
+        num_cpus=share,
+        num_gpus=1 if on_gpu and gpus else 0,
+    )
+    return iter(ds.iter_rows())
+
+
+def scan(
+    scanner: Scanner, arguments: Iterable[str | bytes], skip: Collection[str] = (), options: RayOptions = RayOptions()
+) -> Iterator[Result]:
+    """One Result per discovered file, in the local scan's order and with its exact content."""
+    listed = [e for e in list_entries(arguments, scanner.config.walk) if e.display not in skip]
+    rows = _rows(scanner, listed, options, shards=None)
     waiting: dict[int, dict[str, Any]] = {}  # rows that arrived before their turn
     for seq, entry in enumerate(listed):
-        if entry.error is not None:
-            yield error_result(entry.display, *entry.error)
-            continue
         while seq not in waiting:
             row = next(rows)
             waiting[int(row["seq"])] = row
         row = waiting.pop(seq)
-        yield scanner.record(entry, _outcome(json.loads(row["meta"]), row["scores"]))
+        yield scanner.judge.record(entry.display, _outcome(json.loads(row["meta"]), row["scores"]))
+
+
+def scan_to_shards(
+    scanner: Scanner, arguments: Iterable[str | bytes], folder: Path, options: RayOptions = RayOptions()
+) -> tuple[Summary, bool]:
+    """Write the records as shards in `folder` (header.json, part-*.jsonl, summary.json).
+
+    A folder that already holds shards of the same header is continued: its files are kept and
+    only files not yet recorded are scanned. Returns the summary and whether it was interrupted.
+    """
+    import time
+
+    from .fsutil import atomic_write_bytes
+    from .reporters import dumps
+    from .resume import ResumeError, ResumeState, check_compatible
+
+    started = time.perf_counter()
+    header = scanner.header().to_dict()
+    summary = Summary(combined_fake=None if scanner.config.evidence == "none" else 0)
+    done: set[str] = set()
+    if (folder / "header.json").is_file():
+        try:
+            previous = json.loads((folder / "header.json").read_text())
+        except ValueError:
+            raise ResumeError(f"{folder}/header.json is not JSON; not a codescan shard folder") from None
+        check_compatible(ResumeState(header=previous), header, str(folder))
+        for record in read_shards(folder):
+            done.add(record["path"])
+            summary.count(record["status"], record.get("combined"))
+    elif any(folder.glob("part-*.jsonl")):
+        raise ResumeError(f"{folder} holds shards but no header.json; not a codescan shard folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "header.json", (dumps(header) + "\n").encode())
+    listed = list(list_entries(arguments, scanner.config.walk))  # numbered before skipping: stable names
+    interrupted = False
+    try:
+        for row in _rows(scanner, listed, options, shards=folder, skip=done):
+            summary.count(row["status"], row["combined"])
+    except KeyboardInterrupt:
+        interrupted = True
+    summary.seconds = time.perf_counter() - started
+    closing = {**summary.to_dict(), **({"interrupted": True} if interrupted else {})}
+    atomic_write_bytes(folder / "summary.json", (dumps(closing) + "\n").encode())
+    return summary, interrupted
+
+
+def read_shards(folder: Path) -> Iterator[dict[str, Any]]:
+    """The result records of a shard folder, in listing order."""
+    for shard in sorted(folder.glob("part-*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            yield json.loads(line)

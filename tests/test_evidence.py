@@ -300,7 +300,7 @@ def test_evidence_all_without_the_watermark_extra(home, tmp_path):
 
     (tmp_path / "a.png").write_bytes(png())
     p = subprocess.run(
-        [sys.executable, "-c", code, "scan", str(tmp_path / "a.png"), "--evidence", "all", "--no-cache"],
+        [sys.executable, "-P", "-c", code, "scan", str(tmp_path / "a.png"), "--evidence", "all", "--no-cache"],
         capture_output=True,
         timeout=300,
     )

@@ -72,11 +72,39 @@ def test_uri_listing_resume_and_a_stalled_decoder(home, mixed_tree, tmp_path):
     assert out.read_text().splitlines()[:-1] == full[:-1]
 
 
+def test_shards_written_by_workers_and_continued(home, mixed_tree, tmp_path):
+    env = {"CODESCAN_TEST_STALL_MARKER": "stall_"}
+    local = lines(run_cli("scan", str(mixed_tree), "-q", "--no-cache", "--decode-timeout", "2", env=env).stdout)
+    shards = tmp_path / "shards"
+    args = ("scan", str(mixed_tree), "-q", "--decode-timeout", "2", "--batch-size", "2", "--shards", str(shards), *RAY)
+    first = run_cli(*args, env=env)
+    assert first.returncode == 2, first.stderr.decode()[-3000:]
+    parts = sorted(shards.glob("part-*.jsonl"))
+    assert len(parts) >= 3  # batches of 2: several shards, written by the embed actors
+    records = [json.loads(x) for p in parts for x in p.read_text().splitlines()]
+    assert records == local[1:-1]  # the shards in name order are the local scan's results
+    assert json.loads((shards / "header.json").read_text()) == local[0]
+    summary = json.loads((shards / "summary.json").read_text())
+    assert summary.pop("seconds") >= 0 and summary == local[-1]
+
+    # A job killed before some shards were written: rerunning writes only what is missing.
+    parts[1].unlink()
+    (shards / ".tmp.partial").write_text("torn")  # what an interrupted atomic write leaves
+    again = run_cli(*args, env=env)
+    assert again.returncode == 2, again.stderr.decode()[-3000:]
+    assert [json.loads(x) for p in sorted(shards.glob("part-*.jsonl")) for x in p.read_text().splitlines()] == records
+    summary = json.loads((shards / "summary.json").read_text())
+    assert summary.pop("seconds") >= 0 and summary == local[-1]
+
+    p = run_cli("scan", str(mixed_tree), "-q", "--head", "knn", "--shards", str(shards), *RAY)
+    assert p.returncode == 2 and b"different head" in p.stderr  # another question: refused, not mixed in
+
+
 def test_missing_ray_extra_is_a_usage_error(home, tmp_path):
     import subprocess
     import sys
 
     (tmp_path / "x.png").write_bytes(b"")
     code = "import sys; sys.modules['ray'] = None; from codescan.cli import main; main()"
-    p = subprocess.run([sys.executable, "-c", code, "scan", str(tmp_path), "--ray", "local"], capture_output=True)
+    p = subprocess.run([sys.executable, "-P", "-c", code, "scan", str(tmp_path), "--ray", "local"], capture_output=True)
     assert p.returncode == 2 and b"pip install 'codescan[ray]'" in p.stderr

@@ -1,0 +1,63 @@
+"""Scores and an outcome → the record: the one place a verdict is made.
+
+A plain, picklable value (the heads asked for, their thresholds, whether every head is shown),
+so the local scan and the workers of a Ray scan make records with the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .decode import DecodeFailure
+from .examine import Examined, Outcome
+from .records import (
+    HEAD_NAMES,
+    HeadName,
+    HeadVerdict,
+    Result,
+    error_result,
+    skipped_result,
+)
+
+Scores = dict[str, float]  # every head of the bundle, by name
+
+
+@dataclass(frozen=True)
+class Judge:
+    judged: tuple[HeadName, ...]  # canonical order; the first sets `status`
+    thresholds: dict[HeadName, float]  # for every judged head, overrides applied
+    show_all: bool  # --head all: the record lists every head
+
+    def record(self, display: str, outcome: Outcome, scores: Scores | None = None) -> Result:
+        """The record of one file: `scores` for a decoded image, else the ones `outcome` carries."""
+        if isinstance(outcome, Examined):
+            if scores is None:
+                assert outcome.cached is not None, "an image record needs its scores"
+                scores = outcome.cached.scores
+            return self._verdict(display, outcome, scores)
+        if isinstance(outcome, DecodeFailure):
+            return error_result(display, outcome.code, outcome.message, outcome.sha256, outcome.evidence)
+        return skipped_result(display)
+
+    def _verdict(self, display: str, o: Examined, scores: Scores) -> Result:
+        per_head = {n: self._head(n, scores[n]) for n in self.judged}
+        primary = self.judged[0]
+        main = per_head[primary]
+        width, height, box, fmt = o.size_box_format
+        return Result(
+            path=display,
+            status=main.status,
+            score=main.score,
+            threshold=self.thresholds[primary],
+            head=primary,
+            width=width,
+            height=height,
+            format=fmt,
+            crop=box,
+            heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.show_all else None,
+            sha256=o.sha256.hex(),
+            evidence=o.evidence,
+        )
+
+    def _head(self, name: HeadName, score: float) -> HeadVerdict:
+        return HeadVerdict(score=score, status="fake" if score > self.thresholds[name] else "real")
