@@ -9,10 +9,11 @@ s3://, gs://, file:// URIs) and numbers them. Ray Data then runs two actor pools
 - embed (one per GPU, or CPU slots): the bundle's engine and every head's score. Crops leave
   the object store here; only small rows go on.
 
-The driver takes rows back, restores listing order, and builds each record with the local
-Scanner's own code, so a record is identical to the local scan's and the usual reporters write
-it (header, summary, `--resume`). Ray provides the fault tolerance: actors are restarted and
-their tasks retried. The scan cache is per machine and stays off under Ray.
+Records are made by the local scan's own Judge, so each is identical to the local scan's.
+Either the driver takes rows back, restores listing order and writes them through the usual
+reporters (`scan`), or the embed actors write them as JSONL shards named by listing number and
+the driver only counts statuses (`scan_to_shards`). Ray provides the fault tolerance: actors
+are restarted and their tasks retried. The scan cache is per machine and stays off under Ray.
 """
 
 from __future__ import annotations
