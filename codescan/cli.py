@@ -203,7 +203,7 @@ def scan(
         _print_summary(summary, interrupted, quiet)
         raise typer.Exit(EXIT_INTERRUPTED if interrupted else summary.exit_code())
     header = scanner.header()
-    summary = Summary(combined_fake=None if evidence == "none" else 0)
+    summary = Summary.for_evidence(evidence)  # type: ignore[arg-type]
     done: set[str] = set()
     appending = False
     if resume is not None:
@@ -217,7 +217,7 @@ def scan(
             summary.count(old["status"], old.get("combined"))
         done, appending = state.done, state.header is not None
     reporter = make_reporter(
-        fmt, output, scanner.judged if head == "all" else None, append=appending, evidence=evidence != "none"  # type: ignore[arg-type]
+        fmt, output, list(scanner.judge.judged) if head == "all" else None, append=appending, evidence=evidence != "none"  # type: ignore[arg-type]
     )
     started = time.perf_counter()
     interrupted = False

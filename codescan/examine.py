@@ -61,6 +61,11 @@ class Examined:
         assert src is not None
         return src.width, src.height, src.box, src.format
 
+    def verdict(self, scores: dict[str, float]) -> CachedVerdict:
+        """What the cache keeps for this content once its scores are known."""
+        width, height, box, fmt = self.size_box_format
+        return CachedVerdict(width, height, fmt, box, scores)
+
 
 Outcome = Examined | DecodeFailure | Skipped
 

@@ -114,6 +114,11 @@ class HeadSet:
     def threshold(self, name: HeadName) -> float:
         return float(self.thresholds.get(name, 0.0))
 
+    def scores(self, emb: np.ndarray) -> list[dict[str, float]]:
+        """Every head's score for each embedding: (B, D) -> B dicts, head name -> score."""
+        per_head = {n: self.heads[n].score(emb) for n in self.names()}  # name -> (B,)
+        return [{n: float(s[i]) for n, s in per_head.items()} for i in range(len(emb))]
+
     def judge(self, name: HeadName, emb: np.ndarray, threshold: float | None = None) -> list[HeadVerdict]:
         if name not in self.heads:
             raise KeyError(f"this bundle has no {name!r} head (has: {', '.join(self.names()) or 'none'})")

@@ -84,13 +84,13 @@ class Scanner:
         self.warn = warn
         self.bundle = load_bundle(weights)
         self.heads: HeadSet = self.bundle.head_set()
-        self.judged: list[HeadName] = self.heads.select(config.head, weights)
+        judged = self.heads.select(config.head, weights)
         for name in config.thresholds:
             if name not in self.heads.names():
                 raise ValueError(f"--threshold for {name!r}, but the bundle has no such head")
         self.judge = Judge(
-            judged=tuple(self.judged),
-            thresholds={n: config.thresholds.get(n, self.heads.threshold(n)) for n in self.judged},
+            judged=tuple(judged),
+            thresholds={n: config.thresholds.get(n, self.heads.threshold(n)) for n in judged},
             show_all=config.head == "all",
         )
         self.engine = create_engine(self.bundle, engine, precision)  # type: ignore[arg-type]
@@ -194,8 +194,7 @@ class Scanner:
     def _resolve(self, outcome: Outcome) -> Outcome:
         """A decoded copy of content already scored in this scan takes those scores: no second embedding."""
         if isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 in self._known:
-            w, h, box, fmt = outcome.size_box_format
-            cached = CachedVerdict(w, h, fmt, box, self._known[outcome.sha256])
+            cached = outcome.verdict(self._known[outcome.sha256])
             return Examined(outcome.sha256, outcome.evidence, outcome.new_evidence, cached=cached)
         return outcome
 
@@ -222,14 +221,11 @@ class Scanner:
         if handle is not None:
             assert engine is not None and queued is not None
             emb = engine.collect(handle)  # (B, D)
-            per_head = {n: self.heads.heads[n].score(emb) for n in self.heads.names()}  # name -> (B,)
             batched = [o for _, o, embed in items if embed]
-            for i, o in enumerate(batched):
-                scores = {n: float(s[i]) for n, s in per_head.items()}
+            for o, scores in zip(batched, self.heads.scores(emb)):
                 self._remember(o.sha256, scores)  # type: ignore[union-attr]
                 queued.discard(o.sha256)  # type: ignore[union-attr]
-                w, h, box, fmt = o.size_box_format  # type: ignore[union-attr]
-                fresh.append((o.sha256, CachedVerdict(w, h, fmt, box, scores)))  # type: ignore[union-attr]
+                fresh.append((o.sha256, o.verdict(scores)))  # type: ignore[union-attr]
         new_evidence = [
             (o.sha256, o.evidence) for _, o, _ in items if isinstance(o, Examined) and o.new_evidence and o.evidence is not None
         ]

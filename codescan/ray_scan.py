@@ -130,9 +130,8 @@ class EmbedStage:
         if idx:
             stacked = np.stack([np.frombuffer(crops[i], np.uint8).reshape(CROP_SHAPE) for i in idx])
             emb = self.engine.embed(stacked)  # (B, 224, 224, 3) uint8 -> (B, D)
-            per_head = {n: self.heads.heads[n].score(emb) for n in self.heads.names()}
-            for j, i in enumerate(idx):
-                scores[i] = json.dumps({n: float(s[j]) for n, s in per_head.items()})
+            for i, per_file in zip(idx, self.heads.scores(emb)):
+                scores[i] = json.dumps(per_file)
         if self.shards is None:
             return pa.table({"seq": batch["seq"], "meta": batch["meta"], "scores": pa.array(scores, pa.string())})
         seqs = batch["seq"].to_pylist()
@@ -317,7 +316,7 @@ def scan_to_shards(
 
     started = time.perf_counter()
     header = scanner.header().to_dict()
-    summary = Summary(combined_fake=None if scanner.config.evidence == "none" else 0)
+    summary = Summary.for_evidence(scanner.config.evidence)
     done: set[str] = set()
     if (folder / "header.json").is_file():
         try:

@@ -141,6 +141,10 @@ class Summary:
     seconds: float = 0.0
     combined_fake: int | None = None  # counted when evidence is looked for
 
+    @classmethod
+    def for_evidence(cls, level: EvidenceLevel) -> Summary:
+        return cls(combined_fake=None if level == "none" else 0)
+
     def add(self, result: Result) -> None:
         self.count(result.status, result.combined)
 
