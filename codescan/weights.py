@@ -147,18 +147,17 @@ def list_bundles() -> list[Bundle]:
 
 
 def _load_official_heads(src: Path) -> dict[HeadName, Head]:
-    from .unpickle import estimator_to_head, restricted_load
+    from .headconvert import HeadConversionError, convert_isolated
 
-    heads: dict[HeadName, Head] = {}
-    origin: dict[str, Path] = {}
     files = sorted([*src.glob("sklearn/*.sav"), *src.glob("sklearn/*.joblib")])
-    for path in files:
-        name, head = estimator_to_head(restricted_load(path))
-        if name in heads:
-            raise WeightsError(f"two {name} heads: {origin[name].name} and {path.name}; keep one")
-        heads[name] = head
-        origin[name] = path
-    return heads
+    if not files:
+        raise WeightsError(f"{src}: no heads found under sklearn/ (*.sav, *.joblib)")
+    try:
+        return convert_isolated(files)
+    except HeadConversionError as exc:
+        if exc.kind == "unsafe":
+            raise WeightsError(f"{src}: unsafe head pickle refused, nothing was executed: {exc}") from None
+        raise WeightsError(f"{src}: cannot read the scikit-learn heads: {exc}") from None
 
 
 def bundle_meta(
@@ -219,8 +218,6 @@ def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] 
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from .unpickle import UnsafePickleError
-
     check_name(name)
     src = Path(src)
     for required in ("config.json", "model.safetensors"):
@@ -231,14 +228,7 @@ def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] 
         encoder = hf_to_timm(load_file(str(src / "model.safetensors")), config)
     except (KeyError, ValueError, OSError, SafetensorError) as exc:
         raise WeightsError(f"{src}: cannot convert the encoder: {' '.join(str(exc).split())}") from None
-    try:
-        heads = _load_official_heads(src)
-    except UnsafePickleError as exc:
-        raise WeightsError(f"{src}: unsafe head pickle refused, nothing was executed: {exc}") from None
-    except (ValueError, OSError, EOFError, IndexError, KeyError, TypeError) as exc:
-        raise WeightsError(f"{src}: cannot read the scikit-learn heads: {exc}") from None
-    if not heads:
-        raise WeightsError(f"{src}: no heads found under sklearn/ (*.sav, *.joblib)")
+    heads = _load_official_heads(src)
 
     if source is None:
         source = {
