@@ -7,10 +7,12 @@ CODESCAN_DEBUG=1.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -20,16 +22,19 @@ from rich.console import Console
 
 from codescan.engines.base import EngineName, Precision
 
-from . import __version__
+from . import __version__, messages
 from .records import HEAD_NAMES, EvidenceLevel, HeadChoice, Summary
 from .reporters import Format
 
 EXIT_FATAL = 2
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141
+_STDOUT_CLOSED = threading.Event()  # set once by main() when fd 1 was closed at start (`>&-`)
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     no_args_is_help=True,
     help="Tell which images are AI-generated, with the CoDE encoder (ECCV 2024).",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -40,6 +45,10 @@ app.add_typer(weights_app, name="weights")
 
 class UsageError(Exception):
     """Bad option values discovered after parsing (exit 2 with a one-line message)."""
+
+
+class OutputClosed(Exception):
+    """The reader of stdout went away (`| head`): exit 141 like a program killed by SIGPIPE."""
 
 
 def _err() -> Console:
@@ -81,14 +90,14 @@ def _root(
 
 @app.command()
 def scan(
-    paths: Annotated[Optional[list[str]], typer.Argument(help="Files and folders to scan.", show_default=False)] = None,
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Files, folders and URIs to scan.", show_default=False, metavar="PATH")] = None,
     files_from: Annotated[
-        Optional[str], typer.Option("--files-from", help="Read paths from FILE ('-' = stdin), one per line.")
+        Optional[str], typer.Option("--files-from", metavar="FILE", help="Read paths from FILE ('-' = stdin), one per line.")
     ] = None,
     null: Annotated[bool, typer.Option("-0", "--null", help="--files-from paths are NUL-separated.")] = False,
-    output: Annotated[str, typer.Option("-o", "--output", help="Write data here ('-' = stdout).")] = "-",
+    output: Annotated[str, typer.Option("-o", "--output", metavar="FILE", help="Write data here ('-' = stdout).")] = "-",
     resume: Annotated[
-        Optional[str], typer.Option(help="Continue the JSONL scan in FILE: keep its results, append the rest.")
+        Optional[str], typer.Option(metavar="FILE", help="Continue the JSONL scan in FILE: keep its results, append the rest.")
     ] = None,
     fmt: Annotated[
         Optional[Format],
@@ -97,7 +106,7 @@ def scan(
     head: Annotated[HeadChoice, typer.Option(envvar="CODESCAN_HEAD", help="Head that sets status; all = every head.")] = "linear",
     threshold: Annotated[
         Optional[list[str]],
-        typer.Option(help="Score above which a file is fake: X for the selected head, or HEAD=X (repeatable)."),
+        typer.Option(metavar="X|HEAD=X", help="Score above which a file is fake: X for the selected head, or HEAD=X (repeatable)."),
     ] = None,
     engine: Annotated[EngineName, typer.Option(envvar="CODESCAN_ENGINE", help="auto: GPU if usable, else CPU.")] = "auto",
     precision: Annotated[
@@ -105,23 +114,23 @@ def scan(
         typer.Option(envvar="CODESCAN_PRECISION", help="auto: fp32 unless a gate passed; fp32 = the reference; fp16 = GPU."),
     ] = "auto",
     batch_size: Annotated[
-        Optional[int], typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096, help="Default: 8 on CPU, 64 on GPU.")
+        Optional[int], typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096, metavar="N", help="Default: 8 on CPU, 64 on GPU.")
     ] = None,
     workers: Annotated[
-        Optional[int], typer.Option(envvar="CODESCAN_WORKERS", min=1, max=256, help="Decode processes (default: CPUs, max 8).")
+        Optional[int], typer.Option(envvar="CODESCAN_WORKERS", min=1, max=256, metavar="N", help="Decode processes (default: CPUs, max 8).")
     ] = None,
     exclude: Annotated[
-        Optional[list[str]], typer.Option(envvar="CODESCAN_EXCLUDE", help="Skip names or paths matching GLOB (repeatable).")
+        Optional[list[str]], typer.Option(envvar="CODESCAN_EXCLUDE", metavar="GLOB", help="Skip names or paths matching GLOB (repeatable).")
     ] = None,
     follow_symlinks: Annotated[
         bool, typer.Option(envvar="CODESCAN_FOLLOW_SYMLINKS", help="Follow symlinks found while walking.")
     ] = False,
-    max_filesize: Annotated[int, typer.Option(envvar="CODESCAN_MAX_FILESIZE", min=1, help="Bytes.")] = 256 * 1024 * 1024,
-    max_pixels: Annotated[int, typer.Option(envvar="CODESCAN_MAX_PIXELS", min=1)] = 89_478_485,
+    max_filesize: Annotated[int, typer.Option(envvar="CODESCAN_MAX_FILESIZE", min=1, metavar="BYTES", help="Larger files are too_large.")] = 256 * 1024 * 1024,
+    max_pixels: Annotated[int, typer.Option(envvar="CODESCAN_MAX_PIXELS", min=1, metavar="N", help="Larger images are too_large.")] = 89_478_485,
     decode_timeout: Annotated[
-        float, typer.Option(envvar="CODESCAN_DECODE_TIMEOUT", min=0.1, help="Seconds per file before its decoder is killed.")
+        float, typer.Option(envvar="CODESCAN_DECODE_TIMEOUT", min=0.1, metavar="SECONDS", help="Seconds per file before its decoder is killed.")
     ] = 20.0,
-    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
     evidence: Annotated[
         EvidenceLevel,
         typer.Option(
@@ -132,7 +141,7 @@ def scan(
     ] = "metadata",
     cache: Annotated[
         Optional[str],
-        typer.Option(envvar="CODESCAN_CACHE", help="Scan cache file (SQLite). Default: scan-cache.sqlite3 in the store."),
+        typer.Option(envvar="CODESCAN_CACHE", metavar="FILE", help="Scan cache file (SQLite). Default: scan-cache.sqlite3 in the store."),
     ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", envvar="CODESCAN_NO_CACHE", help="Neither read nor write the scan cache.")
@@ -142,17 +151,19 @@ def scan(
         typer.Option(
             "--ray",
             envvar="CODESCAN_RAY",
+            metavar="local|auto|ADDRESS",
             help="Run on Ray Data: 'local' (a private instance here), 'auto' (the running cluster) or an address.",
         ),
     ] = None,
     ray_workers: Annotated[
         Optional[int],
-        typer.Option(envvar="CODESCAN_RAY_WORKERS", min=1, help="--ray: decode actors (local: also the CPUs Ray may use)."),
+        typer.Option(envvar="CODESCAN_RAY_WORKERS", min=1, metavar="N", help="--ray: decode actors (local: also the CPUs Ray may use)."),
     ] = None,
     shards: Annotated[
         Optional[str],
         typer.Option(
             envvar="CODESCAN_SHARDS",
+            metavar="DIR",
             help="--ray: workers write JSONL shards into DIR (header.json, part-*.jsonl, summary.json); "
             "rerun to continue.",
         ),
@@ -162,7 +173,7 @@ def scan(
     """Scan files and folders; one record per file. Exit 2 if any error, else 1 if any fake (model or evidence), else 0."""
     from .cache import default_path
     from .decode import DecodeLimits
-    from .pipeline import ScanConfig, Scanner
+    from .pipeline import ScanConfig
     from .reporters import FORMATS, guess_format, make_reporter
     from .walk import WalkOptions, read_path_list
 
@@ -173,12 +184,14 @@ def scan(
     fmt = fmt or guess_format(output) or "jsonl"
     if fmt not in FORMATS:
         raise UsageError(f"--format: choose from {', '.join(FORMATS)}")
+    _check_output(output)
     arguments: list[str | bytes] = list(paths or [])
     if files_from is not None:
         data = sys.stdin.buffer.read() if files_from == "-" else Path(files_from).read_bytes()
         arguments += read_path_list(data, null)
     if not arguments:
         raise UsageError("nothing to scan: give PATH... or --files-from")
+    _announce_missing(arguments)
 
     config = ScanConfig(
         head=head,  # type: ignore[arg-type]
@@ -191,7 +204,7 @@ def scan(
         cache=None if no_cache or ray else (cache or str(default_path())),
         **({"decode_workers": workers} if workers else {}),
     )
-    scanner = Scanner(weights=weights, engine=engine, precision=precision, config=config, warn=_warn)
+    scanner = _open_scanner(weights, engine, precision, config, quiet)
     if shards is not None:
         if ray is None or resume is not None or output != "-" or fmt != "jsonl":
             raise UsageError("--shards DIR needs --ray and replaces -o/--format/--resume")
@@ -200,9 +213,9 @@ def scan(
 
         options = RayOptions(address=ray, workers=ray_workers, **({"batch_size": batch_size} if batch_size else {}))
         summary, interrupted = scan_to_shards(scanner, arguments, Path(shards), options)
-        _print_summary(summary, interrupted, quiet)
+        _print_summary(summary, summary.files, interrupted, quiet)
         raise typer.Exit(EXIT_INTERRUPTED if interrupted else summary.exit_code())
-    header = scanner.header()
+    header = scanner.header().with_inputs(arguments)
     summary = Summary.for_evidence(evidence)  # type: ignore[arg-type]
     done: set[str] = set()
     appending = False
@@ -219,37 +232,98 @@ def scan(
     reporter = make_reporter(
         fmt, output, list(scanner.judge.judged) if head == "all" else None, append=appending, evidence=evidence != "none"  # type: ignore[arg-type]
     )
-    started = time.perf_counter()
-    interrupted = False
-    reporter.header(header)
-    progress = _progress(quiet)
-    try:
-        with progress:
-            task = progress.add_task("scanning", total=None)
-            for result in _results(scanner, arguments, done, ray, ray_workers, batch_size):
-                reporter.result(result)
-                summary.add(result)
-                progress.update(task, advance=1, fake=summary.fake, errors=summary.errors)
-    except KeyboardInterrupt:
-        interrupted = True
-    summary.seconds = time.perf_counter() - started
-    reporter.summary(summary, interrupted=interrupted)
-    reporter.close(commit=True)
-    _print_summary(summary, interrupted, quiet)
+    summary, scanned, interrupted = _run(scanner, reporter, header, summary, arguments, done, quiet, ray, ray_workers, batch_size)
+    _print_summary(summary, scanned, interrupted, quiet)
     raise typer.Exit(EXIT_INTERRUPTED if interrupted else summary.exit_code())
 
 
-def _print_summary(summary: Summary, interrupted: bool, quiet: bool) -> None:
+def _run(scanner, reporter, header, summary: Summary, arguments: list, done: set[str], quiet: bool,
+         ray: str | None, ray_workers: int | None, batch: int | None) -> tuple[Summary, int, bool]:
+    """Header, one record per result, summary; the reporter is closed whatever happens.
+
+    On a failure a JSON document's temporary file is removed (nothing replaces the target);
+    JSONL and CSV keep the complete lines already written.
+    """
+    from .progress import ScanProgress
+    from .sources import entries
+
+    started = time.perf_counter()
+    interrupted = False
+    scanned = 0
+    progress = ScanProgress(quiet)
+    try:
+        reporter.header(header)
+        with progress:
+            progress.count_in_background(lambda: entries(arguments, scanner.config.walk), already_done=len(done))
+            for result in _results(scanner, arguments, done, ray, ray_workers, batch):
+                reporter.result(result)
+                summary.add(result)
+                scanned += 1
+                progress.advance(summary)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException as exc:
+        with contextlib.suppress(BrokenPipeError):
+            reporter.close(commit=False)
+        if isinstance(exc, BrokenPipeError):
+            raise OutputClosed from None  # not an OSError: click would turn EPIPE into exit 1 ("fake")
+        raise
+    summary.seconds = time.perf_counter() - started
+    reporter.summary(summary, interrupted=interrupted)
+    reporter.close(commit=True)
+    return summary, scanned, interrupted
+
+
+def _check_output(output: str) -> None:
+    """Fail before the model loads when the output cannot be written (naming the user's path)."""
+    if output == "-":
+        if _STDOUT_CLOSED.is_set():
+            raise UsageError("standard output is closed; give -o FILE")
+        return
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write {output}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) and not os.access(output, os.W_OK):
+        raise UsageError(f"cannot write {output}: permission denied")
+
+
+def _announce_missing(arguments: list[str | bytes]) -> None:
+    """A mistyped PATH is said in one line at once, besides its error record."""
+    from .sources import is_uri
+
+    for arg in arguments:
+        if not is_uri(arg) and not os.path.lexists(arg):
+            messages.error(f"{os.fsdecode(arg)}: No such file or directory")
+
+
+def _open_scanner(weights: str, engine: str, precision: str, config, quiet: bool):
+    from .pipeline import Scanner
+    from .weights import ensure_default
+
+    ensure_default(weights, messages.note)
+    if quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return Scanner(weights=weights, engine=engine, precision=precision, config=config, warn=messages.warn)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _print_summary(summary: Summary, scanned: int, interrupted: bool, quiet: bool) -> None:
+    """The human summary; the rate counts only the files scanned by this run (not resumed ones)."""
     if quiet:
         return
-    rate = summary.files / summary.seconds if summary.seconds > 0 else 0.0
+    rate = scanned / summary.seconds if summary.seconds > 0 else 0.0
     extra = (summary.combined_fake or 0) - summary.fake
     flagged = f" (+{extra} by evidence)" if extra > 0 else ""
-    _err().print(
-        f"{'interrupted: ' if interrupted else ''}{summary.files} files: {summary.real} real, {summary.fake} fake"
-        f"{flagged}, {summary.errors} errors, {summary.skipped} skipped in {summary.seconds:.1f}s "
-        f"({rate:.1f} files/s)"
+    messages.info(
+        f"{'interrupted: ' if interrupted else ''}{_plural(summary.files, 'file')}: {summary.real} real, "
+        f"{summary.fake} fake{flagged}, {_plural(summary.errors, 'error')}, {summary.skipped} skipped "
+        f"in {summary.seconds:.1f}s ({rate:.1f} files/s)"
     )
+    if not interrupted and summary.real + summary.fake + summary.errors == 0:
+        messages.note("no images found" + (f" ({_plural(summary.skipped, 'other file')} skipped)" if summary.files else ""))
 
 
 def _require_ray() -> None:
@@ -270,30 +344,10 @@ def _results(scanner, arguments: list, done: set[str], ray: str | None, workers:
     return ray_scan(scanner, arguments, skip=done, options=options)
 
 
-def _warn(message: str) -> None:
-    _err().print(f"codescan: warning: {message}", markup=False)
-
-
-def _progress(quiet: bool):
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.completed} files"),
-        TextColumn("[red]{task.fields[fake]} fake"),
-        TextColumn("{task.fields[errors]} errors"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=quiet or not console.is_terminal,
-    )
-
-
 @app.command()
 def gate(
     data: Annotated[list[str], typer.Argument(help="Folders or files of labelled-or-not images to measure on.")],
-    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
 ) -> None:
     """Measure reduced precisions (int8, bf16; fp16 on a GPU) against fp32; `--precision auto` uses those that pass."""
     import json
@@ -324,7 +378,7 @@ def gate(
 
 @app.command("compile")
 def compile_command(
-    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
     precision: Annotated[str, typer.Option(help="fp16 | fp32: the ONNX graph's types (strongly typed build).")] = "fp16",
     max_batch: Annotated[
         int, typer.Option("--max-batch", min=1, max=4096, help="Largest batch the engine takes (profile: min 1, opt = max = N).")
@@ -359,7 +413,7 @@ def eval_command(
         Path,
         typer.Option(help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]).", show_default=False),
     ],
-    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", help="Installed bundle name.")] = "code",
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
     head: Annotated[HeadChoice, typer.Option(help="Head to measure; all = every head in the bundle.")] = "all",
     crops: Annotated[
         Literal[1, 5], typer.Option(help="1: the central 224×224, as scan judges; 5: centre + four corners, score = max.")
@@ -412,7 +466,7 @@ def weights_pull(
     from .weights import pull
 
     bundle = pull(name=name, repo=repo, revision=revision)
-    _err().print(f"installed {bundle.name} ({repo}@{bundle.revision[:12]}) at {bundle.path}")
+    messages.info(f"installed {bundle.name} ({repo}@{bundle.revision}) at {bundle.path}")
 
 
 @weights_app.command("import")
@@ -424,17 +478,19 @@ def weights_import(
     from .weights import import_official
 
     bundle = import_official(directory, name=name)
-    _err().print(f"installed {bundle.name} from {directory} at {bundle.path}")
+    messages.info(f"installed {bundle.name} from {directory} at {bundle.path}")
 
 
 @weights_app.command("list")
 def weights_list() -> None:
-    """Installed bundles, one per line: name, digest, revision, licence."""
+    """Installed bundles: a heading line, then one tab-separated line per bundle."""
     from .weights import list_bundles, weights_dir
 
     bundles = list_bundles()
     if not bundles:
-        _err().print(f"no bundles in {weights_dir()}; run `codescan weights pull` or `codescan weights import DIR`")
+        messages.note(f"no bundles in {weights_dir()}; run `codescan weights pull` or `codescan weights import DIR`")
+        return
+    print("name\tdigest\trevision\tlicense")
     for b in bundles:
         print(f"{b.name}\t{b.digest[:16]}\t{b.revision or '-'}\t{b.meta.get('license', '?')}")
 
@@ -551,6 +607,8 @@ class _Signals:
 def main() -> None:
     import click
 
+    if messages.ensure_standard_fds():
+        _STDOUT_CLOSED.set()
     signal.signal(signal.SIGINT, _Signals.stop)
     signal.signal(signal.SIGTERM, _Signals.stop)
     debug = os.environ.get("CODESCAN_DEBUG") == "1"
@@ -565,33 +623,32 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort, click.exceptions.Abort):
         sys.exit(EXIT_INTERRUPTED)
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputClosed):
         _quiet_stdout()
-        sys.exit(141)
+        sys.exit(EXIT_PIPE)
     except Exception as exc:  # noqa: BLE001 - the one place every failure becomes a message
         if _Signals.received:
             sys.exit(EXIT_INTERRUPTED)
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            if isinstance(getattr(exc, "message", None), str):
+                exc.message = exc.message.replace("Value error, ", "")  # typer's validation prefix says nothing
             exc.show()  # a usage error from click (typer vendors its own copy): its own message, exit 2
             sys.exit(exc.exit_code)
         if debug:
             raise
         if isinstance(exc, known):
-            _err().print(f"codescan: error: {_describe(exc)}", markup=False)
+            messages.error(_describe(exc))
         else:
-            _err().print(
-                f"codescan: internal error: {type(exc).__name__}: {exc} (set CODESCAN_DEBUG=1 for a traceback)",
-                markup=False,
-            )
+            messages.note(f"internal error: {type(exc).__name__}: {exc} (set CODESCAN_DEBUG=1 for a traceback)")
         sys.exit(EXIT_FATAL)
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
         if exc.errno == errno.ENOSPC:
+            where = f" ({exc.filename})" if exc.filename else ""
             return f"no space left on device while writing output{where}; the output is incomplete"
-        return f"{exc.strerror}{where}"
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     return str(exc)
 
 

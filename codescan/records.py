@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 SCHEMA_VERSION = 2  # 2: evidence, combined and sha256 on results; evidence level in the header
@@ -22,6 +25,7 @@ ErrorCode = Literal[
     "permission_denied",
     "io_error",
     "symlink_loop",
+    "too_deep",  # a directory past the walk's depth limit, or a path longer than the OS accepts
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
 
@@ -187,13 +191,19 @@ class Summary:
 @dataclass(frozen=True, slots=True)
 class Header:
     codescan: str
-    weights: dict[str, str]
+    weights: dict[str, str | None]
     engine: str
     device: str
     precision: str
     head: str
     thresholds: dict[str, float] = field(default_factory=dict)
     evidence: EvidenceLevel = "none"
+    inputs: dict[str, Any] | None = None  # {"count", "sha256"} of the PATH arguments; never the paths
+
+    def with_inputs(self, arguments: Sequence[str | bytes]) -> Header:
+        """Fingerprint the arguments so that --resume can refuse a different set without storing it."""
+        joined = b"\0".join(os.fsencode(a) for a in arguments)
+        return replace(self, inputs={"count": len(arguments), "sha256": hashlib.sha256(joined).hexdigest()})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,4 +217,5 @@ class Header:
             "head": self.head,
             "thresholds": dict(self.thresholds),
             "evidence": self.evidence,
+            **({"inputs": dict(self.inputs)} if self.inputs is not None else {}),
         }

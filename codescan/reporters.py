@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
 from .records import HEAD_NAMES, Header, Result, Summary
+from .textsafe import csv_cell, printable
 
 Format = Literal["jsonl", "json", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "json", "csv")
@@ -51,10 +52,20 @@ def _final_mode(path: str) -> int:
         return 0o666 & ~umask
 
 
+class OutputError(OSError):
+    """The output cannot be opened; the message names the user's path, never a temporary file."""
+
+
 class Sink:
     """Where the data goes: stdout, a special file in place, or a regular file (atomic if asked)."""
 
     def __init__(self, target: str | None, atomic: bool, append: bool = False) -> None:
+        try:
+            self._open(target, atomic, append)
+        except OSError as exc:
+            raise OutputError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from None
+
+    def _open(self, target: str | None, atomic: bool, append: bool) -> None:
         self.target = target
         self._tmp: str | None = None
         if target in (None, "-"):
@@ -169,7 +180,7 @@ class CsvReporter:
         if self.evidence:
             found = result.evidence or ()
             row += [result.combined or "", "; ".join(e.kind + (f"={e.generator}" if e.generator else "") for e in found)]
-        self.writer.writerow([escape_surrogates(x) if isinstance(x, str) else x for x in row])
+        self.writer.writerow([_text_cell(x) if isinstance(x, str) else x for x in row])
         self.sink.flush()
 
     def summary(self, summary: Summary, interrupted: bool = False) -> None:
@@ -177,6 +188,12 @@ class CsvReporter:
 
     def close(self, commit: bool = True) -> None:
         self.sink.close(commit)
+
+
+def _text_cell(text: str) -> str:
+    """CSV text: control characters escaped (a raw CR cannot split a row in a lax reader), and
+    formula-like starts neutralised with a leading ``'`` (OWASP); JSONL keeps the original."""
+    return csv_cell(printable(escape_surrogates(text)))
 
 
 def make_reporter(

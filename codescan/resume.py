@@ -66,6 +66,13 @@ def load(path: str) -> ResumeState:
 def check_compatible(state: ResumeState, header: dict[str, Any], path: str) -> None:
     if state.header is None:
         return
+    if "inputs" in state.header and state.header["inputs"] != header.get("inputs"):
+        old, new = state.header["inputs"], header.get("inputs") or {}
+        raise ResumeError(
+            f"{path} was written for other PATH arguments ({old.get('count')} then, {new.get('count')} now, "
+            "compared by their sha256); resume with the same arguments (with --files-from -, the same list on "
+            "stdin) or start a new file"
+        )
     for key in MUST_MATCH:
         if state.header.get(key) != header.get(key):
             raise ResumeError(

@@ -35,6 +35,10 @@ DEFAULT_REVISION = "main"
 OFFICIAL_PATTERNS = ["config.json", "model.safetensors", "preprocessor_config.json", "sklearn/*.sav", "sklearn/*.joblib"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+MANUAL_DOWNLOAD = (
+    f"Download the weights where the hub is reachable: `hf download {OFFICIAL_REPO} --local-dir CoDE`, "
+    "then `codescan weights import CoDE`"
+)
 
 
 class WeightsError(Exception):
@@ -85,8 +89,9 @@ class Bundle:
         return hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
 
     @property
-    def revision(self) -> str:
-        return str(self.meta.get("source", {}).get("revision") or "")
+    def revision(self) -> str | None:
+        """The hub commit a pull resolved; None for imported and trained bundles (no commit is known)."""
+        return self.meta.get("source", {}).get("revision") or None
 
     def encoder_state(self) -> dict[str, np.ndarray]:
         from safetensors.numpy import load_file
@@ -213,6 +218,21 @@ def write_bundle(name: str, encoder: dict[str, np.ndarray], heads: dict[HeadName
     return load_bundle(name)
 
 
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _refuse_lfs_pointers(src: Path) -> None:
+    """A `git clone` without git-lfs leaves 130-byte pointer files where the weights should be."""
+    for pattern in OFFICIAL_PATTERNS:
+        for path in sorted(src.glob(pattern)):
+            with open(path, "rb") as fh:
+                if fh.read(len(_LFS_POINTER)) == _LFS_POINTER:
+                    raise WeightsError(
+                        f"{path} is a Git LFS pointer, not the file itself (the folder was cloned without git-lfs): "
+                        f"run `git lfs pull` in {src}, or download with `hf download {OFFICIAL_REPO} --local-dir CoDE`"
+                    )
+
+
 def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] | None = None) -> Bundle:
     """Convert a folder in the aimagelab/CoDE layout into a bundle (once; scans never unpickle)."""
     from safetensors import SafetensorError
@@ -223,6 +243,7 @@ def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] 
     for required in ("config.json", "model.safetensors"):
         if not (src / required).is_file():
             raise WeightsError(f"{src} is not an aimagelab/CoDE folder: {required} is missing")
+    _refuse_lfs_pointers(src)
     try:
         config = EncoderConfig.from_hf_config(json.loads((src / "config.json").read_text()))
         encoder = hf_to_timm(load_file(str(src / "model.safetensors")), config)
@@ -284,9 +305,7 @@ def pull(
         kind = type(exc).__name__
         if "RepositoryNotFound" in kind or "RevisionNotFound" in kind:
             raise WeightsError(f"{repo}@{want}: not found on the hub ({kind})") from None
-        raise WeightsError(
-            f"hub unreachable ({kind}); download the repository elsewhere and run `codescan weights import DIR`"
-        ) from None
+        raise WeightsError(f"hub unreachable ({kind}). {MANUAL_DOWNLOAD}") from None
     commit = folder.name if _COMMIT_RE.match(folder.name) else want
     files = _hash_official(folder)
     if pinned and not revision:
@@ -299,3 +318,30 @@ def pull(
             )
     source = {"repo": repo, "revision": commit, "requested": want, "files": files}
     return import_official(folder, name=name, source=source)
+
+
+def downloads_off() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE") or os.environ.get("CODESCAN_OFFLINE", "") == "1"
+
+
+def ensure_default(name: str, announce: Callable[[str], None]) -> None:
+    """Pull the default bundle at first use, as timm's ``pretrained=True`` does; trust on first use.
+
+    Only the default name is fetched by itself (another name missing is the user's typo, and
+    `load_bundle` says which exist). The commit the hub resolved and every file's sha256 are
+    recorded like `weights pull` records them, and printed, since no known-good commit can be
+    built into codescan.
+    """
+    if name != DEFAULT_NAME or (weights_dir() / name / "bundle.json").is_file():
+        return
+    if downloads_off():
+        raise WeightsError(
+            f"the weights ({OFFICIAL_REPO}) are not installed and downloads are off "
+            f"(HF_HUB_OFFLINE or CODESCAN_OFFLINE). {MANUAL_DOWNLOAD}"
+        )
+    announce(f"first use: downloading {OFFICIAL_REPO} from the Hugging Face hub into {weights_dir()}")
+    bundle = pull(name)
+    source = bundle.meta["source"]
+    announce(f"installed {OFFICIAL_REPO} at commit {source['revision']} (trust on first use; later pulls must match):")
+    for fname, digest in sorted(source["files"].items()):
+        announce(f"  sha256 {digest}  {fname}")
