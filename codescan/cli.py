@@ -75,7 +75,10 @@ def parse_thresholds(values: list[str], head: str) -> dict[str, float]:
 
 def version_callback(value: bool) -> None:
     if value:
+        from .decode import jpeg_decoder
+
         print(f"codescan {__version__}")
+        print(f"JPEG decoding: {jpeg_decoder()}")  # which libjpeg a bug report's pixels came from
         raise typer.Exit()
 
 

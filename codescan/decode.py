@@ -5,9 +5,10 @@ orientation, no colour management, no reduced (draft) decoding. Only the pixels 
 crop box are converted: every ``convert("RGB")`` path in Pillow is per pixel, so
 crop-then-convert equals convert-then-crop (tests check it on every mode we meet).
 
-JPEGs (RGB or grayscale) go through ``_jpegregion`` when it was built: libjpeg-turbo
-reconstructs only the rows and columns around the crop box, bit-identical to Pillow's full
-decode, and hands anything unusual (warnings, CMYK, 12-bit) back to Pillow.
+JPEGs (RGB or grayscale) go through ``_jpegregion`` when it was built and could bind to the
+libjpeg Pillow decodes with: that library reconstructs only the rows and columns around the
+crop box, bit-identical to Pillow's full decode, and hands anything unusual (warnings, CMYK,
+12-bit) back to Pillow. ``jpeg_decoder()`` says which path this process takes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,10 +28,43 @@ from PIL import Image, UnidentifiedImageError
 from .preprocess import CROP, place_crop, plan_crop
 from .records import ErrorCode, Evidence
 
-try:
-    from . import _jpegregion
-except ImportError:  # built without libjpeg-turbo headers: Pillow decodes every JPEG in full
-    _jpegregion = None
+
+def _bind_region_decoder() -> tuple[ModuleType | None, str]:
+    """The region decoder bound to Pillow's own libjpeg, or None and why Pillow decodes in full.
+
+    Any other libjpeg (the system's, say) would break parity: libjpeg-turbo releases reconstruct
+    progressive files whose later scans are missing differently, so only the copy Pillow loaded
+    reproduces the reference pixels.
+    """
+    try:
+        from . import _jpegregion
+    except ImportError as exc:  # no compiler or libjpeg-turbo headers at install time
+        return None, f"codescan._jpegregion is not built ({exc})"
+    from PIL import _imaging
+
+    try:
+        library = _jpegregion.locate(_imaging.__file__)
+        _jpegregion.bind(library)
+    # OSError: Pillow's libjpeg is hidden, lacks a function or has another ABI. RuntimeError:
+    # something else in this process bound the decoder to another libjpeg first.
+    except (OSError, RuntimeError) as exc:
+        return None, str(exc)
+    return _jpegregion, os.path.realpath(library)
+
+
+_jpegregion, _JPEG_BINDING = _bind_region_decoder()
+
+
+def jpeg_decoder() -> str:
+    """One line for debug output and bug reports: how JPEGs are decoded in this process."""
+    if _jpegregion is None:
+        return f"Pillow full decode ({_JPEG_BINDING})"
+    return f"crop-aware, with Pillow's libjpeg {_JPEG_BINDING}"
+
+
+def jpeg_region_library() -> str | None:
+    """The libjpeg the crop-aware decoder calls (Pillow's own), or None where Pillow decodes in full."""
+    return _JPEG_BINDING if _jpegregion is not None else None
 
 # Decoders we let Pillow use. EPS (Ghostscript), PSD, DDS, FITS and the long tail stay off:
 # each extra plugin is attack surface the reference never needed.

@@ -324,7 +324,7 @@ def downloads_off() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE") or os.environ.get("CODESCAN_OFFLINE", "") == "1"
 
 
-def ensure_default(name: str, announce: Callable[[str], None]) -> None:
+def ensure_default(name: str, announce: Callable[[str], None], download: Downloader = _hub_download) -> None:
     """Pull the default bundle at first use, as timm's ``pretrained=True`` does; trust on first use.
 
     Only the default name is fetched by itself (another name missing is the user's typo, and
@@ -340,7 +340,7 @@ def ensure_default(name: str, announce: Callable[[str], None]) -> None:
             f"(HF_HUB_OFFLINE or CODESCAN_OFFLINE). {MANUAL_DOWNLOAD}"
         )
     announce(f"first use: downloading {OFFICIAL_REPO} from the Hugging Face hub into {weights_dir()}")
-    bundle = pull(name)
+    bundle = pull(name, download=download)
     source = bundle.meta["source"]
     announce(f"installed {OFFICIAL_REPO} at commit {source['revision']} (trust on first use; later pulls must match):")
     for fname, digest in sorted(source["files"].items()):

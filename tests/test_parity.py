@@ -32,11 +32,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from conftest import LABELED, require_corpus  # noqa: E402
 from official import Reference, build_official_checkpoint  # noqa: E402
 
 CODESCAN = str(Path(sys.executable).parent / "codescan")
 pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency expressed in bytes:UserWarning")
-LABELED = Path("/work/shared/corpus/labeled")
 CROP = 224
 HEADS = ("linear", "knn", "ocsvm")
 
@@ -303,8 +303,7 @@ def test_crops_are_bit_identical(images):
 
 def test_crops_match_on_labeled_corpus():
     """Same check on every file of the shared labeled corpus (decode only, no model)."""
-    if not LABELED.is_dir():
-        pytest.skip(f"{LABELED} is not here")
+    require_corpus(LABELED)
     from codescan.decode import DecodeLimits, decode_file, has_image_extension
 
     files = sorted(p for p in LABELED.rglob("*") if p.is_file() and has_image_extension(p.name))

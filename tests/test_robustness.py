@@ -16,14 +16,19 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import ROBUSTNESS, quiet_fd2, run_cli
+from conftest import ROBUSTNESS, quiet_fd2, require_corpus, run_cli
 from PIL import Image, ImageFile
 from torchvision.transforms import CenterCrop
 
 from codescan import records as codes
 from codescan.decode import DecodeLimits, decode_file
 
-pytestmark = pytest.mark.skipif(not ROBUSTNESS.is_dir(), reason=f"robustness corpus not present at {ROBUSTNESS}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _corpus() -> None:
+    require_corpus(ROBUSTNESS)
+
 
 ERROR_CODES = set(codes.ERROR_CODES)
 BOMBS = ["bombs_dos/decompression_bomb.gif", "bombs_dos/decompression_bomb.ico", "bombs_dos/png_decompression_dos.png"]

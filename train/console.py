@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from codescan.textsafe import printable
+
 from .checkpoint import CHECKPOINT, work_dir
 from .loop import EpochEvent, StepEvent
 from .run import AnyEvent, PhaseEvent, TrainResult
@@ -53,7 +55,7 @@ class TrainConsole:
 
     def say(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text, markup=False)
+            self.console.print(printable(text), markup=False)  # file names from the data set are quoted here
 
     def __call__(self, event: AnyEvent) -> None:
         if isinstance(event, PhaseEvent):

@@ -17,6 +17,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
+
+from codescan.textsafe import printable
 
 from .evaluate import EvalReport
 from .metrics import BinaryMetrics
@@ -42,10 +45,10 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def _row(name: str, m: BinaryMetrics) -> list[str]:
+def _row(name: str, m: BinaryMetrics) -> list[str | Text]:
     c = m.confusion
     return [
-        name,
+        Text(printable(name)),  # a generator is a folder name: neither markup nor escape sequences
         str(m.n_real),
         str(m.n_fake),
         _num(m.real_accuracy),
@@ -71,9 +74,11 @@ def _print_uncut(console: Console, table: Table) -> None:
 def render(report: EvalReport, console: Console) -> None:
     run, counts = report.run, report.counts
     console.print(
-        f"{run['weights']['name']} on {run['data']}: {counts['scored']} images scored "
-        f"({counts['real']} real, {counts['fake']} fake), {run['engine']} {run['precision']}, "
-        f"{run['crops']} crop{'s' if run['crops'] > 1 else ''}",
+        printable(
+            f"{run['weights']['name']} on {run['data']}: {counts['scored']} images scored "
+            f"({counts['real']} real, {counts['fake']} fake), {run['engine']} {run['precision']}, "
+            f"{run['crops']} crop{'s' if run['crops'] > 1 else ''}"
+        ),
         markup=False,
     )
     for name, head in report.heads.items():
