@@ -9,21 +9,35 @@ evidence level and EVIDENCE_VERSION.
 
 SQLite in WAL mode: decode workers read through their own read-only connections while the
 scan process writes; concurrent scans share one file. The cache is disposable: an
-unreadable, locked or foreign file disables it for the run with one warning, and a schema
-change starts it afresh. Errors are not cached (a timeout or a crash depends on the machine).
+unreadable, locked or foreign file disables it for the run with one warning. Errors are not
+cached (a timeout or a crash depends on the machine).
+
+The file is data, not trust. Whoever can write it decides verdicts, so it is used only when
+it, its WAL/journal companions and its directory are the scanning user's own and nobody else
+can write them. Its schema must be exactly the tables codescan creates (no view, trigger,
+index or other table, whose SQL would run inside the scan), every statement is bounded by a
+progress handler, and a row that is not what ``CacheWriter.put`` stores is a miss.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sqlite3
+import stat
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
-from .records import Evidence
+from .records import Evidence, EvidenceKind
 
 SCHEMA = 1
 _BUSY_MS = 10_000
+_PROGRESS_EVERY = 1_000  # virtual-machine steps between two progress-handler calls
+STATEMENT_STEPS = 10_000_000  # per statement: ours take ~35 per row, a runaway loop stops within about a second
+_COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite replays these into the database: same trust as the file
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS verdicts (sha256 BLOB NOT NULL, model TEXT NOT NULL, width INTEGER NOT NULL, "
     "height INTEGER NOT NULL, format TEXT NOT NULL, box TEXT NOT NULL, scores TEXT NOT NULL, "
@@ -31,6 +45,8 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS evidence (sha256 BLOB NOT NULL, level TEXT NOT NULL, items TEXT NOT NULL, "
     "PRIMARY KEY (sha256, level)) WITHOUT ROWID",
 )
+_EVIDENCE_KINDS: frozenset[str] = frozenset(EvidenceKind.__args__)  # type: ignore[attr-defined]
+_EVIDENCE_KEYS = frozenset({"kind", "detail", "generator", "conclusive", "valid"})
 
 
 class CacheError(Exception):
@@ -44,6 +60,7 @@ class CacheSpec:
     path: str
     model: str  # e.g. "<weights digest>/p1/onnxruntime/fp32"
     evidence: str | None  # e.g. "metadata/v1"; None when evidence is off
+    heads: tuple[str, ...]  # every head of the bundle: a verdict row must score exactly these
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,31 +78,148 @@ def default_path() -> Path:
     return store_root() / "scan-cache.sqlite3"
 
 
-def _connect(path: str, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
-    return conn
+def _unsafe(st: os.stat_result, owners: tuple[int, ...]) -> str | None:
+    """Why a file or directory with this status could hold someone else's verdicts, or None."""
+    if st.st_uid not in owners:
+        return f"owned by uid {st.st_uid}, not by uid {os.geteuid()}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _trusted_path(path: str, create_dir: bool) -> str:
+    """The real path of a cache file only the scanning user can have written, else CacheError.
+
+    Ownership and modes are checked on the resolved file and its directory, and SQLite then
+    opens that resolved path: nobody else can swap a file in a directory only we can write.
+    The directory may be root's (root can change anything anyway); the files must be ours.
+    """
+    real = os.path.realpath(path)
+    folder = os.path.dirname(real)
+    if create_dir:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    uid = os.geteuid()
+    problem = _unsafe(os.stat(folder), (uid, 0))
+    if problem is not None:
+        raise CacheError(f"scan cache {path} is not used: its directory is {problem}; scanning without it")
+    for name in (real, *(real + suffix for suffix in _COMPANIONS)):
+        try:
+            st = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else _unsafe(st, (uid,))
+        if problem is not None:
+            what = os.path.basename(name)
+            raise CacheError(f"scan cache {path} is not used: {what} is {problem}; scanning without it")
+    return real
+
+
+class BoundedConnection:
+    """An SQLite connection on which no statement can run away.
+
+    A progress handler aborts any statement past STATEMENT_STEPS virtual-machine steps, and
+    ``trusted_schema`` is off, so nothing stored in the file can keep the scan busy; waiting
+    for another scan's lock is bounded by the busy timeout.
+    """
+
+    def __init__(self, path: str, readonly: bool) -> None:
+        if readonly:
+            uri = Path(path).as_uri() + "?mode=ro"
+            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._calls_left = 0
+        self.conn.set_progress_handler(self._progress, _PROGRESS_EVERY)
+        self.run(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        self.run("PRAGMA trusted_schema = OFF")
+
+    def _progress(self) -> bool:
+        self._calls_left -= 1
+        return self._calls_left < 0  # true: SQLite interrupts the statement
+
+    def _start(self) -> None:
+        self._calls_left = STATEMENT_STEPS // _PROGRESS_EVERY
+
+    def run(self, sql: str, args: tuple = ()) -> None:
+        self._start()
+        self.conn.execute(sql, args)
+
+    def many(self, sql: str, rows: list[tuple]) -> None:
+        self._start()
+        self.conn.executemany(sql, rows)
+
+    def rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        self._start()
+        return self.conn.execute(sql, args).fetchall()
+
+    def one(self, sql: str, args: tuple = ()) -> tuple | None:
+        self._start()
+        return self.conn.execute(sql, args).fetchone()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@cache
+def _expected_schema() -> list[tuple[str, str, str, str]]:
+    """sqlite_master as codescan's own DDL leaves it: compared whole, so the SQL text must match."""
+    conn = sqlite3.connect(":memory:")
+    for ddl in _TABLES:
+        conn.execute(ddl)
+    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    conn.close()
+    return rows
+
+
+def _is_fresh(db: BoundedConnection, path: str) -> bool:
+    """True for an empty database, False for codescan's schema; CacheError for anything else.
+
+    Runs before any statement that touches the tables, so a view or trigger in a foreign
+    file is refused, never executed.
+    """
+    expected = _expected_schema()
+    found = db.rows("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")
+    version = db.one("PRAGMA user_version")
+    if not found and version == (0,):
+        return True
+    if found == expected and version == (SCHEMA,):
+        return False
+    kinds = ", ".join(sorted({str(row[0]) for row in found})) or "no tables"
+    raise CacheError(
+        f"scan cache {path} is not used: its schema is not the one codescan creates ({kinds}, version "
+        f"{version[0] if version else '?'}); delete it to start afresh; scanning without it"
+    )
+
+
+def _open(spec: CacheSpec, readonly: bool) -> tuple[BoundedConnection, bool]:
+    """A checked connection and whether the file is still empty; CacheError if it cannot be trusted."""
+    path = _trusted_path(spec.path, create_dir=not readonly)
+    db = BoundedConnection(path, readonly)
+    try:
+        if readonly:
+            return db, _is_fresh(db, spec.path)
+        db.run("BEGIN IMMEDIATE")  # a concurrent scan creating the tables is seen whole or not at all
+        fresh = _is_fresh(db, spec.path)
+        if fresh:
+            for ddl in _TABLES:
+                db.run(ddl)
+            db.run(f"PRAGMA user_version = {SCHEMA}")
+        db.run("COMMIT")
+        db.run("PRAGMA journal_mode = WAL")
+        db.run("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a crash loses at most the last batch
+        return db, fresh
+    except BaseException:
+        db.close()
+        raise
 
 
 class CacheWriter:
-    """The scan process's connection: creates the schema, stores fresh results once per batch."""
+    """The scan process's connection: checks or creates the schema, stores fresh results once per batch."""
 
     def __init__(self, spec: CacheSpec) -> None:
         self.spec = spec
         try:
-            self.conn = _connect(spec.path, readonly=False)
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a crash loses at most the last batch
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA):
-                self.conn.executescript("DROP TABLE IF EXISTS verdicts; DROP TABLE IF EXISTS evidence;")
-            for ddl in _TABLES:
-                self.conn.execute(ddl)
-            self.conn.execute(f"PRAGMA user_version = {SCHEMA}")
+            self.db, _ = _open(spec, readonly=False)
         except (sqlite3.Error, OSError) as exc:
             raise CacheError(f"scan cache {spec.path} is unusable ({exc}); scanning without it") from None
 
@@ -97,8 +231,8 @@ class CacheWriter:
         if not verdicts and not evidence:
             return
         try:
-            self.conn.execute("BEGIN")
-            self.conn.executemany(
+            self.db.run("BEGIN")
+            self.db.many(
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (sha, self.spec.model, v.width, v.height, v.format, json.dumps(v.box), json.dumps(v.scores))
@@ -106,36 +240,41 @@ class CacheWriter:
                 ],
             )
             if self.spec.evidence is not None:
-                self.conn.executemany(
+                self.db.many(
                     "INSERT OR REPLACE INTO evidence VALUES (?, ?, ?)",
                     [(sha, self.spec.evidence, json.dumps([e.to_dict() for e in ev])) for sha, ev in evidence],
                 )
-            self.conn.execute("COMMIT")
+            self.db.run("COMMIT")
         except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            if self.db.conn.in_transaction:
+                self.db.run("ROLLBACK")
             raise CacheError(f"scan cache {self.spec.path}: write failed ({exc}); scanning without it") from None
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
 
 class CacheReader:
-    """A decode worker's read-only view; any failure reads as a miss, never as an error."""
+    """A decode worker's read-only view; any failure, and any row put() would not have written, reads as a miss."""
 
     def __init__(self, spec: CacheSpec) -> None:
         self.spec = spec
-        self._conn: sqlite3.Connection | None = None
+        self._db: BoundedConnection | None = None
         self._broken = False
 
     def _query(self, sql: str, args: tuple) -> tuple | None:
         if self._broken:
             return None
         try:
-            if self._conn is None:
-                self._conn = _connect(self.spec.path, readonly=True)
-            return self._conn.execute(sql, args).fetchone()
-        except sqlite3.Error:
+            if self._db is None:
+                db, fresh = _open(self.spec, readonly=True)
+                if fresh:  # no tables: nothing to read
+                    db.close()
+                    self._broken = True
+                    return None
+                self._db = db
+            return self._db.one(sql, args)
+        except (sqlite3.Error, OSError, CacheError):
             self._broken = True
             return None
 
@@ -144,13 +283,67 @@ class CacheReader:
             "SELECT width, height, format, box, scores FROM verdicts WHERE sha256 = ? AND model = ?",
             (sha, self.spec.model),
         )
-        if row is None:
-            return None
-        width, height, fmt, box, scores = row
-        return CachedVerdict(width, height, fmt, tuple(json.loads(box)), json.loads(scores))  # type: ignore[arg-type]
+        return None if row is None else _verdict(row, self.spec.heads)
 
     def evidence(self, sha: bytes) -> tuple[Evidence, ...] | None:
         if self.spec.evidence is None:
             return None
         row = self._query("SELECT items FROM evidence WHERE sha256 = ? AND level = ?", (sha, self.spec.evidence))
-        return None if row is None else tuple(Evidence.from_dict(d) for d in json.loads(row[0]))
+        return None if row is None else _evidence(row[0])
+
+
+def _json(text: object) -> Any:
+    """Parsed JSON text, or None for anything else (bytes, malformed, nested past the recursion limit)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # bool is an int subclass, and never a size
+
+
+def _verdict(row: tuple, heads: tuple[str, ...]) -> CachedVerdict | None:
+    """The row as put() writes it, or None: a miss, so the file is scored again instead of crashing the judge."""
+    width, height, fmt, box_text, scores_text = row
+    box, scores = _json(box_text), _json(scores_text)
+    if not (_is_int(width) and _is_int(height) and width > 0 and height > 0 and isinstance(fmt, str)):
+        return None
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_int(v) for v in box)):
+        return None
+    if not (isinstance(scores, dict) and set(scores) == set(heads)):
+        return None
+    if not all(type(v) is float and math.isfinite(v) for v in scores.values()):
+        return None
+    return CachedVerdict(width, height, fmt, (box[0], box[1], box[2], box[3]), scores)
+
+
+def _evidence(text: object) -> tuple[Evidence, ...] | None:
+    """The evidence list as put() writes it, or None (a miss: the metadata is read again)."""
+    items = _json(text)
+    if not isinstance(items, list):
+        return None
+    found = []
+    for d in items:
+        item = _evidence_item(d)
+        if item is None:
+            return None
+        found.append(item)
+    return tuple(found)
+
+
+def _evidence_item(d: object) -> Evidence | None:
+    if not (isinstance(d, dict) and _EVIDENCE_KEYS.issuperset(d)):
+        return None
+    kind, detail, generator = d.get("kind"), d.get("detail"), d.get("generator")
+    conclusive, valid = d.get("conclusive"), d.get("valid")
+    if not (isinstance(kind, str) and kind in _EVIDENCE_KINDS and isinstance(detail, str)):
+        return None
+    if not ((generator is None or isinstance(generator, str)) and type(conclusive) is bool):
+        return None
+    if not (valid is None or type(valid) is bool):
+        return None
+    return Evidence.from_dict(d)

@@ -233,6 +233,35 @@ class Regions:
 Box = tuple[int, int, int, int]  # (left, top, right, bottom)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def _png_without_text(data: bytes) -> bytes:
+    """The PNG minus its text chunks (unchanged when it has none).
+
+    Pillow refuses the whole image when text passes its own MAX_TEXT_CHUNK / MAX_TEXT_MEMORY, but
+    text never changes a pixel, and evidence reads metadata itself (containers.py) within its own
+    budget: metadata must not decide whether the pixels are judged. A truncated tail is kept, so
+    Pillow still reports a truncated file as truncated.
+    """
+    kept, pos, end, dropped = [data[:8]], 8, len(data), False
+    while pos + 8 <= end:
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        following = pos + 12 + length
+        if following > end:
+            break
+        if kind in _PNG_TEXT_CHUNKS:
+            dropped = True
+        else:
+            kept.append(data[pos:following])
+        pos = following
+    if not dropped:
+        return data
+    kept.append(data[pos:])
+    return b"".join(kept)
+
+
 def decode_boxes(
     data: bytes, limits: DecodeLimits, boxes_for: Callable[[int, int], Sequence[Box]], name: str | bytes = ""
 ) -> Regions:
@@ -243,7 +272,8 @@ def decode_boxes(
     the crop-aware JPEG path. Raises DecodeFailure on any problem.
     """
     try:
-        with Image.open(io.BytesIO(data), formats=_enabled_formats()) as im:
+        source = _png_without_text(data) if data.startswith(_PNG_SIGNATURE) else data
+        with Image.open(io.BytesIO(source), formats=_enabled_formats()) as im:
             width, height = im.size
             if width <= 0 or height <= 0:
                 raise DecodeFailure("corrupt", f"invalid size {width}x{height}")

@@ -23,7 +23,7 @@ from .decode import (
     read_limited,
     sniff,
 )
-from .evidence import metadata_evidence
+from .evidence import Findings, metadata_evidence
 from .records import Evidence, EvidenceLevel
 from .sources import read_uri
 
@@ -112,11 +112,13 @@ class Examiner:
         return Examined(sha, evidence, new_evidence, decoded=decoded)
 
     def _evidence(self, data: bytes) -> tuple[Evidence, ...]:
+        """Best-effort and bounded (evidence.Findings): the watermark decoder too can fail on a
+        hostile file, and that must cost its evidence, never the file's verdict."""
         mime = _MIME.get(sniff(data[:MAGIC_BYTES])[1] or "", "")
-        found = metadata_evidence(data, self.c2pa, mime)
+        found = Findings(metadata_evidence(data, self.c2pa, mime))
         if self.watermark is not None:
-            found += self.watermark(data, self.config.limits)
-        return tuple(found)
+            found.add(self.watermark, data, self.config.limits)
+        return tuple(found.items())
 
 
 def _magic_ok(path: bytes) -> bool:

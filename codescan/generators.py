@@ -41,11 +41,12 @@ _FAMILIES: tuple[tuple[str, str], ...] = (
 )
 _COMPILED = tuple((re.compile(p, re.IGNORECASE), name) for p, name in _FAMILIES)
 _WEIGHT_SUFFIX = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft)$", re.IGNORECASE)
+MAX_NAME = 256  # characters of a file name matched: real ones are short, a hostile one costs no more
 
 
 def family(model: str) -> str:
     """The family name for a checkpoint or model name; the bare name when no pattern knows it."""
-    base = _WEIGHT_SUFFIX.sub("", model.strip().replace("\\", "/").rsplit("/", 1)[-1])
+    base = _WEIGHT_SUFFIX.sub("", model.strip().replace("\\", "/").rsplit("/", 1)[-1][:MAX_NAME])
     for pattern, name in _COMPILED:
         if pattern.search(base):
             return name
@@ -54,11 +55,7 @@ def family(model: str) -> str:
 
 def families(models: list[str]) -> str | None:
     """Distinct families in first-seen order, joined with " + " (base model plus refiner, say)."""
-    seen: list[str] = []
-    for m in models:
-        f = family(m)
-        if f and f not in seen:
-            seen.append(f)
+    seen = dict.fromkeys(f for f in map(family, models) if f)  # an ordered set: linear in the names
     return " + ".join(seen) or None
 
 

@@ -123,7 +123,7 @@ class Scanner:
             return None
         model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/{self.engine.name}/{self.engine.precision}"
         evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
-        return CacheSpec(path=self.config.cache, model=model, evidence=evidence)
+        return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=tuple(self.heads.names()))
 
     def scan(self, arguments: Iterable[str | bytes], skip: Collection[str] = ()) -> Iterator[Result]:
         """One Result per discovered file, in walk order; paths in `skip` (already done) are passed over."""

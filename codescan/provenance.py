@@ -67,7 +67,7 @@ def c2pa_reader() -> Callable[[bytes, str], Evidence | None] | None:
 def c2pa_evidence(store: dict[str, Any]) -> Evidence:
     """The active manifest of a c2pa-rs manifest store (its JSON report) as one Evidence."""
     manifest = (store.get("manifests") or {}).get(store.get("active_manifest")) or {}
-    codes = [s.get("code") for s in store.get("validation_status") or [] if isinstance(s, dict)]
+    codes = [str(s.get("code")) for s in store.get("validation_status") or [] if isinstance(s, dict)]
     failures = [c for c in codes if c not in _TRUST_ONLY]
     state = store.get("validation_state")
     valid = not failures and state in ("Valid", "Trusted")
@@ -82,7 +82,7 @@ def c2pa_evidence(store: dict[str, Any]) -> Evidence:
         parts.append(f"signed by {signer}")
     parts.append(f"{state or 'unknown state'}" + (f" ({', '.join(failures[:3])})" if failures else ""))
     if sources:
-        parts.append("source type " + ", ".join(s.rsplit("/", 1)[-1] for s in sources))
+        parts.append("source type " + ", ".join(s.rsplit("/", 1)[-1] for s in sources[:4]))
     name = claimed.split("/", 1)[0] if claimed else None
     return Evidence("c2pa", "; ".join(parts), name if ai else None, conclusive=valid and bool(ai), valid=valid)
 
@@ -101,17 +101,20 @@ def _claim_generator(manifest: dict[str, Any]) -> str | None:
 
 
 def _source_types(manifest: dict[str, Any]) -> list[str]:
-    out: list[str] = []
+    """Distinct source types of the actions assertions; their data is whatever the file holds."""
+    out: dict[str, None] = {}  # an ordered set: linear however many actions repeat a type
     for assertion in manifest.get("assertions") or []:
         if not isinstance(assertion, dict):
             continue
         if str(assertion.get("label", "")).split("__")[0] not in ("c2pa.actions", "c2pa.actions.v2"):
             continue
-        for action in (assertion.get("data") or {}).get("actions") or []:
+        data = assertion.get("data")
+        actions = data.get("actions") if isinstance(data, dict) else None
+        for action in actions if isinstance(actions, list) else []:
             source = action.get("digitalSourceType") if isinstance(action, dict) else None
-            if isinstance(source, str) and source not in out:
-                out.append(source)
-    return out
+            if isinstance(source, str):
+                out[source] = None
+    return list(out)
 
 
 # The reference pipelines' messages (imwatermark "dwtDct"), and how many bits must match.

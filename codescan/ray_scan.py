@@ -14,12 +14,21 @@ Either the driver takes rows back, restores listing order and writes them throug
 reporters (`scan`), or the embed actors write them as JSONL shards named by listing number and
 the driver only counts statuses (`scan_to_shards`). Ray provides the fault tolerance: actors
 are restarted and their tasks retried. The scan cache is per machine and stays off under Ray.
+
+`--ray local` starts a private instance. Ray cannot bind its daemons to loopback only, so they
+listen on all interfaces, and what keeps the instance private is Ray's token authentication
+(Ray >= 2.52): always on for this instance, whatever RAY_AUTH_MODE / RAY_AUTH_TOKEN the user's
+environment holds, with a random token kept in the store, readable by this user only. Joining
+a cluster (`auto`, an address) changes nothing there: securing it is the cluster's business.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
+import tempfile
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +50,11 @@ if TYPE_CHECKING:
     from .pipeline import Scanner
 
 CROP_SHAPE = (224, 224, 3)
+TOKEN_AUTH_RAY = (2, 52)  # the first Ray with token authentication
+
+
+class PrivateInstanceError(ValueError):
+    """`--ray local` cannot be made private here; the message says why (one line)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +216,9 @@ def connect(options: RayOptions, num_cpus: int | None = None) -> None:
         return
     from .weights import store_root
 
+    if options.address == "local":
+        require_token_auth(ray.__version__)
+        private_instance_env(auth_token(store_root() / "ray" / "auth_token"))
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     # Ray starts its workers in the driver's working directory and puts it first on their
     # sys.path: run from a source checkout, they would import its codescan/ instead of the
@@ -216,6 +233,74 @@ def connect(options: RayOptions, num_cpus: int | None = None) -> None:
             ray.init(address=options.address, **quiet)  # type: ignore[arg-type]
     finally:
         os.chdir(here)
+
+
+def require_token_auth(version: str) -> None:
+    """Older Rays ignore RAY_AUTH_MODE: their private instance would take anyone's tasks."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        major_minor = (0, 0)
+    if major_minor < TOKEN_AUTH_RAY:
+        raise PrivateInstanceError(
+            f"--ray local needs Ray >= {'.'.join(map(str, TOKEN_AUTH_RAY))} for token authentication "
+            f"(Ray {version} is installed): pip install 'codescan[ray]'"
+        )
+
+
+def private_instance_env(token: Path) -> None:
+    """Set before ray.init: the daemons and workers it starts inherit the environment, so they
+    all require and send this token. A RAY_AUTH_TOKEN of the user's would take precedence over
+    the file; the private instance has no use for it. Ray read its configuration (the auth
+    mode included) when it was imported, so the driver's copy is read again, as Ray itself does
+    when it turns token authentication on."""
+    import ray
+
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    ray._config.initialize("")
+
+
+def auth_token(path: Path) -> Path:
+    """`path`, holding a random token only this user can read: kept when it is such a file,
+    created (or replaced) otherwise. Kept across runs, so that concurrent local scans, whose
+    workers read the file whenever they start, never see it change under them."""
+    if _holds_private_token(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".token.", dir=path.parent)  # mode 0600 from its creation
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        if os.path.lexists(path):
+            os.replace(tmp, path)  # not private: nobody may go on using it
+        else:
+            try:
+                os.link(tmp, path)  # whole or absent; a concurrent first run's token wins
+            except FileExistsError:
+                pass
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone already where it replaced the old file
+    if not _holds_private_token(path):
+        raise PrivateInstanceError(f"cannot keep the Ray token private: {path} is not a file only you can read")
+    return path
+
+
+def _holds_private_token(path: Path) -> bool:
+    """A regular file (a link is not followed, a FIFO not waited on) of this user that nobody
+    else can read or write, holding a token. Checked on the open file, so it cannot be swapped
+    between the check and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return False
+        token = fh.read(1024).strip()
+    return len(token) >= 32 and token.isalnum()
 
 
 def _rows(
@@ -315,7 +400,8 @@ def scan_to_shards(
     from .resume import ResumeError, ResumeState, check_compatible
 
     started = time.perf_counter()
-    header = scanner.header().to_dict()
+    arguments = list(arguments)  # fingerprinted in the header, then listed
+    header = scanner.header().with_inputs(arguments).to_dict()  # as `scan` writes it: --resume's checks hold here too
     summary = Summary.for_evidence(scanner.config.evidence)
     done: set[str] = set()
     if (folder / "header.json").is_file():

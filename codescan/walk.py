@@ -8,6 +8,10 @@ surrogates, which every reporter escapes losslessly).
 Symlinks met during the walk are not followed unless ``follow_symlinks``; paths named on the
 command line are always followed. With following on, a directory that is its own ancestor is
 reported as ``symlink_loop`` instead of being entered again.
+
+Depth is bounded: a directory more than ``WalkOptions.max_depth`` levels below its argument
+(default ``MAX_DEPTH``), or a path longer than the OS accepts, is a ``too_deep`` record and the
+walk goes on with its siblings.
 """
 
 from __future__ import annotations
@@ -30,10 +34,16 @@ class Entry:
     uri: bool = False  # `path` is a URI read through pyarrow (sources.py), not a local path
 
 
+MAX_DEPTH = 1024  # directory levels below an argument: far beyond real trees, and it bounds the walk's stack
+
+Ident = tuple[int, int]  # (st_dev, st_ino): a directory's identity, whatever path reached it
+
+
 @dataclass(frozen=True, slots=True)
 class WalkOptions:
     excludes: tuple[str, ...] = ()
     follow_symlinks: bool = False
+    max_depth: int = MAX_DEPTH  # a directory deeper than this below its argument is a `too_deep` record
 
 
 def _excluded(name: bytes, path: bytes, excludes: Sequence[str]) -> bool:
@@ -48,6 +58,8 @@ def _os_error(exc: OSError) -> tuple[ErrorCode, str]:
         return ("permission_denied", exc.strerror or "permission denied")
     if exc.errno == errno.ELOOP:
         return ("symlink_loop", exc.strerror or "too many levels of symbolic links")
+    if exc.errno == errno.ENAMETOOLONG:  # nesting the OS cannot name: same remedy as a too-deep tree
+        return ("too_deep", f"path longer than the system allows ({exc.strerror or 'file name too long'})")
     return ("io_error", exc.strerror or str(exc))
 
 
@@ -55,35 +67,66 @@ def _entry(path: bytes, error: tuple[ErrorCode, str] | None = None) -> Entry:
     return Entry(display=os.fsdecode(path), path=path, error=error)
 
 
-def _walk_dir(root: bytes, opts: WalkOptions, ancestors: frozenset[tuple[int, int]]) -> Iterator[Entry]:
+def _sorted_listing(path: bytes) -> list[os.DirEntry[bytes]]:
+    """A directory's entries in name-byte order, read whole so the descriptor closes before descending."""
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def _stat(child: os.DirEntry[bytes], follow_symlinks: bool) -> os.stat_result | None:
+    """None for a symlink the walk does not follow; raises OSError for one it cannot resolve."""
+    if child.is_symlink():
+        return os.stat(child.path) if follow_symlinks else None
+    return child.stat(follow_symlinks=False)
+
+
+def _walk_dir(root: bytes, root_ident: Ident, opts: WalkOptions) -> Iterator[Entry]:
+    """Depth-first on an explicit stack, so depth costs list items, never Python frames.
+
+    A generator per level (``yield from``) hit RecursionError near 1000 levels and aborted the
+    whole scan; here a tree deeper than ``opts.max_depth`` or longer than the OS can name
+    becomes one error record at the point where it stops, and the walk goes on beside it.
+    """
     try:
-        with os.scandir(root) as it:
-            children = sorted(it, key=lambda e: e.name)
+        listing = _sorted_listing(root)
     except OSError as exc:
         yield _entry(root, _os_error(exc))
         return
-    for child in children:
-        path = os.path.join(root, child.name)
-        if _excluded(child.name, path, opts.excludes):
+    stack: list[tuple[Iterator[os.DirEntry[bytes]], Ident]] = [(iter(listing), root_ident)]
+    ancestors = {root_ident}
+    while stack:
+        children, ident = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            ancestors.discard(ident)
+            continue
+        if _excluded(child.name, child.path, opts.excludes):
             continue
         try:
-            if child.is_symlink():
-                if not opts.follow_symlinks:
-                    continue
-                st = os.stat(path)
-            else:
-                st = child.stat(follow_symlinks=False)
+            st = _stat(child, opts.follow_symlinks)
         except OSError as exc:
-            yield _entry(path, _os_error(exc))
+            yield _entry(child.path, _os_error(exc))
+            continue
+        if st is None:
             continue
         if stat.S_ISDIR(st.st_mode):
-            ident = (st.st_dev, st.st_ino)
-            if ident in ancestors:
-                yield _entry(path, ("symlink_loop", "directory is its own ancestor"))
+            sub = (st.st_dev, st.st_ino)
+            if sub in ancestors:
+                yield _entry(child.path, ("symlink_loop", "directory is its own ancestor"))
                 continue
-            yield from _walk_dir(path, opts, ancestors | {ident})
+            if len(stack) > opts.max_depth:  # len(stack) is this directory's depth below the argument
+                yield _entry(child.path, ("too_deep", f"more than {opts.max_depth} directory levels below the argument; not entered"))
+                continue
+            try:
+                listing = _sorted_listing(child.path)
+            except OSError as exc:
+                yield _entry(child.path, _os_error(exc))
+                continue
+            stack.append((iter(listing), sub))
+            ancestors.add(sub)
         elif stat.S_ISREG(st.st_mode):
-            yield _entry(path)
+            yield _entry(child.path)
         # FIFOs, sockets and devices met during a walk are never opened (a FIFO would block).
 
 
@@ -97,7 +140,7 @@ def walk(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions()) ->
             yield _entry(path, _os_error(exc))
             continue
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(path, opts, frozenset({(st.st_dev, st.st_ino)}))
+            yield from _walk_dir(path, (st.st_dev, st.st_ino), opts)
         else:
             yield _entry(path)
 

@@ -54,6 +54,14 @@ def store_root() -> Path:
     return Path(user_cache_dir("codescan"))
 
 
+def ensure_store() -> Path:
+    """Create the store private to the user (0700, whatever the umask): the scan cache in it is
+    refused when others could write its folder, and so would the default cache be under umask 002."""
+    root = store_root()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
 def weights_dir() -> Path:
     return store_root() / "weights"
 
@@ -196,6 +204,7 @@ def write_bundle(name: str, encoder: dict[str, np.ndarray], heads: dict[HeadName
     """Write into a temp dir beside the target, then swap it in with renames."""
     from safetensors.numpy import save_file
 
+    ensure_store()
     root = weights_dir()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))

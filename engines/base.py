@@ -144,7 +144,8 @@ def choose(bundle: Bundle, engine: EngineName, precision: Precision) -> tuple[st
         raise EngineError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     from .gate import passed_gates
 
-    gates = passed_gates(bundle)
+    # Read only when it can matter: an explicit precision never depends on (or trips over) gates.json.
+    gates = passed_gates(bundle) if precision == "auto" else set()
     for name, prec in AUTO_ORDER:
         if engine not in ("auto", name) or precision not in ("auto", prec) or not installed(name):
             continue

@@ -3,7 +3,10 @@
 A reduced precision (int8, bf16) is only chosen automatically for a bundle after it has been
 compared with fp32 on a labelled folder: every image's embedding cosine ≥ 0.999 and, for
 each head, ≥ 99.5% identical verdicts. Results live in ``<bundle>/gates.json``, tied to the
-bundle digest so they die with the weights they were measured on.
+bundle digest so they die with the weights they were measured on, and written with a record
+(:mod:`codescan.engines.derived`) like every derived file. Unlike a graph, gate results cannot
+be rebuilt without the labelled folder, so a gates.json that fails its record is refused, with
+one line, wherever it would be consulted.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from . import derived
 
 if TYPE_CHECKING:
     from codescan.weights import Bundle
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
 MIN_COSINE = 0.999
 MIN_AGREEMENT = 0.995
 CANDIDATES: tuple[tuple[str, str], ...] = (("onnxruntime", "int8"), ("torch", "bf16"))
+GATES_KEY = {"contents": "gate results"}
 
 
 @dataclass(frozen=True)
@@ -41,15 +47,24 @@ def gates_path(bundle: Bundle) -> Path:
 
 
 def passed_gates(bundle: Bundle) -> set[tuple[str, str]]:
+    remedy = f"re-run `codescan gate DIR --weights {bundle.name}`, or delete it to scan in fp32"
+    data = derived.read_or_refuse(bundle, gates_path(bundle), GATES_KEY, remedy)
     try:
-        records = json.loads(gates_path(bundle).read_text())
-    except (OSError, ValueError):
+        records = json.loads(data or b"{}")
+    except ValueError:
         return set()
     return {
         (r["engine"], r["precision"])
         for r in records.get("results", [])
         if r.get("passed") is True and r.get("digest") == bundle.digest
     }
+
+
+def store_gates(bundle: Bundle, document: dict[str, Any]) -> Path:
+    """gates.json with its record: only results codescan wrote can make `auto` pick a reduced precision."""
+    path = gates_path(bundle)
+    derived.write(bundle, path, (json.dumps(document, indent=2) + "\n").encode(), GATES_KEY)
+    return path
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (N, D), (N, D) -> (N,)
@@ -83,7 +98,5 @@ def run_gate(bundle: Bundle, crops: np.ndarray, candidates: Iterable[tuple[str, 
         for name, prec in candidates
         if installed(name)
     ]
-    gates_path(bundle).write_text(
-        json.dumps({"reference": f"{ref_engine}:fp32", "results": [asdict(r) for r in results]}, indent=2) + "\n"
-    )
+    store_gates(bundle, {"reference": f"{ref_engine}:fp32", "results": [asdict(r) for r in results]})
     return results

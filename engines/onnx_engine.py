@@ -2,7 +2,8 @@
 
 The graph comes from :mod:`codescan.engines.export` and is cached beside the bundle, keyed by
 everything that makes it valid (bundle digest, precision, graph version), so a changed bundle
-can never reuse a stale file.
+can never reuse a stale file. It is verified against its record (:mod:`codescan.engines.derived`)
+at every load and rebuilt when it fails: the session is created from the bytes that were hashed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-from codescan.fsutil import atomic_write_bytes
 from codescan.weights import Bundle
 
+from . import derived
 from .export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
 
 OrtPrecision = Literal["fp32", "int8"]
@@ -26,15 +27,25 @@ def cached_model_path(bundle: Bundle, precision: OrtPrecision) -> Path:
     return bundle.path / "engines" / f"onnx-{precision}-g{GRAPH_VERSION}-{bundle.digest[:16]}.onnx"
 
 
-def ensure_model(bundle: Bundle, precision: OrtPrecision) -> Path:
-    """The cached ONNX file for this bundle and precision, built on first use."""
-    path = cached_model_path(bundle, precision)
-    if path.is_file():
-        return path
+def _model_key(precision: OrtPrecision) -> dict[str, str | int]:
+    return {"engine": "onnxruntime", "precision": precision, "graph_version": GRAPH_VERSION}
+
+
+def load_model(bundle: Bundle, precision: OrtPrecision) -> bytes:
+    """The ONNX graph for this bundle and precision, as its record vouches for it: cached, or
+    (missing, changed, unrecorded) built again and cached."""
+    path, key = cached_model_path(bundle, precision), _model_key(precision)
+    model = derived.read(bundle, path, key)
+    if model is None:
+        model = build_model(bundle, precision)
+        derived.write(bundle, path, model, key)
+    return model
+
+
+def build_model(bundle: Bundle, precision: OrtPrecision) -> bytes:
     fp32 = build_encoder_graph(bundle.encoder_state(), bundle.encoder_config, "fp32")
     if precision == "fp32":
-        atomic_write_bytes(path, fp32.SerializeToString())
-        return path
+        return fp32.SerializeToString()
     # int8: dynamic quantisation of the linear layers (weights int8 with one scale per output
     # channel, activations quantised per batch at run time; VNNI where present). The first and
     # last blocks stay in float: they carry the widest activation ranges, and quantising them
@@ -49,8 +60,7 @@ def ensure_model(bundle: Bundle, precision: OrtPrecision) -> Path:
         quantize_dynamic(
             src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_exclude=keep
         )
-        atomic_write_bytes(path, dst.read_bytes())
-    return path
+        return dst.read_bytes()
 
 
 class OnnxEngine:
@@ -67,7 +77,7 @@ class OnnxEngine:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads would steal the cores the decode workers need between batches.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(ensure_model(bundle, precision)), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(load_model(bundle, precision), opts, providers=["CPUExecutionProvider"])
 
     def embed(self, crops: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, D) float32
         return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(crops, dtype=np.uint8)})[0]

@@ -10,9 +10,10 @@ batches 1..max_batch on the input ``crops`` (opt = max = max_batch).
 
 Cache. Plans are only valid for the TensorRT version, GPU model and compute capability that
 built them, so the plan lives in ``<bundle>/engines/`` under a name derived from a key holding
-all of that plus the bundle digest, graph version, precision and profile. A JSON sidecar
-written after the plan repeats the key and the plan's sha256; a plan whose sidecar is missing,
-differs from the expected key or does not match the plan bytes is rebuilt, never loaded.
+all of that plus the bundle digest, graph version, precision and profile. It is written with
+the record every derived file has (:mod:`codescan.engines.derived`: bundle digest, path, the
+key and the plan's sha256); a plan whose record is missing, differs from the expected key or
+does not match the plan bytes is rebuilt, never loaded.
 
 Run. A plan runner with two slots (pinned host input, device input, device output, pinned host
 output, two events each) and two streams: while the engine runs batch i on the compute stream,
@@ -37,15 +38,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from codescan.fsutil import atomic_write_bytes
-
+from . import derived
 from .base import EngineError
 from .export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
 
 if TYPE_CHECKING:
     from codescan.weights import Bundle
 
-CACHE_FORMAT = 1  # bump when the key or the sidecar changes
+CACHE_FORMAT = 2  # bump when the key or the record changes
 DEFAULT_MAX_BATCH = 64
 DEFAULT_WORKSPACE = 1 << 30  # builder scratch memory limit (bytes)
 TRT_PRECISIONS = ("fp16", "fp32")
@@ -178,52 +178,39 @@ def _key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def plan_paths(bundle: Bundle, key: dict[str, Any]) -> tuple[Path, Path]:
-    """(plan, sidecar) for a key: readable prefix, then a hash of the whole key."""
+def plan_path(bundle: Bundle, key: dict[str, Any]) -> Path:
+    """Readable prefix, then a hash of the whole key."""
     stem = f"trt-{key['precision']}-b{key['profile']['max'][0]}-g{key['graph_version']}-{_key_hash(key)[:16]}"
-    folder = bundle.path / "engines"
-    return folder / f"{stem}.plan", folder / f"{stem}.json"
+    return bundle.path / "engines" / f"{stem}.plan"
 
 
 def load_cached_plan(bundle: Bundle, key: dict[str, Any]) -> bytes | None:
-    """The cached plan for exactly this key, or None (missing, foreign, stale or corrupt)."""
-    plan_path, meta_path = plan_paths(bundle, key)
-    try:
-        meta = json.loads(meta_path.read_text())
-        plan = plan_path.read_bytes()
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("key") != key:
-        return None
-    if meta.get("plan_sha256") != hashlib.sha256(plan).hexdigest():
-        return None
-    return plan
+    """The cached plan for exactly this key, or None (missing, foreign, stale or changed)."""
+    return derived.read(bundle, plan_path(bundle, key), key)
 
 
 def store_plan(bundle: Bundle, key: dict[str, Any], plan: bytes) -> Path:
-    """Plan first, sidecar last: a sidecar only ever describes a complete plan."""
-    plan_path, meta_path = plan_paths(bundle, key)
-    meta_path.unlink(missing_ok=True)
-    atomic_write_bytes(plan_path, plan)
-    meta = {"key": key, "plan_sha256": hashlib.sha256(plan).hexdigest(), "plan_bytes": len(plan)}
-    atomic_write_bytes(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    return plan_path
+    path = plan_path(bundle, key)
+    derived.write(bundle, path, plan, key)
+    return path
 
 
 def compiled_max_batch(bundle: Bundle, key: dict[str, Any]) -> int | None:
     """The largest max_batch among cached plans valid for `key` apart from its profile.
 
-    Lets `codescan scan` use whatever `codescan compile --max-batch N` built for this GPU.
+    Lets `codescan scan` use whatever `codescan compile --max-batch N` built for this GPU. The
+    records only pick the size; the plan of that size is verified when it is loaded.
     """
     best = None
     folder = bundle.path / "engines"
-    for meta_path in sorted(folder.glob(f"trt-{key['precision']}-b*-g{key['graph_version']}-*.json")):
+    for path in sorted(folder.glob(f"trt-{key['precision']}-b*-g{key['graph_version']}-*.plan")):
+        record = derived.read_record(path) or {}
         try:
-            other = json.loads(meta_path.read_text())["key"]
+            other = record["key"]
             n = int(other["profile"]["max"][0])
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, KeyError, TypeError, IndexError):
             continue
-        if other == cache_key_with_batch(key, n) and meta_path.with_suffix(".plan").is_file():
+        if other == cache_key_with_batch(key, n):
             best = n if best is None else max(best, n)
     return best
 
@@ -298,13 +285,12 @@ def ensure_plan(
         key = cache_key_with_batch(key, compiled_max_batch(bundle, key) or DEFAULT_MAX_BATCH)
     elif not 1 <= max_batch <= 4096:
         raise EngineError(f"max batch must be between 1 and 4096, not {max_batch}")
-    plan_path, _ = plan_paths(bundle, key)
     plan = None if rebuild else load_cached_plan(bundle, key)
     if plan is not None:
-        return plan, PlanInfo(plan_path, key, built=False)
+        return plan, PlanInfo(plan_path(bundle, key), key, built=False)
     log(
         f"building the TensorRT {precision} engine for {gpu[0]} (sm {gpu[1]}, TensorRT {trt.__version__}, "
-        f"batch 1..{key['profile']['max'][0]}); once per GPU, cached in {plan_path.parent}"
+        f"batch 1..{key['profile']['max'][0]}); once per GPU, cached in {plan_path(bundle, key).parent}"
     )
     onnx_bytes = build_encoder_graph(bundle.encoder_state(), bundle.encoder_config, precision).SerializeToString()  # type: ignore[arg-type]
     plan = build_plan(trt, onnx_bytes, key)

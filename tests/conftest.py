@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 CODESCAN = str(Path(sys.executable).parent / "codescan")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test reaches the real hub (a test that needs "online" says so)
 # The project's shared corpora live beside a clone, not in it: ../shared/corpus/<name>.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LABELED = SHARED / "corpus" / "labeled"
@@ -61,6 +62,28 @@ def textured_image(rng: np.random.Generator, width: int, height: int):
 
     base = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
     return Image.fromarray(base).resize((width, height), Image.BILINEAR)
+
+
+def image_folder(folder: Path, count: int, seed: int, size: tuple[int, int] = (200, 180), suffix: str = ".jpg") -> Path:
+    """`count` textured images named 0..count-1 in a new folder."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        textured_image(rng, *size).save(folder / f"{i}{suffix}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def encoder_files(tmp_path_factory) -> Path:
+    """config.json + model.safetensors of a random ViT-Tiny (transformers save_pretrained)."""
+    import torch
+    import transformers
+    from official import vit_tiny_config
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("encoder")
+    transformers.ViTModel(vit_tiny_config()).save_pretrained(str(folder), safe_serialization=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

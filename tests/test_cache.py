@@ -87,7 +87,9 @@ def test_examiner_reads_cache_instead_of_decoding(tmp_path, monkeypatch):
     image = tmp_path / "a.png"
     image.write_bytes(png({"prompt": COMFY_PROMPT}))
     entry = Entry(display=str(image), path=os.fsencode(image))
-    spec = CacheSpec(path=str(tmp_path / "c.sqlite3"), model="digest/p1/onnxruntime/fp32", evidence="metadata/v1")
+    spec = CacheSpec(
+        path=str(tmp_path / "c.sqlite3"), model="digest/p1/onnxruntime/fp32", evidence="metadata/v1", heads=("linear",)
+    )
     writer = CacheWriter(spec)
     fresh = Examiner(ExamineConfig(cache=spec))(entry)
     assert isinstance(fresh, Examined) and fresh.decoded is not None and fresh.new_evidence
@@ -106,12 +108,12 @@ def test_examiner_reads_cache_instead_of_decoding(tmp_path, monkeypatch):
 
     # Another model key or evidence level is a miss: nothing scored elsewhere is reused.
     for other in (
-        CacheSpec(spec.path, "digest/p1/onnxruntime/int8", spec.evidence),
-        CacheSpec(spec.path, "other-digest/p1/onnxruntime/fp32", spec.evidence),
-        CacheSpec(spec.path, "digest/p2/onnxruntime/fp32", spec.evidence),
+        CacheSpec(spec.path, "digest/p1/onnxruntime/int8", spec.evidence, spec.heads),
+        CacheSpec(spec.path, "other-digest/p1/onnxruntime/fp32", spec.evidence, spec.heads),
+        CacheSpec(spec.path, "digest/p2/onnxruntime/fp32", spec.evidence, spec.heads),
     ):
         assert CacheReader(other).verdict(fresh.sha256) is None
-    assert CacheReader(CacheSpec(spec.path, spec.model, "all/v1")).evidence(fresh.sha256) is None
+    assert CacheReader(CacheSpec(spec.path, spec.model, "all/v1", spec.heads)).evidence(fresh.sha256) is None
     writer.close()
 
 

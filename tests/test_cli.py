@@ -114,10 +114,10 @@ def test_non_utf8_names_round_trip(home, folder, tmp_path):
 
 
 def test_fatal_errors_are_one_line_without_traceback(tmp_path, folder):
-    p = run_cli("scan", str(folder), env={"CODESCAN_HOME": str(tmp_path)})
+    p = run_cli("scan", str(folder), "--weights", "mine", env={"CODESCAN_HOME": str(tmp_path)})
     assert p.returncode == 2 and p.stdout == b""
     err = p.stderr.decode()
-    assert "codescan: error: no weights bundle 'code'" in err and "Traceback" not in err
+    assert "codescan: error: no weights bundle 'mine'" in err and "Traceback" not in err
     p = run_cli("scan", str(folder), env={"CODESCAN_HOME": str(tmp_path), "CODESCAN_DEBUG": "1"})
     assert p.returncode != 0 and "Traceback" in p.stderr.decode()
 

@@ -21,8 +21,7 @@ def verdicts(stdout: bytes) -> dict[str, dict[str, str]]:
     return out
 
 
-@pytest.mark.skipif(not LABELED.is_dir(), reason="shared labeled corpus not present")
-def test_fp32_engines_give_identical_verdicts_on_labeled_corpus(home):
+def test_fp32_engines_give_identical_verdicts_on_labeled_corpus(home, labeled):
     runs = {
         e: run_cli("scan", str(LABELED), "--engine", e, "--precision", "fp32", "--head", "all", "-q")
         for e in ("torch", "onnxruntime")
@@ -103,10 +102,10 @@ def test_onnx_cache_is_keyed_by_bundle_digest(home):
 def test_int8_graph_keeps_first_and_last_block_in_float(home):
     """Every linear layer is quantised per channel except those of the first and last blocks."""
     import onnx
-    from codescan.engines.onnx_engine import ensure_model
+    from codescan.engines.onnx_engine import load_model
 
     bundle = load_bundle("code")
-    model = onnx.load(str(ensure_model(bundle, "int8")))
+    model = onnx.load_from_string(load_model(bundle, "int8"))
     last = bundle.encoder_config.depth - 1
     float_linear = sorted(n.name for n in model.graph.node if n.op_type == "MatMul" and "_matmul_" in n.name)
     assert {name.split("_")[0] for name in float_linear} == {"b0", f"b{last}"}

@@ -185,8 +185,7 @@ EXPECTED_FAMILY = {
 }
 
 
-@pytest.mark.skipif(not LABELED.is_dir(), reason="shared labelled corpus not present")
-def test_labeled_corpus_metadata():
+def test_labeled_corpus_metadata(labeled):
     rows = list(csv.DictReader(open(LABELED / "MANIFEST.csv")))
     identified: Counter[str] = Counter()
     for row in rows:

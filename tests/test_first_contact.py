@@ -10,13 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, textured_image
+from conftest import image_folder, run_cli, textured_image
 
 from codescan import weights as W
 
@@ -25,12 +24,7 @@ ESC = "\x1b]0;owned\x07\x1b[2J"
 
 @pytest.fixture()
 def photos(tmp_path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(4)
-    for i in range(3):
-        textured_image(rng, 200, 180).save(folder / f"{i}.jpg")
-    return folder
+    return image_folder(tmp_path / "photos", 3, seed=4)
 
 
 def _lines(p) -> list[str]:
@@ -94,6 +88,7 @@ def test_first_use_pulls_the_default_bundle_and_prints_the_pin(tmp_path, monkeyp
     from test_weights import COMMIT_A, fake_hub
 
     monkeypatch.setenv("CODESCAN_HOME", str(tmp_path / "store"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the fake hub is the only one reached
     served = {"calls": [], "commits": {"main": COMMIT_A}, "root": tmp_path / "hub"}
     said: list[str] = []
     W.ensure_default("code", said.append, download=fake_hub(small_checkpoint, served))

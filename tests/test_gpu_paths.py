@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from codescan.engines import base
+from codescan.engines import base, derived
 from codescan.engines.export import build_encoder_graph
 from conftest import LABELED, run_cli, write_gate
 
@@ -100,8 +100,7 @@ def test_fp16_graph_runs_in_onnxruntime_cpu(graphs, fp16_session, torch_fp32):
     assert cos.min() >= 0.999
 
 
-@pytest.mark.skipif(not LABELED.is_dir(), reason="shared labeled corpus not present")
-def test_fp16_graph_meets_the_gate_on_labeled_corpus(graphs, fp16_session, torch_fp32):
+def test_fp16_graph_meets_the_gate_on_labeled_corpus(graphs, fp16_session, torch_fp32, labeled):
     from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, compare
 
     from codescan.decode import Decoded, DecodeFailure, DecodeLimits, decode_file
@@ -293,12 +292,13 @@ def test_builder_makes_a_strongly_typed_plan_from_the_codescan_graph(fake_trt, b
     assert [t[0] for t in build["inputs"]] == ["crops"] and [t[0] for t in build["outputs"]] == ["embeddings"]
     assert build["inputs"][0][1] == fake_trt.DataType.UINT8 and build["outputs"][0][1] == fake_trt.DataType.FLOAT
 
-    # The plan is cached under <bundle>/engines/ with a sidecar holding the full key.
-    plan_path, meta_path = te.plan_paths(bundle, info.key)
+    # The plan is cached under <bundle>/engines/ with the record of a derived file, holding the full key.
+    plan_path = te.plan_path(bundle, info.key)
     assert info.path == plan_path and plan_path.parent == bundle.path / "engines"
     assert plan_path.read_bytes() == plan
-    meta = json.loads(meta_path.read_text())
-    assert meta["plan_sha256"] == hashlib.sha256(plan).hexdigest()
+    meta = json.loads(derived.record_path(plan_path).read_text())
+    assert meta["sha256"] == hashlib.sha256(plan).hexdigest() and meta["bundle_digest"] == bundle.digest
+    assert meta["file"] == f"engines/{plan_path.name}"
     assert meta["key"] == {
         "cache_format": te.CACHE_FORMAT,
         "bundle_digest": bundle.digest,
@@ -351,12 +351,13 @@ def test_a_changed_key_or_a_foreign_plan_forces_a_rebuild(fake_trt, bundle):
     assert builds_after() == 0  # ... and that one is cached now
     fake_trt.configure()
 
-    # A sidecar whose key differs (a foreign or stale plan at this path) is never loaded.
-    plan_path, meta_path = te.plan_paths(bundle, first.key)
+    # A record whose key differs (a foreign or stale plan at this path) is never loaded.
+    plan_path = te.plan_path(bundle, first.key)
+    meta_path = derived.record_path(plan_path)
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "key": {**meta["key"], "gpu": "Someone else's GPU"}}))
     assert builds_after() == 1
-    # A plan whose bytes do not match its sidecar is rebuilt too, and so is a missing sidecar.
+    # A plan whose bytes do not match its record is rebuilt too, and so is a missing record.
     plan_path.write_bytes(plan_path.read_bytes()[:-1] + b"!")
     assert builds_after() == 1
     meta_path.unlink()
@@ -380,9 +381,9 @@ def test_a_plan_tensorrt_refuses_is_rebuilt(fake_trt, bundle):
 
     dev = lazy_device(fake_trt)
     _, info = te.ensure_plan(bundle, "fp16", 8, fake_trt, dev, log=lambda m: None)
-    # Valid sidecar and hash, but bytes the runtime cannot deserialize (e.g. a damaged write
+    # Valid record and hash, but bytes the runtime cannot deserialize (e.g. a damaged write
     # that was then re-hashed): the engine rebuilds instead of failing or loading garbage.
-    plan_path, meta_path = te.plan_paths(bundle, info.key)
+    plan_path = te.plan_path(bundle, info.key)
     te.store_plan(bundle, info.key, b"not a plan")
     engine = te.TensorRTEngine(bundle, "fp16", 8, device=dev, trt=fake_trt, log=lambda m: None)
     assert len(fake_trt.BUILDS) == 2 and plan_path.read_bytes().startswith(b"FAKE-TRT-PLAN")

@@ -263,20 +263,8 @@ def _import_measured(folder: Path, home: Path) -> tuple[subprocess.CompletedProc
     return subprocess.CompletedProcess(p.args, int(rc), "", body), int(rss)
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory) -> Path:
-    import torch
-    import transformers
-    from official import vit_tiny_config
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("encoder")
-    transformers.ViTModel(vit_tiny_config()).save_pretrained(str(folder), safe_serialization=True)
-    return folder
-
-
 @pytest.mark.parametrize("attack", ["F0-class-swap", "F1-itemsize", "F7-escape", "F9-xz-bomb", "gzip-bomb"])
-def test_cli_refuses_with_one_line(tmp_path, encoder_dir, marker, attack):
+def test_cli_refuses_with_one_line(tmp_path, encoder_files, marker, attack):
     data = {
         "F0-class-swap": lambda: class_swap(f"touch {marker}"),
         "F1-itemsize": itemsize_rebuild,
@@ -285,7 +273,7 @@ def test_cli_refuses_with_one_line(tmp_path, encoder_dir, marker, attack):
         "gzip-bomb": lambda: bomb("gzip", 1.5),
     }[attack]()
     home = tmp_path / "home"
-    p, rss_kib = _import_measured(_official_with(tmp_path, encoder_dir, data), home)
+    p, rss_kib = _import_measured(_official_with(tmp_path, encoder_files, data), home)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2, p.stderr
     assert len(lines) == 1 and lines[0].startswith("codescan: error: ") and "refused" in lines[0], p.stderr
@@ -295,11 +283,11 @@ def test_cli_refuses_with_one_line(tmp_path, encoder_dir, marker, attack):
     assert rss_kib < 500_000, f"a process of the import peaked at {rss_kib} KiB"
 
 
-def test_cli_reports_a_crashing_reader_in_one_line(tmp_path, encoder_dir, monkeypatch):
+def test_cli_reports_a_crashing_reader_in_one_line(tmp_path, encoder_files, monkeypatch):
     """A signal death of the reader (simulated: the child kills itself) is a refusal, not a crash."""
     import codescan.headconvert as hc
 
-    folder = _official_with(tmp_path, encoder_dir, (FIXTURES / LINEAR).read_bytes())
+    folder = _official_with(tmp_path, encoder_files, (FIXTURES / LINEAR).read_bytes())
     monkeypatch.setattr(hc.sys, "executable", "/bin/sh")
     monkeypatch.setattr(hc, "_child_env", lambda: {"PATH": os.environ["PATH"]})
     real_run = subprocess.run
@@ -356,7 +344,9 @@ FUZZ_CHILD = textwrap.dedent(
             counts["refused"] += 1
         except ValueError:
             counts["unreadable"] += 1
-    counts["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked parent (pytest, GBs)
+    status = Path("/proc/self/status").read_text()
+    counts["max_rss_kib"] = int(status.split("VmHWM:")[1].split()[0])
     print(json.dumps(counts))
     """
 )

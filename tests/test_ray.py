@@ -20,8 +20,7 @@ def lines(stdout: bytes) -> list[dict]:
     return out
 
 
-@pytest.mark.skipif(not LABELED.is_dir(), reason="shared labelled corpus not present")
-def test_labeled_corpus_same_records_as_local_scan(home):
+def test_labeled_corpus_same_records_as_local_scan(home, labeled):
     local = run_cli("scan", str(LABELED), "-q", "--no-cache", "--head", "all")
     ray = run_cli("scan", str(LABELED), "-q", "--head", "all", *RAY)
     assert ray.returncode == local.returncode, ray.stderr.decode()[-3000:]
@@ -59,6 +58,7 @@ def test_uri_listing_resume_and_a_stalled_decoder(home, mixed_tree, tmp_path):
     assert [r["path"] for r in got[1:-1]] == [uri + r["path"][len(str(mixed_tree)) :] for r in expected[1:-1]]
     for r in expected[1:-1] + got[1:-1]:
         r.pop("path")
+    assert got[0].pop("inputs") != expected[0].pop("inputs")  # a fingerprint of the arguments: URI, path
     assert got == expected  # same records, paths aside: same order, verdicts, errors, evidence
 
     # A killed --ray scan resumes from its output file and ends with the uninterrupted records.
@@ -108,3 +108,91 @@ def test_missing_ray_extra_is_a_usage_error(home, tmp_path):
     code = "import sys; sys.modules['ray'] = None; from codescan.cli import main; main()"
     p = subprocess.run([sys.executable, "-P", "-c", code, "scan", str(tmp_path), "--ray", "local"], capture_output=True)
     assert p.returncode == 2 and b"pip install 'codescan[ray]'" in p.stderr
+
+
+# A driver that starts the private instance the way `scan --ray local` does, prints the GCS
+# address and keeps the instance up until its stdin closes.
+LOCAL_DRIVER = """
+import sys
+import ray
+from codescan.ray_scan import RayOptions, connect
+connect(RayOptions("local"), num_cpus=1)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+"""
+# A client of that GCS: reads its key list, or says why it could not.
+GCS_CLIENT = """
+import sys
+from ray._raylet import GcsClient
+try:
+    keys = GcsClient(address=sys.argv[1]).internal_kv_keys(b"", None, timeout=20)
+except Exception as exc:
+    text = f"{type(exc).__name__}: {exc}"
+    print(("refused " if "Authentication" in text or "Unauthenticated" in text else "error ") + text[:300])
+else:
+    print(f"open: {len(keys)} keys")
+"""
+
+
+def test_local_instance_refuses_a_client_without_its_token(tmp_path):
+    """`--ray local` requires its own token even where the environment turns token authentication
+    off or names another token."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    home, bare_home = tmp_path / "store", tmp_path / "bare"
+    bare_home.mkdir()
+    env = {**os.environ, "CODESCAN_HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "0" * 64}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", LOCAL_DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=tmp_path
+    )
+    try:
+        address = driver.stdout.readline().decode().strip()  # type: ignore[union-attr]
+        assert address, "the local instance did not start"
+        # A fresh process with no RAY_* variable and a HOME without ~/.ray/auth_token.
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(bare_home)}
+
+        def client(extra: dict[str, str]) -> str:
+            cmd = [sys.executable, "-c", GCS_CLIENT, address]
+            run = subprocess.run(cmd, capture_output=True, env={**bare, **extra}, timeout=120)
+            return run.stdout.decode().strip() or run.stderr.decode()[-300:]
+
+        token = home / "ray" / "auth_token"
+        without = client({})
+        with_token = client({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+    finally:
+        driver.stdin.close()  # type: ignore[union-attr]
+        driver.wait(timeout=120)
+    assert without.startswith("refused"), without
+    assert with_token.startswith("open"), with_token
+    mode = token.stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600 and stat.S_ISREG(mode) and len(token.read_text().strip()) >= 32
+
+
+def test_the_token_file_stays_private_and_an_old_ray_is_refused(tmp_path):
+    import stat
+
+    from codescan.ray_scan import PrivateInstanceError, auth_token, require_token_auth
+
+    def mode(p) -> int:
+        return stat.S_IMODE(p.lstat().st_mode)
+
+    path = tmp_path / "store" / "ray" / "auth_token"
+    first = auth_token(path).read_text()
+    assert mode(path) == 0o600 and auth_token(path).read_text() == first  # created once, then kept
+    path.chmod(0o644)
+    assert auth_token(path).read_text() != first and mode(path) == 0o600  # was readable by others: a new one
+    planted = tmp_path / "planted"
+    planted.write_text("a" * 64)
+    planted.chmod(0o600)
+    path.unlink()
+    path.symlink_to(planted)
+    assert auth_token(path).read_text() != "a" * 64 and not path.is_symlink() and mode(path) == 0o600
+    assert planted.read_text() == "a" * 64  # a link is replaced, never followed
+
+    require_token_auth("2.52.0")
+    require_token_auth("3.0.0.dev0")
+    with pytest.raises(PrivateInstanceError, match=r"Ray >= 2\.52 .*Ray 2\.51\.1 is installed"):
+        require_token_auth("2.51.1")

@@ -588,19 +588,6 @@ def test_forged_pickles_are_well_formed():
 # The CLI: `codescan weights import` of an official-layout folder
 
 
-@pytest.fixture(scope="module")
-def encoder_files(tmp_path_factory) -> Path:
-    """config.json + model.safetensors of a random ViT-Tiny (transformers save_pretrained)."""
-    import torch
-    import transformers
-    from official import vit_tiny_config
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("encoder")
-    transformers.ViTModel(vit_tiny_config()).save_pretrained(str(folder), safe_serialization=True)
-    return folder
-
-
 def _official_folder(root: Path, encoder_files: Path) -> Path:
     folder = root / "CoDE"
     (folder / "sklearn").mkdir(parents=True)
