@@ -113,7 +113,7 @@ def run_codescan(folder: Path, home: Path, extra: list[str]) -> dict:
 def stages(folder: Path, home: Path, engine: str, precision: str) -> dict[str, float]:
     """Seconds per image for each stage, measured one at a time in this process."""
     os.environ["CODESCAN_HOME"] = str(home)
-    from codescan.engines.base import create_engine
+    from codescan.engines.registry import create_engine
 
     from codescan.decode import DecodeLimits, decode_file
     from codescan.pipeline import Scanner

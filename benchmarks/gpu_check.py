@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from codescan.engines.base import Engine
+    from codescan.engines.protocol import Engine
     from codescan.heads import HeadSet
     from codescan.weights import Bundle
 
@@ -353,7 +353,7 @@ def release() -> None:
 def make_engine(bundle: Bundle, plan: Plan, precision: str) -> Engine:
     """On a GPU, exactly what `--engine cuda` builds; in a dry run, the same class on the CPU."""
     if plan.device == "cuda":
-        from codescan.engines.base import create_engine
+        from codescan.engines.registry import create_engine
 
         return create_engine(bundle, "cuda", precision)  # type: ignore[arg-type]
     from codescan.engines.cuda_engine import CudaEngine

@@ -112,7 +112,7 @@ def build_bundle(fit: list[Labelled], home: Path, seed: int) -> None:
 def reference(home: Path, crops: np.ndarray) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
     """fp32 embeddings and head scores from codescan's own CPU engine: what a CPU scan reports."""
     os.environ["CODESCAN_HOME"] = str(home)
-    from codescan.engines.base import create_engine
+    from codescan.engines.registry import create_engine
     from codescan.weights import load_bundle
 
     bundle = load_bundle(BUNDLE)

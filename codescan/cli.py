@@ -20,7 +20,7 @@ from typing import Annotated, Literal, Optional
 import typer
 from rich.console import Console
 
-from codescan.engines.base import EngineName, Precision
+from codescan.engines.protocol import EngineName, Precision
 
 from . import __version__, messages
 from .records import HEAD_NAMES, EvidenceLevel, HeadChoice, Summary
@@ -357,8 +357,7 @@ def gate(
 
     import numpy as np
 
-    from codescan.engines.base import GPU_GATE_CANDIDATES
-    from codescan.engines.gate import CANDIDATES, MIN_AGREEMENT, MIN_COSINE, run_gate
+    from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, run_gate
 
     from .examine import ExamineConfig, Examined
     from .walk import walk
@@ -370,7 +369,7 @@ def gate(
     crops = [o.decoded.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Examined) and o.decoded]
     if not crops:
         raise UsageError("no decodable images under the given paths")
-    results = run_gate(bundle, np.stack(crops), candidates=(*CANDIDATES, *GPU_GATE_CANDIDATES))
+    results = run_gate(bundle, np.stack(crops))
     err = _err()
     err.print(f"gate: cosine ≥ {MIN_COSINE}, verdict agreement ≥ {MIN_AGREEMENT:.1%} per head, {len(crops)} images")
     for r in results:
@@ -587,7 +586,7 @@ def train_command(
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Failures with a message written for the user: no traceback, exit 2."""
-    from codescan.engines.base import EngineError
+    from codescan.engines.protocol import EngineError
 
     from .provenance import ProvenanceError
     from .weights import WeightsError

@@ -2,7 +2,7 @@
 
 Decoding runs in worker processes (see workers.py) while the engine embeds the previous
 batch. One batch stays in flight in the engine: batch i+1 is submitted before batch i's
-embeddings are collected (engines.base.submitter), so an asynchronous engine (TensorRT)
+embeddings are collected (engines.protocol.submitter), so an asynchronous engine (TensorRT)
 uploads batch i+1 while it computes batch i; engines with only ``embed`` simply run it at
 collect time. The window of files in flight is bounded, so memory stays flat however large
 the tree. Records leave in exactly the walk order: an error or skip that follows an image
@@ -38,7 +38,7 @@ from .walk import Entry, WalkOptions
 from .workers import DecodePool
 
 if TYPE_CHECKING:
-    from codescan.engines.base import AsyncEngine
+    from codescan.engines.protocol import AsyncEngine
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Scanner:
         config: ScanConfig = ScanConfig(),
         warn: Callable[[str], None] = _ignore,
     ) -> None:
-        from codescan.engines.base import create_engine
+        from codescan.engines.registry import create_engine
 
         from .weights import load_bundle
 
@@ -148,7 +148,7 @@ class Scanner:
             timeout=cfg.decode_timeout,
             window=max(2 * batch_size, 4 * cfg.decode_workers),
         )
-        from codescan.engines.base import submitter
+        from codescan.engines.protocol import submitter
 
         engine = submitter(self.engine)
         # `pending`: outcomes since the last submitted batch (empty, or holding a crop to embed).

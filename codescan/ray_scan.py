@@ -125,7 +125,7 @@ class EmbedStage:
         shards: str | None = None,
     ) -> None:
         os.environ["CODESCAN_HOME"] = home
-        from codescan.engines.base import create_engine
+        from codescan.engines.registry import create_engine
 
         from .weights import load_bundle
 

@@ -21,17 +21,21 @@ problem or mismatch the engine falls back to eager execution.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from codescan.model import EncoderConfig, load_encoder
 from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-from .base import EngineError
+from .protocol import EngineError
+from .specs import ENGINES
+
+if TYPE_CHECKING:
+    from codescan.weights import Bundle
 
 DEFAULT_MAX_BATCH = 64
-CUDA_PRECISIONS = ("fp16", "fp32")
+CUDA_PRECISIONS = ENGINES["cuda"].precisions
 _GRAPH_CHECK_MIN_COSINE = 0.9999
 
 
@@ -154,3 +158,8 @@ def _disable_tf32(torch: Any) -> None:
     except (AttributeError, RuntimeError):  # older torch
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def create(bundle: Bundle, precision: str, threads: int | None = None) -> CudaEngine:
+    """The registry's factory (threads: not used, the GPU does the work)."""
+    return CudaEngine(bundle.encoder_config, bundle.encoder_state(), precision=precision)

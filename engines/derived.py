@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from codescan.fsutil import atomic_write_bytes
 
-from .base import EngineError
+from .protocol import EngineError
 
 if TYPE_CHECKING:
     from codescan.weights import Bundle

@@ -1,33 +1,28 @@
-"""The reduced-precision gate: measured per bundle, recorded beside it, read by `auto`.
+"""The reduced-precision gate, measured per bundle: what `codescan gate` runs.
 
-A reduced precision (int8, bf16) is only chosen automatically for a bundle after it has been
-compared with fp32 on a labelled folder: every image's embedding cosine ≥ 0.999 and, for
-each head, ≥ 99.5% identical verdicts. Results live in ``<bundle>/gates.json``, tied to the
-bundle digest so they die with the weights they were measured on, and written with a record
-(:mod:`codescan.engines.derived`) like every derived file. Unlike a graph, gate results cannot
-be rebuilt without the labelled folder, so a gates.json that fails its record is refused, with
-one line, wherever it would be consulted.
+A reduced precision (int8, bf16, fp16) is only chosen automatically for a bundle after it has
+been compared with fp32 on a labelled folder: every image's embedding cosine ≥ 0.999 and, for
+each head, ≥ 99.5% identical verdicts. The results are stored in ``<bundle>/gates.json``
+(:mod:`codescan.engines.gates_file`), which is what `auto` reads.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import derived
+from .gates_file import store_gates
+from .registry import create_engine, installed
+from .specs import GATE_CANDIDATES
 
 if TYPE_CHECKING:
     from codescan.weights import Bundle
 
 MIN_COSINE = 0.999
 MIN_AGREEMENT = 0.995
-CANDIDATES: tuple[tuple[str, str], ...] = (("onnxruntime", "int8"), ("torch", "bf16"))
-GATES_KEY = {"contents": "gate results"}
 
 
 @dataclass(frozen=True)
@@ -40,31 +35,6 @@ class GateResult:
     cosine_mean: float
     agreement: dict[str, float]  # head -> fraction of identical verdicts
     passed: bool
-
-
-def gates_path(bundle: Bundle) -> Path:
-    return bundle.path / "gates.json"
-
-
-def passed_gates(bundle: Bundle) -> set[tuple[str, str]]:
-    remedy = f"re-run `codescan gate DIR --weights {bundle.name}`, or delete it to scan in fp32"
-    data = derived.read_or_refuse(bundle, gates_path(bundle), GATES_KEY, remedy)
-    try:
-        records = json.loads(data or b"{}")
-    except ValueError:
-        return set()
-    return {
-        (r["engine"], r["precision"])
-        for r in records.get("results", [])
-        if r.get("passed") is True and r.get("digest") == bundle.digest
-    }
-
-
-def store_gates(bundle: Bundle, document: dict[str, Any]) -> Path:
-    """gates.json with its record: only results codescan wrote can make `auto` pick a reduced precision."""
-    path = gates_path(bundle)
-    derived.write(bundle, path, (json.dumps(document, indent=2) + "\n").encode(), GATES_KEY)
-    return path
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (N, D), (N, D) -> (N,)
@@ -84,10 +54,10 @@ def compare(bundle: Bundle, engine: str, precision: str, ref: np.ndarray, emb: n
     return GateResult(engine, precision, bundle.digest, len(cos), float(cos.min()), float(cos.mean()), agreement, passed)
 
 
-def run_gate(bundle: Bundle, crops: np.ndarray, candidates: Iterable[tuple[str, str]] = CANDIDATES) -> list[GateResult]:
+def run_gate(
+    bundle: Bundle, crops: np.ndarray, candidates: Iterable[tuple[str, str]] = GATE_CANDIDATES
+) -> list[GateResult]:
     """Embed `crops` (N, 224, 224, 3) with fp32 and each installed candidate; record the results."""
-    from .base import create_engine, installed
-
     def embed_all(engine) -> np.ndarray:
         return np.concatenate([engine.embed(crops[i : i + 64]) for i in range(0, len(crops), 64)])
 

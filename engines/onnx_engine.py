@@ -81,3 +81,8 @@ class OnnxEngine:
 
     def embed(self, crops: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, D) float32
         return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(crops, dtype=np.uint8)})[0]
+
+
+def create(bundle: Bundle, precision: str, threads: int | None = None) -> OnnxEngine:
+    """The registry's factory."""
+    return OnnxEngine(bundle, precision, threads)  # type: ignore[arg-type]

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from . import derived
-from .base import EngineError
+from .protocol import EngineError
+from .specs import ENGINES
 from .export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 CACHE_FORMAT = 2  # bump when the key or the record changes
 DEFAULT_MAX_BATCH = 64
 DEFAULT_WORKSPACE = 1 << 30  # builder scratch memory limit (bytes)
-TRT_PRECISIONS = ("fp16", "fp32")
+TRT_PRECISIONS = ENGINES["tensorrt"].precisions
 INSTALL_HINT = "pip install 'codescan[tensorrt]'"
 
 
@@ -522,3 +523,8 @@ def compile_engine(
 ) -> PlanInfo:
     """`codescan compile`: export, build and cache the plan (a no-op when a valid one is cached)."""
     return load_runner(bundle, precision, max_batch, device=device, trt=trt, workspace=workspace, log=log)[1]
+
+
+def create(bundle: Bundle, precision: str, threads: int | None = None) -> TensorRTEngine:
+    """The registry's factory (threads: not used, the GPU does the work)."""
+    return TensorRTEngine(bundle, precision)

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from codescan.model import EncoderConfig, load_encoder
 from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from codescan.weights import Bundle
 
 
 class TorchEngine:
@@ -32,3 +37,8 @@ class TorchEngine:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 feats = self.model.forward_features(x)  # (B, 1 + N, D), after the final norm
             return feats[:, 0].float().numpy().copy()  # (B, D) CLS token
+
+
+def create(bundle: Bundle, precision: str, threads: int | None = None) -> TorchEngine:
+    """The registry's factory (threads: torch's own default)."""
+    return TorchEngine(bundle.encoder_config, bundle.encoder_state(), precision=precision)

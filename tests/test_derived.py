@@ -101,7 +101,7 @@ def test_a_record_vouches_for_one_file_of_one_bundle(own_home, tmp_path):
 
 
 def test_a_changed_gates_file_is_refused_with_one_line(own_home, images):
-    from codescan.engines.gate import gates_path, store_gates
+    from codescan.engines.gates_file import gates_path, store_gates
 
     bundle = load_bundle("code")
     passed = {"engine": "onnxruntime", "precision": "int8", "digest": bundle.digest, "passed": True}

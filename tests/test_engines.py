@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from codescan.engines import base
-from codescan.engines.gate import compare, gates_path
+from codescan.engines import protocol, registry
+from codescan.engines.gate import compare
+from codescan.engines.gates_file import gates_path
 from codescan.engines.onnx_engine import cached_model_path
 from conftest import LABELED, run_cli, write_gate
 
@@ -36,8 +37,8 @@ def test_fp32_engines_give_identical_verdicts_on_labeled_corpus(home, labeled):
 def test_onnx_embeddings_match_torch(home):
     bundle = load_bundle("code")
     crops = np.random.default_rng(3).integers(0, 256, (6, 224, 224, 3), dtype=np.uint8)
-    ref = base.create_engine(bundle, "torch", "fp32").embed(crops)
-    got = base.create_engine(bundle, "onnxruntime", "fp32").embed(crops)
+    ref = registry.create_engine(bundle, "torch", "fp32").embed(crops)
+    got = registry.create_engine(bundle, "onnxruntime", "fp32").embed(crops)
     assert got.shape == ref.shape == (6, 192) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=5e-5, rtol=1e-4)
 
@@ -46,23 +47,23 @@ def test_auto_uses_reduced_precision_only_after_a_passed_gate(home):
     bundle = load_bundle("code")
     path = gates_path(bundle)
     path.unlink(missing_ok=True)
-    assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
+    assert registry.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
     try:
         write_gate(bundle, "onnxruntime", "int8")
-        assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "int8")
-        assert base.choose(bundle, "auto", "fp32") == ("onnxruntime", "fp32")
-        assert base.choose(bundle, "torch", "auto") == ("torch", "fp32")
+        assert registry.choose(bundle, "auto", "auto") == ("onnxruntime", "int8")
+        assert registry.choose(bundle, "auto", "fp32") == ("onnxruntime", "fp32")
+        assert registry.choose(bundle, "torch", "auto") == ("torch", "fp32")
         write_gate(bundle, "onnxruntime", "int8", digest="0" * 64)  # other weights
-        assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
+        assert registry.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
         write_gate(bundle, "onnxruntime", "int8", passed=False)
-        assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
+        assert registry.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
     finally:
         path.unlink(missing_ok=True)
-    assert base.choose(bundle, "auto", "bf16") == ("torch", "bf16")  # explicit choice is honoured
-    with pytest.raises(base.EngineError, match="unknown engine"):
-        base.choose(bundle, "tpu", "auto")  # type: ignore[arg-type]
-    with pytest.raises(base.EngineError, match="no installed engine supports"):
-        base.choose(bundle, "onnxruntime", "bf16")
+    assert registry.choose(bundle, "auto", "bf16") == ("torch", "bf16")  # explicit choice is honoured
+    with pytest.raises(protocol.EngineError, match="unknown engine"):
+        registry.choose(bundle, "tpu", "auto")  # type: ignore[arg-type]
+    with pytest.raises(protocol.EngineError, match="no installed engine supports"):
+        registry.choose(bundle, "onnxruntime", "bf16")
 
 
 def test_gate_compare_counts_agreement(home):
@@ -93,7 +94,7 @@ def test_gate_command_records_results(home, tmp_path):
 
 def test_onnx_cache_is_keyed_by_bundle_digest(home):
     bundle = load_bundle("code")
-    base.create_engine(bundle, "onnxruntime", "fp32")
+    registry.create_engine(bundle, "onnxruntime", "fp32")
     path = cached_model_path(bundle, "fp32")
     assert path.is_file() and bundle.digest[:16] in path.name
     assert cached_model_path(bundle, "int8") != path

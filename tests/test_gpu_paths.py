@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from codescan.engines import base, derived
+from codescan.engines import derived, protocol, registry
 from codescan.engines.export import build_encoder_graph
 from conftest import LABELED, run_cli, write_gate
 
@@ -322,7 +322,7 @@ def test_fp32_build_uses_the_fp32_graph_and_ieee_fp32(fake_trt, bundle):
     _, info = te.ensure_plan(bundle, "fp32", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
     assert info.built and fake_trt.BUILDS[0]["onnx_sha256"] == onnx_sha(bundle, "fp32")
     assert calls(fake_trt, "clear_flag") == [("clear_flag", "TF32")] and "TF32" not in fake_trt.BUILDS[0]["builder_flags"]
-    with pytest.raises(base.EngineError, match="fp16 or fp32"):
+    with pytest.raises(protocol.EngineError, match="fp16 or fp32"):
         te.ensure_plan(bundle, "int8", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
 
 
@@ -395,7 +395,7 @@ def test_parser_errors_are_one_line_engine_errors(fake_trt):
     from codescan.engines import tensorrt_engine as te
 
     key = {"workspace": 1 << 20, "precision": "fp16", "profile": {"input": "crops", "min": [1], "opt": [1], "max": [1]}}
-    with pytest.raises(base.EngineError, match="could not parse the codescan ONNX graph: ModelImporter"):
+    with pytest.raises(protocol.EngineError, match="could not parse the codescan ONNX graph: ModelImporter"):
         te.build_plan(fake_trt, b"\x00garbage", key)
 
 
@@ -481,45 +481,45 @@ def test_runner_check_catches_broken_runners(fake_trt, bundle, monkeypatch, muta
 
 
 def test_auto_choice_here_and_with_a_gpu(fake_trt, home, monkeypatch):
-    from codescan.engines.gate import gates_path
+    from codescan.engines.gates_file import gates_path
 
     bundle = load_bundle("code")
     path = gates_path(bundle)
     path.unlink(missing_ok=True)
-    if not base.cuda_available():  # this machine: no GPU, so CPU and ONNX Runtime
-        assert base.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
-        with pytest.raises(base.EngineError, match="needs a CUDA GPU"):
-            base.choose(bundle, "tensorrt", "auto")
-        with pytest.raises(base.EngineError, match="runs on a CUDA GPU only"):
-            base.choose(bundle, "auto", "fp16")
+    if not registry.cuda_available():  # this machine: no GPU, so CPU and ONNX Runtime
+        assert registry.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
+        with pytest.raises(protocol.EngineError, match="needs a CUDA GPU"):
+            registry.choose(bundle, "tensorrt", "auto")
+        with pytest.raises(protocol.EngineError, match="runs on a CUDA GPU only"):
+            registry.choose(bundle, "auto", "fp16")
     # "tensorrt importable" is real (the fake on sys.path); "CUDA available" is monkeypatched.
-    monkeypatch.setattr(base, "cuda_available", lambda: True)
-    assert base.installed("tensorrt") and base.installed("cuda")
-    assert base.choose(bundle, "auto", "auto") == ("tensorrt", "fp32")  # fp16 not gated yet
-    assert base.choose(bundle, "auto", "fp16") == ("tensorrt", "fp16")  # explicit: honoured
-    assert base.choose(bundle, "cuda", "auto") == ("cuda", "fp32")
+    monkeypatch.setattr(registry, "cuda_available", lambda: True)
+    assert registry.installed("tensorrt") and registry.installed("cuda")
+    assert registry.choose(bundle, "auto", "auto") == ("tensorrt", "fp32")  # fp16 not gated yet
+    assert registry.choose(bundle, "auto", "fp16") == ("tensorrt", "fp16")  # explicit: honoured
+    assert registry.choose(bundle, "cuda", "auto") == ("cuda", "fp32")
     try:
         write_gate(bundle, "tensorrt", "fp16")
-        assert base.choose(bundle, "auto", "auto") == ("tensorrt", "fp16")
-        assert base.choose(bundle, "auto", "fp32") == ("tensorrt", "fp32")
+        assert registry.choose(bundle, "auto", "auto") == ("tensorrt", "fp16")
+        assert registry.choose(bundle, "auto", "fp32") == ("tensorrt", "fp32")
     finally:
         path.unlink(missing_ok=True)
     # CUDA but no TensorRT: the torch CUDA engine.
-    real_importable = base._importable
-    monkeypatch.setattr(base, "_importable", lambda m: m != "tensorrt" and real_importable(m))
-    assert base.choose(bundle, "auto", "auto") == ("cuda", "fp32")
-    assert base.choose(bundle, "auto", "fp16") == ("cuda", "fp16")
-    with pytest.raises(base.EngineError, match=r"pip install 'codescan\[tensorrt\]'"):
-        base.choose(bundle, "tensorrt", "auto")
+    real_importable = registry._importable
+    monkeypatch.setattr(registry, "_importable", lambda m: m != "tensorrt" and real_importable(m))
+    assert registry.choose(bundle, "auto", "auto") == ("cuda", "fp32")
+    assert registry.choose(bundle, "auto", "fp16") == ("cuda", "fp16")
+    with pytest.raises(protocol.EngineError, match=r"pip install 'codescan\[tensorrt\]'"):
+        registry.choose(bundle, "tensorrt", "auto")
 
 
 def test_create_engine_builds_tensorrt_with_the_fake(fake_trt, bundle, monkeypatch):
     from codescan.engines import tensorrt_engine as te
 
     dev = lazy_device(fake_trt)
-    monkeypatch.setattr(base, "cuda_available", lambda: True)
+    monkeypatch.setattr(registry, "cuda_available", lambda: True)
     monkeypatch.setattr(te, "default_device", lambda: dev)
-    engine = base.create_engine(bundle, "auto", "fp16")
+    engine = registry.create_engine(bundle, "auto", "fp16")
     assert isinstance(engine, te.TensorRTEngine) and engine.runner.max_batch == te.DEFAULT_MAX_BATCH
     crops = np.random.default_rng(1).integers(0, 256, (5, IMG, IMG, 3), dtype=np.uint8)
     np.testing.assert_array_equal(engine.embed(crops), fake_trt.fake_embedding(crops, 192))
@@ -555,7 +555,7 @@ def test_compile_command_with_the_fake(fake_trt, bundle, monkeypatch):
 
 def test_gpu_modules_import_nothing_heavy():
     code = (
-        "import sys, codescan.engines.tensorrt_engine, codescan.engines.cuda_engine, codescan.engines.base as b;"
+        "import sys, codescan.engines.tensorrt_engine, codescan.engines.cuda_engine, codescan.engines.registry as b;"
         "b.installed('tensorrt'); b.installed('cuda');"
         "print([m for m in ('tensorrt', 'torch', 'pycuda') if m in sys.modules])"
     )
@@ -581,6 +581,6 @@ def test_cuda_engine_code_on_the_cpu_device(graphs, torch_fp32):
     cos = cosine(ref, fp16.embed(crops))
     print(f"\ncuda engine code, autocast fp16 on the CPU device vs torch fp32: min cosine {cos.min():.7f}")
     assert cos.min() >= 0.999
-    if not base.cuda_available():
-        with pytest.raises(base.EngineError, match="no CUDA GPU"):
+    if not registry.cuda_available():
+        with pytest.raises(protocol.EngineError, match="no CUDA GPU"):
             CudaEngine(cfg, state, "fp16")

@@ -12,7 +12,7 @@ SOURCE = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "module",
-    ["codescan", "codescan.engines", "codescan.engines.base", "codescan.engines.onnx_engine", "codescan.engines.torch_engine", "codescan.train"],
+    ["codescan", "codescan.engines", "codescan.engines.registry", "codescan.engines.onnx_engine", "codescan.engines.torch_engine", "codescan.train"],
 )
 def test_every_subpackage_is_installed(module):
     mod = importlib.import_module(module)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_gpu_paths as gpu
-from codescan.engines import base
+from codescan.engines import protocol
 from conftest import textured_image
 from test_gpu_paths import IMG, lazy_device
 
@@ -43,7 +43,7 @@ def tree(tmp_path_factory) -> Path:
 
 
 class SyncOnly:
-    """An engine with only `embed` (like every CPU engine): it goes through base.submitter."""
+    """An engine with only `embed` (like every CPU engine): it goes through protocol.submitter."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
@@ -86,11 +86,11 @@ def scan(scanner: Scanner, engine, folder: Path) -> list[tuple]:
 def test_pipeline_submits_the_next_batch_before_collecting_and_keeps_records(home, tree):
     scanner = Scanner(config=ScanConfig(batch_size=BATCH, decode_workers=2))
     real = scanner.engine
-    assert base.submitter(SyncOnly(real)).__class__ is base._Deferred  # CPU engines: embed, wrapped
+    assert protocol.submitter(SyncOnly(real)).__class__ is protocol._Deferred  # CPU engines: embed, wrapped
     sync = SyncOnly(real)
     expected = scan(scanner, sync, tree)
     asynchronous = Recording(real)
-    assert base.submitter(asynchronous) is asynchronous
+    assert protocol.submitter(asynchronous) is asynchronous
     got = scan(scanner, asynchronous, tree)
 
     # Records: same paths, statuses, scores and order as with the synchronous engine, in walk order.
@@ -183,7 +183,7 @@ def trt_engine(fake, bundle, max_batch: int = 8):
 
 def test_runner_keeps_two_batches_in_flight(fake_trt, bundle):
     dev, engine = trt_engine(fake_trt, bundle)
-    assert base.submitter(engine) is engine
+    assert protocol.submitter(engine) is engine
     rng = np.random.default_rng(4)
 
     def crops(n: int) -> np.ndarray:
@@ -215,7 +215,7 @@ def test_runner_keeps_two_batches_in_flight(fake_trt, bundle):
     for h, c in ((hz, z), (hx, x), (hbig, big), (hy, y)):  # any order
         np.testing.assert_array_equal(engine.collect(h), fake_trt.fake_embedding(c, 192))
     assert engine.collect(hnone).shape == (0, 192)
-    with pytest.raises(base.EngineError, match="collected twice"):
+    with pytest.raises(protocol.EngineError, match="collected twice"):
         engine.collect(hx)
     assert not engine.runner._inflight
 

@@ -215,7 +215,8 @@ def _home(home: Path):
 
 def codescan_embed(home: Path, paths: list[Path], engine_name: str = "torch"):
     """codescan's Python path: bundle → engine (fp32) → decode → embed."""
-    from codescan.engines.base import EngineError, create_engine
+    from codescan.engines.protocol import EngineError
+    from codescan.engines.registry import create_engine
 
     from codescan.decode import DecodeLimits, decode_file
     from codescan.weights import load_bundle

@@ -2,7 +2,7 @@
 
 Head fitting, threshold choice and evaluation must see exactly the crops `codescan scan`
 judges; a torchvision pipeline of their own would drift from it (resize, EXIF, modes), so
-they reuse ``decode_file`` and an :class:`~codescan.engines.base.Engine`.
+they reuse ``decode_file`` and an :class:`~codescan.engines.protocol.Engine`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from codescan.engines.base import Engine
+from codescan.engines.protocol import Engine
 
 from codescan.decode import DecodeFailure, DecodeLimits, configure_pillow, decode_file
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from codescan.engines.base import Engine, EngineName, Precision, create_engine
+from codescan.engines.protocol import Engine, EngineName, Precision
+from codescan.engines.registry import create_engine
 
 from codescan import __version__
 from codescan.decode import DecodeLimits

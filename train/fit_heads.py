@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from codescan.engines.base import Engine
+from codescan.engines.protocol import Engine
 
 from codescan.decode import DecodeFailure
 from codescan.heads import Head

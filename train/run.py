@@ -78,7 +78,7 @@ def stored_config(out: str) -> TrainConfig | None:
 
 
 def resolve_device(choice: str) -> torch.device:
-    from codescan.engines.base import cuda_available
+    from codescan.engines.registry import cuda_available
 
     if choice == "cuda" and not cuda_available():
         raise TrainError("--device cuda: no usable CUDA GPU here (torch.cuda.is_available() is False)")
@@ -136,7 +136,7 @@ def _check_classes(pool: ImagePool) -> None:
 
 def _compile_for_gpu(bundle: Bundle, say: Callable[[str], None]) -> None:
     """Build the TensorRT engine now where a GPU and TensorRT are present, as `codescan compile` does."""
-    from codescan.engines.base import installed
+    from codescan.engines.registry import installed
 
     if not installed("tensorrt"):
         say("no TensorRT engine built: it needs a CUDA GPU and TensorRT (`codescan compile` builds it on such a machine)")
