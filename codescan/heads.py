@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from .records import HEAD_NAMES, HeadChoice, HeadName, HeadVerdict
+from .records import HEAD_NAMES, HeadChoice, HeadName, HeadVerdict, status_for
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class HeadSet:
             raise KeyError(f"this bundle has no {name!r} head (has: {', '.join(self.names()) or 'none'})")
         t = self.threshold(name) if threshold is None else threshold
         scores = self.heads[name].score(emb)
-        return [HeadVerdict(score=float(s), status="fake" if s > t else "real") for s in scores]
+        return [HeadVerdict(score=float(s), status=status_for(float(s), t)) for s in scores]
 
 
 def save_heads(heads: dict[HeadName, Head], path: Path) -> None:

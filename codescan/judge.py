@@ -17,6 +17,7 @@ from .records import (
     Result,
     error_result,
     skipped_result,
+    status_for,
 )
 
 Scores = dict[str, float]  # every head of the bundle, by name
@@ -60,4 +61,4 @@ class Judge:
         )
 
     def _head(self, name: HeadName, score: float) -> HeadVerdict:
-        return HeadVerdict(score=score, status="fake" if score > self.thresholds[name] else "real")
+        return HeadVerdict(score=score, status=status_for(score, self.thresholds[name]))

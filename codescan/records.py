@@ -31,6 +31,16 @@ ERROR_CODES: tuple[ErrorCode, ...] = ErrorCode.__args__  # type: ignore[attr-def
 
 
 EvidenceLevel = Literal["none", "metadata", "all"]
+
+
+def is_fake(score: Any, threshold: Any) -> Any:
+    """The one verdict rule, for scan, gate, eval and training: fake when the score is strictly
+    above the threshold (so threshold 0 reproduces scikit-learn's predict). Elementwise on arrays."""
+    return score > threshold
+
+
+def status_for(score: float, threshold: float) -> Status:
+    return "fake" if is_fake(score, threshold) else "real"
 EvidenceKind = Literal[
     "a1111",  # AUTOMATIC1111-style generation parameters (also Forge, SD.Next, Fooocus' a1111 scheme)
     "comfyui",  # ComfyUI prompt/workflow graph

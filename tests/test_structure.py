@@ -123,3 +123,19 @@ def test_every_engine_is_one_registry_entry():
     ranks = [r for s in specs.SPECS for r in s.auto_rank.values()]
     assert sorted(ranks) == list(range(len(ranks)))
     assert registry.AUTO_ORDER[0] == ("tensorrt", "fp16") and registry.AUTO_ORDER[-1] == ("torch", "fp32")
+
+
+def test_one_verdict_rule_at_the_threshold_everywhere():
+    """scan (Judge, HeadSet.judge, and so the gate) and eval agree at the boundary: equal is real."""
+    import numpy as np
+
+    from codescan.heads import HeadSet, LinearHead
+    from codescan.records import is_fake
+    from codescan.train.metrics import binary_metrics
+
+    head = LinearHead(coef=np.array([1.0, 0.0]), intercept=0.0)
+    emb = np.array([[0.5, 0.0], [0.5000001, 0.0], [0.4999999, 0.0]])
+    statuses = [v.status for v in HeadSet(heads={"linear": head}).judge("linear", emb, threshold=0.5)]
+    assert statuses == ["real", "fake", "real"] == ["fake" if is_fake(s, 0.5) else "real" for s in emb[:, 0]]
+    m = binary_metrics(np.array([False, True, False]), emb[:, 0], 0.5)
+    assert (m.confusion.tn, m.confusion.tp, m.confusion.fp) == (2, 1, 0)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from codescan.records import is_fake as verdict_is_fake
+
 
 @dataclass(frozen=True, slots=True)
 class RocCurve:
@@ -119,9 +121,9 @@ def confusion(is_fake: np.ndarray, predicted_fake: np.ndarray) -> Confusion:
 
 
 def binary_metrics(is_fake: np.ndarray, scores: np.ndarray, threshold: float) -> BinaryMetrics:
-    """Everything `codescan eval` reports for one set of samples; fake when score > threshold, as in scan."""
+    """Everything `codescan eval` reports for one set of samples, with scan's verdict rule."""
     y, s = _check(is_fake, scores)
-    cm = confusion(y, s > threshold)
+    cm = confusion(y, verdict_is_fake(s, threshold))
     n_real, n_fake = cm.tn + cm.fp, cm.fn + cm.tp
     real_acc = cm.tn / n_real if n_real else None
     fake_acc = cm.tp / n_fake if n_fake else None

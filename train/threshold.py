@@ -41,6 +41,7 @@ def choose_threshold(scores: np.ndarray, is_fake: np.ndarray, natural: float = N
     margin = max(1.0, float(np.abs(distinct).max()))
     candidates = np.concatenate([[distinct[0] - margin], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + margin]])
     fake_sorted, real_sorted = np.sort(scores[is_fake]), np.sort(scores[~is_fake])
+    # Counted with scan's verdict rule (codescan.records.is_fake: fake strictly above the threshold).
     true_fake = n_fake - np.searchsorted(fake_sorted, candidates, side="right")  # (C,) fakes above each candidate
     true_real = np.searchsorted(real_sorted, candidates, side="right")  # (C,) reals at or below
     # Balanced accuracy times 2·n_fake·n_real, in integers: equal rates must tie exactly.
