@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .records import Summary
 from .textsafe import printable
 
 
@@ -40,6 +41,24 @@ def note(message: str) -> None:
 def info(message: str) -> None:
     """A plain line (summaries, "installed ..."): still escaped, no prefix."""
     _write(printable(message))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summary(summary: Summary, scanned: int, interrupted: bool) -> None:
+    """The human summary; the rate counts only the files scanned by this run (not resumed ones)."""
+    rate = scanned / summary.seconds if summary.seconds > 0 else 0.0
+    extra = (summary.combined_fake or 0) - summary.fake
+    flagged = f" (+{extra} by evidence)" if extra > 0 else ""
+    info(
+        f"{'interrupted: ' if interrupted else ''}{plural(summary.files, 'file')}: {summary.real} real, "
+        f"{summary.fake} fake{flagged}, {plural(summary.errors, 'error')}, {summary.skipped} skipped "
+        f"in {summary.seconds:.1f}s ({rate:.1f} files/s)"
+    )
+    if not interrupted and summary.real + summary.fake + summary.errors == 0:
+        note("no images found" + (f" ({plural(summary.skipped, 'other file')} skipped)" if summary.files else ""))
 
 
 def ensure_standard_fds() -> bool:

@@ -12,7 +12,7 @@ s3://, gs://, file:// URIs) and numbers them. Ray Data then runs two actor pools
 Records are made by the local scan's own Judge, so each is identical to the local scan's.
 Either the driver takes rows back, restores listing order and writes them through the usual
 reporters (`scan`), or the embed actors write them as JSONL shards named by listing number and
-the driver only counts statuses (`scan_to_shards`). Ray provides the fault tolerance: actors
+the driver only counts statuses (`RayExecutor` with `shards`). Ray provides the fault tolerance: actors
 are restarted and their tasks retried. The scan cache is per machine and stays off under Ray.
 
 `--ray local` starts a private instance. Ray cannot bind its daemons to loopback only, so they
@@ -40,7 +40,7 @@ from .cache import CachedVerdict
 from .decode import DecodeFailure
 from .examine import ExamineConfig, Examined, Skipped
 from .judge import Judge
-from .records import Evidence, Result, Summary
+from .records import Evidence, Result
 from .sources import entries as list_entries
 from .walk import Entry
 
@@ -166,20 +166,16 @@ class EmbedStage:
 
 
 def _write_shards(folder: Path, seqs: list[int], records: list[Result]) -> None:
-    """One file per run of consecutive listing numbers, named by its first: the shards, in name
-    order, are the local scan's result lines. Written atomically, so a shard is whole or absent,
-    and a retried task rewrites the same names with the same content."""
-    from .fsutil import atomic_write_bytes
-    from .reporters import dumps
+    """One shard per run of consecutive listing numbers: the shards, in name order, are the
+    local scan's result lines."""
+    from .reporters import write_shard
 
     order = sorted(range(len(seqs)), key=seqs.__getitem__)
     run: list[int] = []
     for k, i in enumerate(order):
         run.append(i)
-        last = k == len(order) - 1 or seqs[order[k + 1]] != seqs[i] + 1
-        if last:
-            text = "".join(dumps(records[j].to_dict()) + "\n" for j in run)
-            atomic_write_bytes(folder / f"part-{seqs[run[0]]:012d}.jsonl", text.encode("utf-8"))
+        if k == len(order) - 1 or seqs[order[k + 1]] != seqs[i] + 1:
+            write_shard(folder, seqs[run[0]], [records[j] for j in run])
             run = []
 
 
@@ -370,68 +366,33 @@ def _rows(
     return iter(ds.iter_rows())
 
 
-def scan(
-    scanner: Scanner, arguments: Iterable[str | bytes], skip: Collection[str] = (), options: RayOptions = RayOptions()
-) -> Iterator[Result]:
-    """One Result per discovered file, in the local scan's order and with its exact content."""
-    listed = [e for e in list_entries(arguments, scanner.config.walk) if e.display not in skip]
-    rows = _rows(scanner, listed, options, shards=None)
-    waiting: dict[int, dict[str, Any]] = {}  # rows that arrived before their turn
-    for seq, entry in enumerate(listed):
-        while seq not in waiting:
-            row = next(rows)
-            waiting[int(row["seq"])] = row
-        row = waiting.pop(seq)
-        yield scanner.judge.record(entry.display, _outcome(json.loads(row["meta"]), row["scores"]))
+@dataclass(frozen=True)
+class Counted:
+    """A record a shard-writing worker made and wrote: the driver only counts it."""
+
+    status: str
+    combined: str | None
 
 
-def scan_to_shards(
-    scanner: Scanner, arguments: Iterable[str | bytes], folder: Path, options: RayOptions = RayOptions()
-) -> tuple[Summary, bool]:
-    """Write the records as shards in `folder` (header.json, part-*.jsonl, summary.json).
+class RayExecutor:
+    """The job's executor on Ray Data: rows come back and are put in listing order, or, with
+    `shards`, the workers write the records and only their statuses come back."""
 
-    A folder that already holds shards of the same header is continued: its files are kept and
-    only files not yet recorded are scanned. Returns the summary and whether it was interrupted.
-    """
-    import time
+    def __init__(self, scanner: Scanner, options: RayOptions, shards: Path | None = None) -> None:
+        self.scanner, self.options, self.shards = scanner, options, shards
 
-    from .fsutil import atomic_write_bytes
-    from .reporters import dumps
-    from .resume import ResumeError, ResumeState, check_compatible
-
-    started = time.perf_counter()
-    arguments = list(arguments)  # fingerprinted in the header, then listed
-    header = scanner.header().with_inputs(arguments).to_dict()  # as `scan` writes it: --resume's checks hold here too
-    summary = Summary.for_evidence(scanner.config.evidence)
-    done: set[str] = set()
-    if (folder / "header.json").is_file():
-        try:
-            previous = json.loads((folder / "header.json").read_text())
-        except ValueError:
-            raise ResumeError(f"{folder}/header.json is not JSON; not a codescan shard folder") from None
-        check_compatible(ResumeState(header=previous), header, str(folder))
-        for record in read_shards(folder):
-            done.add(record["path"])
-            summary.count(record["status"], record.get("combined"))
-    elif any(folder.glob("part-*.jsonl")):
-        raise ResumeError(f"{folder} holds shards but no header.json; not a codescan shard folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "header.json", (dumps(header) + "\n").encode())
-    listed = list(list_entries(arguments, scanner.config.walk))  # numbered before skipping: stable names
-    interrupted = False
-    try:
-        for row in _rows(scanner, listed, options, shards=folder, skip=done):
-            summary.count(row["status"], row["combined"])
-    except KeyboardInterrupt:
-        interrupted = True
-    summary.seconds = time.perf_counter() - started
-    closing = {**summary.to_dict(), **({"interrupted": True} if interrupted else {})}
-    atomic_write_bytes(folder / "summary.json", (dumps(closing) + "\n").encode())
-    return summary, interrupted
-
-
-def read_shards(folder: Path) -> Iterator[dict[str, Any]]:
-    """The result records of a shard folder, in listing order."""
-    for shard in sorted(folder.glob("part-*.jsonl")):
-        for line in shard.read_text(encoding="utf-8").splitlines():
-            yield json.loads(line)
+    def scan(self, arguments: Iterable[str | bytes], skip: Collection[str] = ()) -> Iterator[Result | Counted]:
+        if self.shards is not None:
+            listed = list(list_entries(arguments, self.scanner.config.walk))  # numbered before skipping: stable names
+            for row in _rows(self.scanner, listed, self.options, shards=self.shards, skip=skip):
+                yield Counted(row["status"], row["combined"])
+            return
+        listed = [e for e in list_entries(arguments, self.scanner.config.walk) if e.display not in skip]
+        rows = _rows(self.scanner, listed, self.options, shards=None)
+        waiting: dict[int, dict[str, Any]] = {}  # rows that arrived before their turn
+        for seq, entry in enumerate(listed):
+            while seq not in waiting:
+                row = next(rows)
+                waiting[int(row["seq"])] = row
+            row = waiting.pop(seq)
+            yield self.scanner.judge.record(entry.display, _outcome(json.loads(row["meta"]), row["scores"]))

@@ -18,9 +18,12 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any, Literal, Protocol
 
+from . import resume
 from .records import HEAD_NAMES, Header, Result, Summary
+from .resume import ResumeState
 from .textsafe import csv_cell, printable
 
 Format = Literal["jsonl", "json", "csv"]
@@ -105,24 +108,30 @@ class Sink:
 
 
 class Reporter(Protocol):
+    def previous(self) -> ResumeState | None: ...  # what the target already holds, to continue
     def header(self, header: Header) -> None: ...
     def result(self, result: Result) -> None: ...
     def summary(self, summary: Summary, interrupted: bool = False) -> None: ...
     def close(self, commit: bool = True) -> None: ...
 
 
-class JsonlReporter:
+class _Fresh:
+    """Reporters whose target starts empty: nothing to continue."""
+
+    def previous(self) -> ResumeState | None:
+        return None
+
+
+class JsonlReporter(_Fresh):
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self.write_header = True  # False when appending to a resumed file that has one
 
     def _line(self, obj: dict[str, Any]) -> None:
         self.sink.stream.write(dumps(obj) + "\n")
         self.sink.flush()
 
     def header(self, header: Header) -> None:
-        if self.write_header:
-            self._line(header.to_dict())
+        self._line(header.to_dict())
 
     def result(self, result: Result) -> None:
         self._line(result.to_dict())
@@ -134,7 +143,41 @@ class JsonlReporter:
         self.sink.close(commit)
 
 
-class JsonReporter:
+class ResumedJsonlReporter(JsonlReporter):
+    """`--resume FILE`: keeps the file's complete results and appends only what is new.
+
+    The file is opened at `header`, after the job checked that the old header matches: a torn
+    last line and the old summary are dropped (rewritten atomically), then lines are appended.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.state = resume.load(target)
+
+    def previous(self) -> ResumeState | None:
+        return self.state
+
+    def header(self, header: Header) -> None:
+        if self.state.header is None:
+            self.sink = Sink(self.target, atomic=False)
+            super().header(header)
+            return
+        self._rewrite()
+        self.sink = Sink(self.target, atomic=False, append=True)
+
+    def _rewrite(self) -> None:
+        """Atomically keep only the header and complete results, ready for appending."""
+        sink = Sink(self.target, atomic=True)  # through a symlink it rewrites the target; keeps the mode
+        try:
+            for obj in [self.state.header, *self.state.results]:
+                sink.stream.write(dumps(obj) + "\n")
+        except BaseException:
+            sink.close(commit=False)
+            raise
+        sink.close()
+
+
+class JsonReporter(_Fresh):
     """Holds records until the end: one JSON document, replaced atomically."""
 
     def __init__(self, sink: Sink) -> None:
@@ -156,7 +199,7 @@ class JsonReporter:
         self.sink.close(commit)
 
 
-class CsvReporter:
+class CsvReporter(_Fresh):
     """Fixed columns, then per-head columns (--head all), then the evidence columns (unless --evidence none)."""
 
     def __init__(self, sink: Sink, heads: list[str] | None = None, evidence: bool = False) -> None:
@@ -196,16 +239,71 @@ def _text_cell(text: str) -> str:
     return csv_cell(printable(escape_surrogates(text)))
 
 
+class ShardsReporter:
+    """`--shards DIR`: header.json and summary.json here; the workers write the part files
+    (``write_shard``), each record exactly as JSONL writes it. A folder that holds shards of the
+    same header is continued."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def previous(self) -> ResumeState | None:
+        head = self.folder / "header.json"
+        if not head.is_file():
+            if any(self.folder.glob("part-*.jsonl")):
+                raise resume.ResumeError(f"{self.folder} holds shards but no header.json; not a codescan shard folder")
+            return None
+        try:
+            header = json.loads(head.read_text())
+        except ValueError:
+            raise resume.ResumeError(f"{head} is not JSON; not a codescan shard folder") from None
+        return ResumeState(header=header, results=list(read_shards(self.folder)))
+
+    def header(self, header: Header) -> None:
+        from .fsutil import atomic_write_bytes
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.folder / "header.json", (dumps(header.to_dict()) + "\n").encode())
+
+    def result(self, result: Result) -> None:
+        pass  # written by the worker that made it
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        from .fsutil import atomic_write_bytes
+
+        closing = {**summary.to_dict(), **({"interrupted": True} if interrupted else {})}
+        atomic_write_bytes(self.folder / "summary.json", (dumps(closing) + "\n").encode())
+
+    def close(self, commit: bool = True) -> None:
+        pass
+
+
+def write_shard(folder: Path, first: int, records: list[Result]) -> None:
+    """One part file, named by the listing number of its first record, written atomically (a
+    shard is whole or absent, and a retried task rewrites the same name with the same content)."""
+    from .fsutil import atomic_write_bytes
+
+    text = "".join(dumps(r.to_dict()) + "\n" for r in records)
+    atomic_write_bytes(folder / f"part-{first:012d}.jsonl", text.encode("utf-8"))
+
+
+def read_shards(folder: Path) -> Iterator[dict[str, Any]]:
+    """The result records of a shard folder, in listing order."""
+    for shard in sorted(folder.glob("part-*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            yield json.loads(line)
+
+
 def make_reporter(
-    fmt: Format, target: str | None, heads: list[str] | None = None, append: bool = False, evidence: bool = False
+    fmt: Format, target: str | None, heads: list[str] | None = None, evidence: bool = False, resuming: bool = False
 ) -> Reporter:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
-    sink = Sink(target, atomic=(fmt == "json"), append=append)
+    if resuming:
+        return ResumedJsonlReporter(target)  # type: ignore[arg-type]
+    sink = Sink(target, atomic=(fmt == "json"))
     if fmt == "jsonl":
-        reporter = JsonlReporter(sink)
-        reporter.write_header = not append
-        return reporter
+        return JsonlReporter(sink)
     if fmt == "json":
         return JsonReporter(sink)
     return CsvReporter(sink, heads, evidence)

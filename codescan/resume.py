@@ -79,17 +79,3 @@ def check_compatible(state: ResumeState, header: dict[str, Any], path: str) -> N
                 f"{path} was written with a different {key} ({state.header.get(key)!r} vs {header.get(key)!r}); "
                 "resume with the same options or start a new file"
             )
-
-
-def rewrite(path: str, state: ResumeState) -> None:
-    """Atomically keep only the header and complete results, ready for appending."""
-    from .reporters import Sink, dumps
-
-    sink = Sink(path, atomic=True)  # through a symlink it rewrites the target; keeps the mode
-    try:
-        for obj in ([state.header] if state.header else []) + state.results:
-            sink.stream.write(dumps(obj) + "\n")
-    except BaseException:
-        sink.close(commit=False)
-        raise
-    sink.close()

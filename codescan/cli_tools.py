@@ -1,0 +1,258 @@
+"""The commands besides `scan`: gate, compile, eval, train and `weights …`.
+
+Each only parses its options and calls the library; `register` attaches them to the CLI app.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from codescan.engines.protocol import EngineName, Precision
+
+from . import messages
+from .cli_options import EXIT_INTERRUPTED, UsageError, err_console
+from .records import HeadChoice
+
+
+def gate(
+    data: Annotated[list[str], typer.Argument(help="Folders or files of labelled-or-not images to measure on.")],
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
+) -> None:
+    """Measure reduced precisions (int8, bf16; fp16 on a GPU) against fp32; `--precision auto` uses those that pass."""
+    import json
+
+    import numpy as np
+
+    from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, run_gate
+
+    from .examine import ExamineConfig, Examined
+    from .walk import walk
+    from .weights import load_bundle
+    from .workers import DecodePool
+
+    bundle = load_bundle(weights)
+    pool = DecodePool(workers=os.cpu_count() or 1, config=ExamineConfig(evidence="none"), timeout=20.0, window=64)
+    crops = [o.decoded.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Examined) and o.decoded]
+    if not crops:
+        raise UsageError("no decodable images under the given paths")
+    results = run_gate(bundle, np.stack(crops))
+    err = err_console()
+    err.print(f"gate: cosine ≥ {MIN_COSINE}, verdict agreement ≥ {MIN_AGREEMENT:.1%} per head, {len(crops)} images")
+    for r in results:
+        agree = ", ".join(f"{h} {v:.2%}" for h, v in r.agreement.items())
+        err.print(f"  {r.engine}:{r.precision}: cosine min {r.cosine_min:.6f}, {agree} -> {'PASS' if r.passed else 'fail'}")
+    print(json.dumps([r.__dict__ for r in results], indent=2))
+
+
+def compile_command(
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
+    precision: Annotated[str, typer.Option(help="fp16 | fp32: the ONNX graph's types (strongly typed build).")] = "fp16",
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, max=4096, help="Largest batch the engine takes (profile: min 1, opt = max = N).")
+    ] = 64,
+) -> None:
+    """Build the TensorRT engine for this GPU from the bundle (once; cached beside the bundle)."""
+    from codescan.engines.tensorrt_engine import (
+        TRT_PRECISIONS,
+        compile_engine,
+        import_tensorrt,
+    )
+
+    from .weights import load_bundle
+
+    if precision not in TRT_PRECISIONS:
+        raise UsageError(f"--precision: choose from {', '.join(TRT_PRECISIONS)}")
+    import_tensorrt()  # fails first, in one line, where TensorRT is not installed
+    bundle = load_bundle(weights)
+    info = compile_engine(bundle, precision, max_batch)
+    key = info.key
+    err_console().print(
+        f"{'built' if info.built else 'already cached'}: TensorRT {key['tensorrt']} {precision} engine for "
+        f"{key['gpu']} (sm {key['compute_capability']}), batch 1..{max_batch}",
+        markup=False,
+    )
+    print(info.path)
+
+
+def eval_command(
+    data: Annotated[
+        Path,
+        typer.Option(help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]).", show_default=False),
+    ],
+    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
+    head: Annotated[HeadChoice, typer.Option(help="Head to measure; all = every head in the bundle.")] = "all",
+    crops: Annotated[
+        Literal[1, 5], typer.Option(help="1: the central 224×224, as scan judges; 5: centre + four corners, score = max.")
+    ] = 1,
+    engine: Annotated[EngineName, typer.Option(envvar="CODESCAN_ENGINE", help="auto: GPU if usable, else CPU.")] = "auto",
+    precision: Annotated[Precision, typer.Option(envvar="CODESCAN_PRECISION", help="auto: fp32 unless a gate passed; fp32 = the reference.")] = "auto",
+    batch_size: Annotated[
+        Optional[int], typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096, help="Images per engine call (default 32).")
+    ] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option(help="Also draw ROC curves per generator into this PNG (needs matplotlib: the plot extra).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or tables.")] = False,
+) -> None:
+    """Measure a bundle on labelled images, overall and per generator: tables on stderr, JSON on stdout."""
+    import json
+
+    from codescan.train.eval_console import progress_bar, render
+    from codescan.train.evaluate import EvalConfig, build_report, score_samples
+
+    if plot is not None:
+        from codescan.train.roc_plot import MISSING, available, plot_roc
+
+        if not available():
+            raise UsageError(MISSING)
+        if not plot.parent.is_dir():
+            raise UsageError(f"--plot: folder {plot.parent} does not exist")
+    config = EvalConfig(
+        data=data, weights=weights, head=head, crops=crops, engine=engine, precision=precision, batch_size=batch_size
+    )
+    err = err_console()
+    with progress_bar(err, quiet) as progress:
+        task = progress.add_task("embedding", total=None)
+        scored = score_samples(config, lambda done, total: progress.update(task, completed=done, total=total))
+    report = build_report(scored)
+    if not quiet:
+        render(report, err)
+    if plot is not None:
+        plot_roc(scored, plot)
+    print(json.dumps(report.to_dict(), indent=2))
+
+
+def weights_pull(
+    name: Annotated[str, typer.Option(help="Bundle name to install as.")] = "code",
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit); re-pins.")] = None,
+    repo: Annotated[str, typer.Option(help="Hub repository.")] = "aimagelab/CoDE",
+) -> None:
+    """Download aimagelab/CoDE from the Hugging Face hub and install it (pinned by commit + sha256)."""
+    from .weights import pull
+
+    bundle = pull(name=name, repo=repo, revision=revision)
+    messages.info(f"installed {bundle.name} ({repo}@{bundle.revision}) at {bundle.path}")
+
+
+def weights_import(
+    directory: Annotated[Path, typer.Argument(help="A downloaded aimagelab/CoDE folder.", show_default=False)],
+    name: Annotated[str, typer.Option(help="Bundle name to install as.")] = "code",
+) -> None:
+    """Convert a folder in the official layout into a bundle (heads read without executing pickles)."""
+    from .weights import import_official
+
+    bundle = import_official(directory, name=name)
+    messages.info(f"installed {bundle.name} from {directory} at {bundle.path}")
+
+
+def weights_list() -> None:
+    """Installed bundles: a heading line, then one tab-separated line per bundle."""
+    from .weights import list_bundles, weights_dir
+
+    bundles = list_bundles()
+    if not bundles:
+        messages.note(f"no bundles in {weights_dir()}; run `codescan weights pull` or `codescan weights import DIR`")
+        return
+    print("name\tdigest\trevision\tlicense")
+    for b in bundles:
+        print(f"{b.name}\t{b.digest[:16]}\t{b.revision or '-'}\t{b.meta.get('license', '?')}")
+
+
+def weights_info(
+    name: Annotated[str, typer.Argument(help="Bundle name.")] = "code",
+) -> None:
+    """Everything bundle.json records, after re-verifying every file's sha256."""
+    import json
+
+    from .weights import load_bundle
+
+    bundle = load_bundle(name, verify=True)
+    print(json.dumps({"name": bundle.name, "path": str(bundle.path), "digest": bundle.digest, **bundle.meta}, indent=2))
+
+
+def train_command(
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            envvar="CODESCAN_TRAIN_DATA",
+            help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]). "
+            "With --resume: the checkpoint's.",
+            show_default=False,
+        ),
+    ] = None,
+    init: Annotated[
+        Optional[str], typer.Option(envvar="CODESCAN_TRAIN_INIT", help="scratch, or an installed bundle to start from. Default: scratch.")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(envvar="CODESCAN_TRAIN_EPOCHS", min=1, help="Default: 10.")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(envvar="CODESCAN_TRAIN_BATCH_SIZE", min=4, help="Images per step, half real, half fake; even. Default: 32."),
+    ] = None,
+    steps_per_epoch: Annotated[
+        Optional[int],
+        typer.Option(envvar="CODESCAN_TRAIN_STEPS_PER_EPOCH", min=1, help="Default: training images / batch size, rounded up."),
+    ] = None,
+    views: Annotated[
+        Optional[Literal[3, 4]],
+        typer.Option(
+            envvar="CODESCAN_TRAIN_VIEWS",
+            help="Views per image: 4 = clean, augmented, global, local; 3 = the global view is also the augmented one "
+            "(25% less compute). Default: 4.",
+        ),
+    ] = None,
+    lr: Annotated[Optional[float], typer.Option(envvar="CODESCAN_TRAIN_LR", min=0.0, help="Peak AdamW learning rate. Default: 0.002.")] = None,
+    seed: Annotated[Optional[int], typer.Option(envvar="CODESCAN_TRAIN_SEED", help="Default: 0.")] = None,
+    val_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            envvar="CODESCAN_TRAIN_VAL_FRACTION", min=0.0, max=0.99, help="Held out by file hash to pick thresholds. Default: 0.1."
+        ),
+    ] = None,
+    device: Annotated[
+        Optional[Literal["auto", "cpu", "cuda"]],
+        typer.Option(envvar="CODESCAN_TRAIN_DEVICE", help="auto: CUDA if usable, else CPU. Default: auto."),
+    ] = None,
+    out: Annotated[
+        str, typer.Option(envvar="CODESCAN_TRAIN_OUT", help="Bundle to install the result as; also names the work folder.")
+    ] = "trained",
+    resume: Annotated[bool, typer.Option(help="Continue the run checkpointed under --out, with its settings.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or summary.")] = False,
+) -> None:
+    """Train a CoDE encoder and its heads on labelled images; install them as a bundle for scan."""
+    import importlib.util
+    import json
+
+    missing = [m for m in ("torch", "timm", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"codescan train needs {', '.join(missing)}: pip install 'codescan[train]'")
+    from codescan.train.console import TrainConsole
+    from codescan.train.run import requested_config, train_bundle
+
+    options = {
+        "data": str(data.resolve()) if data is not None else None, "init": init, "epochs": epochs, "batch_size": batch_size,
+        "steps_per_epoch": steps_per_epoch, "views": views, "lr": lr, "seed": seed, "val_fraction": val_fraction, "device": device,
+    }
+    config = requested_config(out, {k: v for k, v in options.items() if v is not None}, resume)
+    with TrainConsole(quiet) as console:
+        try:
+            result = train_bundle(config, resume=resume, on_event=console)
+        except KeyboardInterrupt:
+            console.interrupted(out)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    console.finished(result)
+    print(json.dumps(result.summary(), indent=2))
+
+
+def register(app: typer.Typer, weights_app: typer.Typer) -> None:
+    app.command()(gate)
+    app.command("compile")(compile_command)
+    app.command("eval")(eval_command)
+    weights_app.command("pull")(weights_pull)
+    weights_app.command("import")(weights_import)
+    weights_app.command("list")(weights_list)
+    weights_app.command("info")(weights_info)
+    app.command("train")(train_command)
