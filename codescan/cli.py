@@ -132,65 +132,65 @@ def scan(
         limits=DecodeLimits(max_filesize=max_filesize, max_pixels=max_pixels),
         walk=WalkOptions(excludes=tuple(exclude or ()), follow_symlinks=follow_symlinks),
         evidence=evidence,  # type: ignore[arg-type]
-        cache=None if no_cache or ray else (cache or str(default_path())),
+        cache=None if no_cache else (cache or str(default_path())),
         **({"decode_workers": workers} if workers else {}),
     )
-    scanner = _open_scanner(weights, engine, precision, config, quiet)
-    heads = list(scanner.judge.judged) if head == "all" else None
+    plan = _plan(weights, engine, precision, config, ray is not None, quiet)
     reporter = (
         ShardsReporter(Path(shards))
         if shards is not None
-        else make_reporter(fmt, output, heads, evidence=evidence != "none", resuming=resume is not None)  # type: ignore[arg-type]
+        else make_reporter(fmt, output, plan.shown_heads, evidence=evidence != "none", resuming=resume is not None)  # type: ignore[arg-type]
     )
-    outcome = _run_job(scanner, reporter, arguments, quiet, ray, ray_workers, batch_size, target=resume or shards or "")
+    executor = _local(plan) if ray is None else _ray(plan, ray, ray_workers, shards)
+    outcome = _run_job(executor, plan, reporter, arguments, quiet, target=resume or shards or "")
     if not quiet:
         messages.summary(outcome.summary, outcome.scanned, outcome.interrupted)
     raise typer.Exit(outcome.exit_code)
 
 
-def _executor(scanner, ray: str | None, workers: int | None, batch: int | None, shards: str | None):
-    """The local pipeline (the Scanner itself), or Ray Data."""
-    if ray is None:
-        return scanner
+def _plan(weights: str, engine: str, precision: str, config, distributed: bool, quiet: bool):
+    from .plan import ScanPlan
+    from .weights import ensure_default
+
+    ensure_default(weights, messages.note)
+    if quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return ScanPlan.resolve(weights, engine, precision, config, distributed=distributed)
+
+
+def _local(plan):
+    from .pipeline import Scanner
+
+    return Scanner(plan=plan, warn=messages.warn)
+
+
+def _ray(plan, address: str, workers: int | None, shards: str | None):
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
         raise UsageError("--ray needs the ray extra: pip install 'codescan[ray]'")
     from .ray_scan import RayExecutor, RayOptions
 
-    options = RayOptions(address=ray, workers=workers, **({"batch_size": batch} if batch else {}))
-    return RayExecutor(scanner, options, None if shards is None else Path(shards))
+    return RayExecutor(plan, RayOptions(address=address, workers=workers), None if shards is None else Path(shards))
 
 
-def _run_job(scanner, reporter, arguments: list, quiet: bool, ray: str | None, ray_workers: int | None,
-             batch: int | None, target: str):
+def _run_job(executor, plan, reporter, arguments: list, quiet: bool, target: str) -> job.JobResult:
     from .progress import ScanProgress
     from .sources import entries
 
-    shards = target if isinstance(reporter, ShardsReporter) else None
-    executor = _executor(scanner, ray, ray_workers, batch, shards)
+    header = executor.header().with_inputs(arguments)  # resolves the engine where it will run
     progress = ScanProgress(quiet)
     with progress:
         return job.run(
             executor,
             reporter,
-            scanner.header().with_inputs(arguments),
+            header,
             arguments,
-            Summary.for_evidence(scanner.config.evidence),
-            on_start=lambda done: progress.count_in_background(lambda: entries(arguments, scanner.config.walk), done),
+            Summary.for_evidence(plan.config.evidence),
+            on_start=lambda done: progress.count_in_background(lambda: entries(arguments, plan.config.walk), done),
             on_result=progress.advance,
             target=target,
         )
-
-
-def _open_scanner(weights: str, engine: str, precision: str, config, quiet: bool):
-    from .pipeline import Scanner
-    from .weights import ensure_default
-
-    ensure_default(weights, messages.note)
-    if quiet:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return Scanner(weights=weights, engine=engine, precision=precision, config=config, warn=messages.warn)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -28,7 +28,10 @@ class Tally(Protocol):
 
 
 class Executor(Protocol):
-    """`Scanner` (the local pipeline) and the Ray executors (codescan.ray_scan)."""
+    """`Scanner` (the local pipeline) and `RayExecutor` (codescan.ray_scan). `header` resolves
+    the engine where it will run (here, or on a Ray worker)."""
+
+    def header(self) -> Header: ...
 
     def scan(self, arguments: list[str | bytes], skip: Collection[str]) -> Iterator[Tally]: ...
 

@@ -12,6 +12,7 @@ from .decode import DecodeFailure
 from .examine import Examined, Outcome
 from .records import (
     HEAD_NAMES,
+    Evidence,
     HeadName,
     HeadVerdict,
     Result,
@@ -35,16 +36,24 @@ class Judge:
             if scores is None:
                 assert outcome.cached is not None, "an image record needs its scores"
                 scores = outcome.cached.scores
-            return self._verdict(display, outcome, scores)
+            return self.image(display, outcome.sha256.hex(), outcome.evidence, outcome.size_box_format, scores)
         if isinstance(outcome, DecodeFailure):
             return error_result(display, outcome.code, outcome.message, outcome.sha256, outcome.evidence)
         return skipped_result(display)
 
-    def _verdict(self, display: str, o: Examined, scores: Scores) -> Result:
+    def image(
+        self,
+        display: str,
+        sha256: str,
+        evidence: tuple[Evidence, ...] | None,
+        size_box_format: tuple[int, int, tuple[int, int, int, int], str],
+        scores: Scores,
+    ) -> Result:
+        """A judged image's record from its facts (local outcomes and Ray's typed rows alike)."""
         per_head = {n: self._head(n, scores[n]) for n in self.judged}
         primary = self.judged[0]
         main = per_head[primary]
-        width, height, box, fmt = o.size_box_format
+        width, height, box, fmt = size_box_format
         return Result(
             path=display,
             status=main.status,
@@ -56,8 +65,8 @@ class Judge:
             format=fmt,
             crop=box,
             heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.show_all else None,
-            sha256=o.sha256.hex(),
-            evidence=o.evidence,
+            sha256=sha256,
+            evidence=evidence,
         )
 
     def _head(self, name: HeadName, score: float) -> HeadVerdict:

@@ -11,6 +11,7 @@ waits for that image's batch.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -19,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__
 from .cache import CachedVerdict, CacheError, CacheSpec, CacheWriter
 from .decode import DecodeLimits
 from .examine import ExamineConfig, Examined, Outcome
 from .heads import HeadSet
-from .judge import Judge, Scores
+from .judge import Scores
+from .plan import ScanPlan
 from .preprocess import PREPROCESS_VERSION
 from .records import (
     EvidenceLevel,
@@ -38,7 +39,7 @@ from .walk import Entry, WalkOptions
 from .workers import DecodePool
 
 if TYPE_CHECKING:
-    from codescan.engines.protocol import AsyncEngine
+    from codescan.engines.protocol import AsyncEngine, Engine
 
 
 @dataclass(frozen=True)
@@ -71,49 +72,31 @@ class Scanner:
         precision: str = "auto",
         config: ScanConfig = ScanConfig(),
         warn: Callable[[str], None] = _ignore,
+        plan: ScanPlan | None = None,
     ) -> None:
-        from codescan.engines.registry import create_engine
-
-        from .weights import load_bundle
-
-        if config.evidence == "all":
-            from .provenance import require_watermark
-
-            require_watermark()  # fail now, with the install hint, not in every worker
-        self.config = config
+        """`plan`: already resolved (the CLI's); otherwise resolved here from the other arguments."""
+        self.plan = plan or ScanPlan.resolve(weights, engine, precision, config)
+        self.config = self.plan.config
         self.warn = warn
-        self.bundle = load_bundle(weights)
+        self.bundle = self.plan.bundle
         self.heads: HeadSet = self.bundle.head_set()
-        judged = self.heads.select(config.head, weights)
-        for name in config.thresholds:
-            if name not in self.heads.names():
-                raise ValueError(f"--threshold for {name!r}, but the bundle has no such head")
-        self.judge = Judge(
-            judged=tuple(judged),
-            thresholds={n: config.thresholds.get(n, self.heads.threshold(n)) for n in judged},
-            show_all=config.head == "all",
-        )
-        self.engine = create_engine(self.bundle, engine, precision)  # type: ignore[arg-type]
+        self.judge = self.plan.judge
         self._writer: CacheWriter | None = None
         self._known: OrderedDict[bytes, Scores] = OrderedDict()
 
+    @functools.cached_property
+    def engine(self) -> Engine:
+        """Built at first use (the header asks first), here, where the local scan runs."""
+        from codescan.engines.registry import create_engine
+
+        return create_engine(self.bundle, self.plan.engine, self.plan.precision)
+
     @property
     def batch_size(self) -> int:
-        if self.config.batch_size:
-            return self.config.batch_size
-        return 64 if self.engine.device.startswith("cuda") else 8
+        return self.plan.batch_size(self.engine.device)
 
     def header(self) -> Header:
-        return Header(
-            codescan=__version__,
-            weights={"name": self.bundle.name, "sha256": self.bundle.digest, "revision": self.bundle.revision},
-            engine=self.engine.name,
-            device=self.engine.device,
-            precision=self.engine.precision,
-            head=self.config.head,
-            thresholds=dict(self.judge.thresholds),
-            evidence=self.config.evidence,
-        )
+        return self.plan.header(self.engine.name, self.engine.device, self.engine.precision)
 
     def cache_spec(self) -> CacheSpec | None:
         """Everything that can change a score is in the model key; evidence has its own."""

@@ -24,7 +24,7 @@ a cluster (`auto`, an address) changes nothing there: securing it is the cluster
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import secrets
 import stat
@@ -36,18 +36,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cache import CachedVerdict
 from .decode import DecodeFailure
 from .examine import ExamineConfig, Examined, Skipped
 from .judge import Judge
-from .records import Evidence, Result
+from .records import Evidence, Header, Result, error_result, skipped_result
 from .sources import entries as list_entries
 from .walk import Entry
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .pipeline import Scanner
+    from .plan import ScanPlan
 
 CROP_SHAPE = (224, 224, 3)
 TOKEN_AUTH_RAY = (2, 52)  # the first Ray with token authentication
@@ -62,7 +61,7 @@ class RayOptions:
     address: str = "local"  # "local": a private instance on this machine; "auto" or host:port / ray://…
     workers: int | None = None  # decode actors; default: the cluster's CPUs (local: the CPUs Ray may use)
     embedders: int | None = None  # embed actors; default: one per GPU, else one per decode actor
-    batch_size: int = 64
+    batch_size: int | None = None  # None: the plan's batch size for the resolved device
 
 
 class DecodeStage:
@@ -74,39 +73,23 @@ class DecodeStage:
         self.pool = DecodePool(workers=1, config=config, timeout=timeout, window=8)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        import pyarrow as pa
-
         items = [
             Entry(os.fsdecode(bytes(p)), bytes(p), (code, message) if code else None, bool(u))
             for p, u, code, message in zip(batch["path"], batch["uri"], batch["error_code"], batch["error"])
         ]  # display is the absolute path here; records use the "display" column
-        crops: list[bytes | None] = []
-        metas: list[str] = []
+        import pyarrow as pa
+
+        schema = _decoded_schema()
+        columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+        columns["seq"] = [int(x) for x in batch["seq"]]
+        columns["display"] = [bytes(d) for d in batch["display"]]
         for _, o in self.pool.outcomes(iter(items)):
-            crop = None
-            if isinstance(o, Examined):
-                assert o.decoded is not None  # no cache under Ray
-                crop = o.decoded.crop.tobytes()  # (224, 224, 3) uint8
-                w, h, box, fmt = o.size_box_format
-                meta = {"kind": "image", "width": w, "height": h, "box": box, "format": fmt}
-                meta |= {"sha256": o.sha256.hex(), "evidence": _evidence_json(o.evidence)}
-            elif isinstance(o, DecodeFailure):
-                meta = {"kind": "failure", "code": o.code, "message": o.message, "sha256": o.sha256}
-                meta["evidence"] = _evidence_json(o.evidence)
-            else:
-                meta = {"kind": "skipped"}
-            crops.append(crop)
-            metas.append(json.dumps(meta))
-        # An Arrow table, not a dict of numpy arrays: Ray's guessing would turn equal-length
-        # byte strings into tensors.
-        return pa.table(
-            {
-                "seq": pa.array(batch["seq"], pa.int64()),
-                "display": pa.array([bytes(d) for d in batch["display"]], pa.binary()),
-                "crop": pa.array(crops, pa.binary()),
-                "meta": pa.array(metas, pa.string()),
-            }
-        )
+            row = _decoded_row(o)
+            for name in schema.names[2:]:
+                columns[name].append(row.get(name))
+        # An Arrow table with a fixed schema, not a dict of numpy arrays: Ray's guessing would
+        # turn equal-length byte strings into tensors.
+        return pa.Table.from_pydict(columns, schema=schema)
 
 
 class EmbedStage:
@@ -140,21 +123,21 @@ class EmbedStage:
 
         crops = batch["crop"].to_pylist()
         idx = [i for i, c in enumerate(crops) if c is not None]
-        scores: list[str | None] = [None] * len(crops)
+        scores: dict[str, list[float | None]] = {name: [None] * len(crops) for name in self.heads.names()}
         if idx:
             stacked = np.stack([np.frombuffer(crops[i], np.uint8).reshape(CROP_SHAPE) for i in idx])
             emb = self.engine.embed(stacked)  # (B, 224, 224, 3) uint8 -> (B, D)
             for i, per_file in zip(idx, self.heads.scores(emb)):
-                scores[i] = json.dumps(per_file)
+                for name, value in per_file.items():
+                    scores[name][i] = value
+        scored = batch.drop_columns(["crop"])
+        for name, values in scores.items():
+            scored = scored.append_column(f"score_{name}", pa.array(values, pa.float64()))
         if self.shards is None:
-            return pa.table({"seq": batch["seq"], "meta": batch["meta"], "scores": pa.array(scores, pa.string())})
-        seqs = batch["seq"].to_pylist()
-        displays = batch["display"].to_pylist()
-        metas = batch["meta"].to_pylist()
-        records = [
-            self.judge.record(os.fsdecode(display), _outcome(json.loads(meta), score))
-            for display, meta, score in zip(displays, metas, scores)
-        ]
+            return scored
+        rows = scored.to_pylist()
+        records = [record(self.judge, row) for row in rows]
+        seqs = [row["seq"] for row in rows]
         _write_shards(Path(self.shards), seqs, records)
         return pa.table(
             {
@@ -179,20 +162,54 @@ def _write_shards(folder: Path, seqs: list[int], records: list[Result]) -> None:
             run = []
 
 
-def _evidence_json(evidence: tuple[Evidence, ...] | None) -> list[dict] | None:
-    return None if evidence is None else [e.to_dict() for e in evidence]
+@functools.cache
+def _decoded_schema() -> pa.Schema:
+    """The decode stage's typed columns (pyarrow is imported only under Ray)."""
+    import pyarrow as pa
+
+    evidence = pa.struct(
+        [("kind", pa.string()), ("detail", pa.string()), ("generator", pa.string()),
+         ("conclusive", pa.bool_()), ("valid", pa.bool_())]
+    )
+    return pa.schema(
+        [("seq", pa.int64()), ("display", pa.binary()), ("crop", pa.binary()), ("kind", pa.string()),
+         ("width", pa.int64()), ("height", pa.int64()), ("box", pa.list_(pa.int64())), ("format", pa.string()),
+         ("sha256", pa.string()), ("code", pa.string()), ("message", pa.string()), ("evidence", pa.list_(evidence)),
+         ("has_evidence", pa.bool_())]
+    )
 
 
-def _outcome(meta: dict[str, Any], scores: str | None) -> Examined | DecodeFailure | Skipped:
-    """A row back as the outcome a local scan would have had, its scores as if from the cache."""
-    evidence = None if meta.get("evidence") is None else tuple(Evidence.from_dict(d) for d in meta["evidence"])
-    if meta["kind"] == "image":
-        assert scores is not None
-        verdict = CachedVerdict(meta["width"], meta["height"], meta["format"], tuple(meta["box"]), json.loads(scores))
-        return Examined(bytes.fromhex(meta["sha256"]), evidence, False, cached=verdict)
-    if meta["kind"] == "failure":
-        return DecodeFailure(meta["code"], meta["message"], meta["sha256"], evidence)
-    return Skipped()
+def _decoded_row(o: Examined | DecodeFailure | Skipped) -> dict[str, Any]:
+    """One decode outcome as typed columns (the crop as raw bytes); the driver rebuilds the
+    record from them with the Judge, exactly as the local scan makes it."""
+    evidence = getattr(o, "evidence", None)
+    row: dict[str, Any] = {
+        "evidence": None if evidence is None else [e.to_dict() for e in evidence],
+        "has_evidence": evidence is not None,
+    }
+    if isinstance(o, Examined):
+        assert o.decoded is not None  # no cache under Ray
+        width, height, box, fmt = o.size_box_format
+        row |= {"kind": "image", "crop": o.decoded.crop.tobytes(), "width": width, "height": height,
+                "box": list(box), "format": fmt, "sha256": o.sha256.hex()}
+    elif isinstance(o, DecodeFailure):
+        row |= {"kind": "failure", "code": o.code, "message": o.message, "sha256": o.sha256}
+    else:
+        row["kind"] = "skipped"
+    return row
+
+
+def record(judge: Judge, row: dict[str, Any]) -> Result:
+    """A typed row back into its record: the same Judge and record makers as the local scan."""
+    display = os.fsdecode(row["display"])
+    evidence = tuple(Evidence.from_dict(d) for d in row["evidence"] or ()) if row["has_evidence"] else None
+    if row["kind"] == "image":
+        scores = {k[len("score_"):]: v for k, v in row.items() if k.startswith("score_")}
+        box = tuple(row["box"])
+        return judge.image(display, row["sha256"], evidence, (row["width"], row["height"], box, row["format"]), scores)
+    if row["kind"] == "failure":
+        return error_result(display, row["code"], row["message"], row["sha256"], evidence)
+    return skipped_result(display)
 
 
 def connect(options: RayOptions, num_cpus: int | None = None) -> None:
@@ -300,14 +317,15 @@ def _holds_private_token(path: Path) -> bool:
 
 
 def _rows(
-    scanner: Scanner, listed: list[Entry], options: RayOptions, shards: Path | None, skip: Collection[str] = ()
+    plan: ScanPlan, resolved: Resolved, listed: list[Entry], options: RayOptions, shards: Path | None,
+    skip: Collection[str] = (),
 ) -> Iterator[dict[str, Any]]:
     """The pipeline's output rows, in no particular order; `listed` numbers the files."""
     import ray
 
     from .weights import store_root
 
-    cfg = scanner.config
+    cfg = plan.config
     todo = [
         {
             "seq": i,
@@ -322,27 +340,26 @@ def _rows(
     ]
     if not todo:
         return iter(())
-    connect(options, num_cpus=options.workers)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
-    on_gpu = scanner.engine.device.startswith("cuda")
     workers = options.workers or cpus
-    embedders = options.embedders or (gpus if on_gpu and gpus else workers)
+    embedders = options.embedders or (gpus if resolved.on_gpu else workers)
     # CPU share per actor: decode and embed actors together fill the CPUs Ray reports.
-    share = min(1.0, cpus / (workers + (0 if on_gpu else embedders)))
+    share = min(1.0, cpus / (workers + (0 if resolved.on_gpu else embedders)))
+    batch = options.batch_size or plan.batch_size(resolved.device)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # stderr belongs to codescan's own progress
 
-    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // options.batch_size, 4096)))
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // batch, 4096)))
     ds = ds.map_batches(
         DecodeStage,
         fn_constructor_kwargs={
-            "config": ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=None),
+            "config": ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=cfg.cache),
             "timeout": cfg.decode_timeout,
         },
-        batch_size=options.batch_size,
+        batch_size=batch,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=share,
     )
@@ -350,20 +367,69 @@ def _rows(
         EmbedStage,
         fn_constructor_kwargs={
             "home": str(store_root()),
-            "weights": scanner.bundle.name,
-            "engine": scanner.engine.name,
-            "precision": scanner.engine.precision,
-            "threads": None if on_gpu else max(1, int(share)),
-            "judge": scanner.judge,
+            "weights": plan.bundle.name,
+            "engine": resolved.engine,
+            "precision": resolved.precision,
+            "threads": None if resolved.on_gpu else max(1, int(share)),
+            "judge": plan.judge,
             "shards": None if shards is None else str(shards.absolute()),
         },
-        batch_size=options.batch_size,
+        batch_size=batch,
         compute=ray.data.ActorPoolStrategy(size=embedders),
         batch_format="pyarrow",
         num_cpus=share,
-        num_gpus=1 if on_gpu and gpus else 0,
+        num_gpus=1 if resolved.on_gpu else 0,
     )
     return iter(ds.iter_rows())
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The engine the workers will run, resolved where it will run."""
+
+    engine: str
+    precision: str
+    device: str
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def _probe(home: str, weights: str, engine: str, precision: str) -> Resolved:
+    """Runs on a GPU worker: what `auto` (or the engine asked for) resolves to there."""
+    os.environ["CODESCAN_HOME"] = home
+    from codescan.engines.registry import choose
+    from codescan.engines.specs import spec
+
+    from .weights import load_bundle
+
+    name, prec = choose(load_bundle(weights), engine, precision)
+    if not spec(name).gpu:
+        return Resolved(name, prec, "cpu")
+    import torch
+
+    return Resolved(name, prec, f"cuda:{torch.cuda.current_device()}")
+
+
+def resolve_engine(plan: ScanPlan, options: RayOptions) -> Resolved:
+    """Decided by the cluster, never by the driver's own hardware: a CPU-only head node (the
+    usual cluster) asks a GPU worker what the engine resolves to there; without GPUs in the
+    cluster the CPU engines are chosen here. Nothing is built on the driver."""
+    import ray
+
+    from codescan.engines.registry import choose
+    from codescan.engines.specs import spec
+
+    from .weights import store_root
+
+    connect(options, num_cpus=options.workers)
+    wants_gpu = plan.engine == "auto" or spec(plan.engine).gpu
+    if wants_gpu and int(ray.cluster_resources().get("GPU", 0)) > 0:
+        probe = ray.remote(num_gpus=1, num_cpus=0)(_probe)
+        return ray.get(probe.remote(str(store_root()), plan.bundle.name, plan.engine, plan.precision))
+    name, prec = choose(plan.bundle, plan.engine, plan.precision)
+    return Resolved(name, prec, "cpu")
 
 
 @dataclass(frozen=True)
@@ -378,21 +444,32 @@ class RayExecutor:
     """The job's executor on Ray Data: rows come back and are put in listing order, or, with
     `shards`, the workers write the records and only their statuses come back."""
 
-    def __init__(self, scanner: Scanner, options: RayOptions, shards: Path | None = None) -> None:
-        self.scanner, self.options, self.shards = scanner, options, shards
+    def __init__(self, plan: ScanPlan, options: RayOptions, shards: Path | None = None) -> None:
+        self.plan, self.options, self.shards = plan, options, shards
+        self._resolved: Resolved | None = None
+
+    @property
+    def resolved(self) -> Resolved:
+        if self._resolved is None:
+            self._resolved = resolve_engine(self.plan, self.options)
+        return self._resolved
+
+    def header(self) -> Header:
+        r = self.resolved
+        return self.plan.header(r.engine, r.device, r.precision)
 
     def scan(self, arguments: Iterable[str | bytes], skip: Collection[str] = ()) -> Iterator[Result | Counted]:
+        walk = self.plan.config.walk
         if self.shards is not None:
-            listed = list(list_entries(arguments, self.scanner.config.walk))  # numbered before skipping: stable names
-            for row in _rows(self.scanner, listed, self.options, shards=self.shards, skip=skip):
+            listed = list(list_entries(arguments, walk))  # numbered before skipping: stable names
+            for row in _rows(self.plan, self.resolved, listed, self.options, shards=self.shards, skip=skip):
                 yield Counted(row["status"], row["combined"])
             return
-        listed = [e for e in list_entries(arguments, self.scanner.config.walk) if e.display not in skip]
-        rows = _rows(self.scanner, listed, self.options, shards=None)
+        listed = [e for e in list_entries(arguments, walk) if e.display not in skip]
+        rows = _rows(self.plan, self.resolved, listed, self.options, shards=None)
         waiting: dict[int, dict[str, Any]] = {}  # rows that arrived before their turn
-        for seq, entry in enumerate(listed):
+        for seq in range(len(listed)):
             while seq not in waiting:
                 row = next(rows)
                 waiting[int(row["seq"])] = row
-            row = waiting.pop(seq)
-            yield self.scanner.judge.record(entry.display, _outcome(json.loads(row["meta"]), row["scores"]))
+            yield record(self.plan.judge, waiting.pop(seq))

@@ -77,7 +77,7 @@ def test_shards_written_by_workers_and_continued(home, mixed_tree, tmp_path):
     local = lines(run_cli("scan", str(mixed_tree), "-q", "--no-cache", "--decode-timeout", "2", env=env).stdout)
     shards = tmp_path / "shards"
     args = ("scan", str(mixed_tree), "-q", "--decode-timeout", "2", "--batch-size", "2", "--shards", str(shards), *RAY)
-    first = run_cli(*args, env=env)
+    first = driver_without_engines(*args, env=env)  # the engine is resolved and built where it runs
     assert first.returncode == 2, first.stderr.decode()[-3000:]
     parts = sorted(shards.glob("part-*.jsonl"))
     assert len(parts) >= 3  # batches of 2: several shards, written by the embed actors
@@ -98,6 +98,48 @@ def test_shards_written_by_workers_and_continued(home, mixed_tree, tmp_path):
 
     p = run_cli("scan", str(mixed_tree), "-q", "--head", "knn", "--shards", str(shards), *RAY)
     assert p.returncode == 2 and b"different head" in p.stderr  # another question: refused, not mixed in
+
+
+def driver_without_engines(*args: str, env: dict[str, str]):
+    """`codescan ARGS` with engine building made impossible in the driver process only."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, codescan.engines.registry as r\n"
+        "def refuse(*a, **k): raise SystemExit('the driver built an engine')\n"
+        "r.build = r.create_engine = refuse\n"
+        "from codescan.cli import main; sys.argv[0] = 'codescan'; main()"
+    )
+    return subprocess.run([sys.executable, "-P", "-c", code, *args], env={**os.environ, **env}, capture_output=True, timeout=600)
+
+
+def test_typed_rows_make_the_local_records(tmp_path):
+    """Ray's decode columns and score columns give back exactly the record the local scan makes."""
+    from codescan.examine import ExamineConfig, Examined, Examiner
+    from codescan.judge import Judge
+    from codescan.ray_scan import _decoded_row, record
+    from codescan.walk import Entry
+    from provenance_files import png
+
+    rng = np.random.default_rng(4)
+    textured_image(rng, 250, 230).save(tmp_path / "plain.png")
+    (tmp_path / "gen.png").write_bytes(png({"parameters": "a cat\nSteps: 20, Sampler: Euler a, Model: sd_xl_base_1.0"}))
+    (tmp_path / "cut.png").write_bytes((tmp_path / "plain.png").read_bytes()[:200])
+    (tmp_path / "notes.txt").write_text("text")
+    examine = Examiner(ExamineConfig(evidence="metadata"))
+    judge = Judge(judged=("linear", "knn"), thresholds={"linear": 0.0, "knn": 0.1}, show_all=True)
+    for i, name in enumerate(["plain.png", "gen.png", "cut.png", "notes.txt"]):
+        path = str(tmp_path / name)
+        outcome = examine(Entry(path, path.encode()))
+        scores = {"linear": 0.5 - i, "knn": 0.05 * i, "ocsvm": -1.0} if isinstance(outcome, Examined) else None
+        row = {"seq": i, "display": path.encode(), **_decoded_row(outcome)}
+        row.pop("crop", None)
+        row |= {f"score_{k}": v for k, v in (scores or {}).items()}
+        assert record(judge, row).to_dict() == judge.record(path, outcome, scores).to_dict(), name
+    gen = str(tmp_path / "gen.png")
+    assert examine(Entry(gen, gen.encode())).evidence, "the evidence columns are exercised"
 
 
 def test_missing_ray_extra_is_a_usage_error(home, tmp_path):
@@ -196,3 +238,38 @@ def test_the_token_file_stays_private_and_an_old_ray_is_refused(tmp_path):
     require_token_auth("3.0.0.dev0")
     with pytest.raises(PrivateInstanceError, match=r"Ray >= 2\.52 .*Ray 2\.51\.1 is installed"):
         require_token_auth("2.51.1")
+
+
+def test_engine_resolution_follows_the_cluster_not_the_driver(home, monkeypatch):
+    """A CPU-only driver with GPUs in the cluster asks a GPU worker; without GPUs, CPU engines."""
+    import ray
+
+    from codescan import ray_scan
+    from codescan.engines.protocol import EngineError
+    from codescan.pipeline import ScanConfig
+    from codescan.plan import ScanPlan
+    from codescan.ray_scan import RayOptions, Resolved, resolve_engine
+
+    auto = ScanPlan.resolve("code", "auto", "auto", ScanConfig(cache="c.sqlite3"), distributed=True)
+    cuda = ScanPlan.resolve("code", "cuda", "auto", ScanConfig(), distributed=True)
+    assert auto.config.cache is None  # one machine's cache: off under Ray, decided by the plan
+    monkeypatch.setattr(ray_scan, "connect", lambda options, num_cpus=None: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    assert resolve_engine(auto, RayOptions()) == Resolved("onnxruntime", "fp32", "cpu")
+    with pytest.raises(EngineError, match="needs a CUDA GPU"):
+        resolve_engine(cuda, RayOptions())
+    asked: list[tuple] = []
+
+    class Remote:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def remote(self, *args):
+            asked.append((self.fn.__name__, args[2:]))
+            return "ref"
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": 2.0})
+    monkeypatch.setattr(ray, "remote", lambda **resources: Remote)
+    monkeypatch.setattr(ray, "get", lambda ref: Resolved("cuda", "fp32", "cuda:0"))
+    assert resolve_engine(cuda, RayOptions()) == Resolved("cuda", "fp32", "cuda:0")
+    assert asked == [("_probe", ("cuda", "auto"))]  # resolved on a GPU worker, nothing built here
