@@ -174,14 +174,24 @@ def build_shim(repo: Path, target: Path) -> None:
 
 
 def add_prebuilt_extension(ext_dir: Path, package: Path) -> str:
-    """The JPEG region decoder gpu_prepare.py built for this Python, where the install built none."""
+    """The JPEG region decoder gpu_prepare.py built for this Python, where the install built none
+    or built one that cannot bind to Pillow's libjpeg (headers of another ABI on that machine)."""
     name = f"_jpegregion{sysconfig.get_config_var('EXT_SUFFIX')}"
-    if (package / name).exists():
+    built = (package / name).exists()
+    if built and _binds(package.parent):
         return f"{name}: built by the install"
     if not (ext_dir / name).is_file():
-        return f"none for this Python ({name} not prepared): JPEGs decode with Pillow"
+        return f"none usable for this Python ({name} not prepared): JPEGs decode with Pillow"
     shutil.copy2(ext_dir / name, package / name)
-    return f"{name}: prebuilt by gpu_prepare.py"
+    why = " (the install's own build could not bind to Pillow's libjpeg)" if built else ""
+    return f"{name}: prebuilt by gpu_prepare.py{why}"
+
+
+def _binds(site: Path) -> bool:
+    """Whether the crop-aware decoder under `site` binds to the libjpeg Pillow loaded."""
+    probe = f"import sys; sys.path.insert(0, {str(site)!r}); from codescan.decode import jpeg_region_library as l; print(l())"
+    done = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, timeout=60)
+    return done.returncode == 0 and done.stdout.strip() not in ("", "None")
 
 
 def pip_install(target: Path, wheels: list[Path]) -> str | None:
