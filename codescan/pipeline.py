@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 class ScanConfig:
     head: HeadChoice = "linear"
     thresholds: dict[HeadName, float] = field(default_factory=dict)  # overrides of the bundle's
-    batch_size: int | None = None  # None: 8 on CPU (small batches overlap decode best), 64 on GPU
+    batch_size: int | None = None  # None: the plan's default for the engine's device (codescan.plan)
     decode_workers: int = max(1, min(8, os.cpu_count() or 1))
     decode_timeout: float = 20.0  # seconds per file, enforced by killing the worker
     limits: DecodeLimits = DecodeLimits()
@@ -79,7 +79,7 @@ class Scanner:
         self.config = self.plan.config
         self.warn = warn
         self.bundle = self.plan.bundle
-        self.heads: HeadSet = self.bundle.head_set()
+        self.heads: HeadSet = self.plan.heads
         self.judge = self.plan.judge
         self._writer: CacheWriter | None = None
         self._known: OrderedDict[bytes, Scores] = OrderedDict()

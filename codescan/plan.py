@@ -15,6 +15,7 @@ from .judge import Judge
 from .records import Header, HeadName
 
 if TYPE_CHECKING:
+    from .heads import HeadSet
     from .pipeline import ScanConfig
     from .weights import Bundle
 
@@ -26,6 +27,7 @@ GPU_BATCH = 64
 class ScanPlan:
     bundle: Bundle
     config: ScanConfig  # the options as given, with `cache` already off where it cannot be used
+    heads: HeadSet  # every head of the bundle, read once
     judge: Judge
     engine: str  # as asked: "auto" or a registry name; resolved where the engine runs
     precision: str
@@ -56,7 +58,7 @@ class ScanPlan:
         )
         if distributed:
             config = replace(config, cache=None)
-        return cls(bundle=bundle, config=config, judge=judge, engine=engine, precision=precision)
+        return cls(bundle=bundle, config=config, heads=heads, judge=judge, engine=engine, precision=precision)
 
     @property
     def shown_heads(self) -> list[HeadName] | None:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TimeElapsedColumn
 from rich.text import Text
 
+from .messages import plural
 from .records import Summary
 
 COUNT_SECONDS = 10.0  # a pre-count still running after this is abandoned: the line stays without a total
@@ -26,15 +27,11 @@ def _fields(summary: Summary) -> dict[str, int]:
     return {"fake": summary.fake, "errors": summary.errors}
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 class _Files(ProgressColumn):
     def render(self, task: Task) -> Text:
         done = int(task.completed)
         if task.total is None:
-            return Text(_plural(done, "file"))
+            return Text(plural(done, "file"))
         return Text(f"{done}/{int(task.total)} files")
 
 
@@ -56,7 +53,7 @@ class _Counts(ProgressColumn):
         fake, errors = task.fields["fake"], task.fields["errors"]
         text = Text(f"{fake} fake", style="red" if fake else "")
         text.append(", ")
-        text.append(_plural(errors, "error"), style="yellow" if errors else "")
+        text.append(plural(errors, "error"), style="yellow" if errors else "")
         return text
 
 

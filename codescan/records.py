@@ -159,9 +159,6 @@ class Summary:
     def for_evidence(cls, level: EvidenceLevel) -> Summary:
         return cls(combined_fake=None if level == "none" else 0)
 
-    def add(self, result: Result) -> None:
-        self.count(result.status, result.combined)
-
     def count(self, status: str, combined: str | None = None) -> None:
         self.files += 1
         if status == "real":
