@@ -67,6 +67,13 @@ def output_choice(output: str, fmt: str | None, resume: str | None, shards: str 
     fmt = fmt or guess_format(output) or "jsonl"
     if fmt not in FORMATS:
         raise UsageError(f"--format: choose from {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        import importlib.util
+
+        if output == "-":
+            raise UsageError("--format parquet writes a file: give -o FILE.parquet")
+        if importlib.util.find_spec("pyarrow") is None:
+            raise UsageError("--format parquet needs pyarrow: pip install 'codescan[parquet]'")
     if shards is not None and (ray is None or resume is not None or output != "-" or fmt != "jsonl"):
         raise UsageError("--shards DIR needs --ray and replaces -o/--format/--resume")
     _check_output(output)
@@ -184,6 +191,25 @@ ShardsOpt = Annotated[
         metavar="DIR",
         help="--ray: workers write JSONL shards into DIR (header.json, part-*.jsonl, summary.json); "
         "rerun to continue.",
+    ),
+]
+ArchivesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--archives",
+        envvar="CODESCAN_ARCHIVES",
+        help="Also open archives (.tar, .tar.gz, .tgz, .zip) and .parquet files met in folders; named ones always are.",
+    ),
+]
+ColumnOpt = Annotated[
+    Optional[str],
+    typer.Option("--column", envvar="CODESCAN_COLUMN", metavar="NAME", help="Parquet: the image column (default: found by type and name)."),
+]
+IdColumnOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--id-column", envvar="CODESCAN_ID_COLUMN", metavar="NAME",
+        help="Parquet: the column that identifies a row (default: the image's path, else the row number).",
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or summary.")]

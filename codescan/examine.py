@@ -8,8 +8,8 @@ outcome it sends back is a crop to embed, or cached scores, or a typed failure, 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .cache import CachedVerdict, CacheReader, CacheSpec
 from .decode import (
@@ -24,11 +24,9 @@ from .decode import (
     sniff,
 )
 from .evidence import Findings, metadata_evidence
-from .records import Evidence, EvidenceLevel
-from .sources import read_uri
-
-if TYPE_CHECKING:
-    from .walk import Entry
+from .records import ErrorCode, Evidence, EvidenceLevel
+from .fetch import read_member, read_uri
+from .walk import Entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +36,23 @@ class ExamineConfig:
     cache: CacheSpec | None = None
 
 
+@dataclass(frozen=True, slots=True)
 class Skipped:
-    """Marker outcome: not a candidate (no image extension, no image magic)."""
+    """Not a candidate: no image extension and no image magic, or an archive inside an archive."""
+
+    code: ErrorCode = "not_an_image"
 
 
 SKIPPED = Skipped()
+# Listing codes that mean skipped, not error: an archive in an archive, a Parquet file with no image column.
+SKIP_CODES = frozenset({"nested_archive", "not_an_image"})
+
+
+def listed_outcome(entry: Entry) -> DecodeFailure | Skipped:
+    """The outcome of an entry the listing already judged (it carries `error`): no worker needed."""
+    assert entry.error is not None
+    code, message = entry.error
+    return Skipped(code) if code in SKIP_CODES else DecodeFailure(code, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +95,14 @@ class Examiner:
 
     def __call__(self, entry: Entry) -> Outcome:
         if entry.error is not None:
-            return DecodeFailure(*entry.error)
+            return listed_outcome(entry)
         try:
-            if entry.uri:  # one request: read it all, then look at the first bytes
+            if entry.span is not None or entry.data is not None:  # an archive member, picked by its name
+                data = read_member(entry, self.config.limits.max_filesize)
+            elif entry.origin is not None:  # a Parquet row whose image is a file beside it
+                limit = self.config.limits.max_filesize
+                data = read_uri(os.fsdecode(entry.path), limit) if entry.uri else read_limited(entry.path, limit)
+            elif entry.uri:  # one request: read it all, then look at the first bytes
                 data = read_uri(entry.display, self.config.limits.max_filesize)
                 if data and not has_image_extension(entry.path) and not has_image_magic(data[:MAGIC_BYTES]):
                     return SKIPPED
@@ -106,7 +121,7 @@ class Examiner:
         if cached is not None:
             return Examined(sha, evidence, new_evidence, cached=cached)
         try:
-            decoded = decode_bytes(data, self.config.limits, entry.path)
+            decoded = decode_bytes(data, self.config.limits, entry.path if entry.origin is None else entry.origin.member)
         except DecodeFailure as failure:
             return DecodeFailure(failure.code, failure.message, sha.hex(), evidence)
         return Examined(sha, evidence, new_evidence, decoded=decoded)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from .records import Header, Summary
+from .records import Header, Ident, Summary
 from .reporters import Reporter
 from .resume import check_compatible
 
@@ -33,7 +33,7 @@ class Executor(Protocol):
 
     def header(self) -> Header: ...
 
-    def scan(self, arguments: list[str | bytes], skip: Collection[str]) -> Iterator[Tally]: ...
+    def scan(self, arguments: list[str | bytes], skip: Collection[Ident]) -> Iterator[Tally]: ...
 
 
 class OutputClosed(Exception):
@@ -68,7 +68,7 @@ def run(
     """
     started = time.perf_counter()
     previous = reporter.previous()
-    done: set[str] = set()
+    done: set[Ident] = set()
     if previous is not None and previous.header is not None:
         check_compatible(previous, header.to_dict(), target)
         for record in previous.results:

@@ -15,6 +15,7 @@ from .records import (
     Evidence,
     HeadName,
     HeadVerdict,
+    Origin,
     Result,
     error_result,
     skipped_result,
@@ -30,16 +31,16 @@ class Judge:
     thresholds: dict[HeadName, float]  # for every judged head, overrides applied
     show_all: bool  # --head all: the record lists every head
 
-    def record(self, display: str, outcome: Outcome, scores: Scores | None = None) -> Result:
-        """The record of one file: `scores` for a decoded image, else the ones `outcome` carries."""
+    def record(self, display: str, outcome: Outcome, scores: Scores | None = None, origin: Origin | None = None) -> Result:
+        """The record of one input: `scores` for a decoded image, else the ones `outcome` carries."""
         if isinstance(outcome, Examined):
             if scores is None:
                 assert outcome.cached is not None, "an image record needs its scores"
                 scores = outcome.cached.scores
-            return self.image(display, outcome.sha256.hex(), outcome.evidence, outcome.size_box_format, scores)
+            return self.image(display, outcome.sha256.hex(), outcome.evidence, outcome.size_box_format, scores, origin)
         if isinstance(outcome, DecodeFailure):
-            return error_result(display, outcome.code, outcome.message, outcome.sha256, outcome.evidence)
-        return skipped_result(display)
+            return error_result(display, outcome.code, outcome.message, outcome.sha256, outcome.evidence, origin)
+        return skipped_result(display, outcome.code, origin)
 
     def image(
         self,
@@ -48,6 +49,7 @@ class Judge:
         evidence: tuple[Evidence, ...] | None,
         size_box_format: tuple[int, int, tuple[int, int, int, int], str],
         scores: Scores,
+        origin: Origin | None = None,
     ) -> Result:
         """A judged image's record from its facts (local outcomes and Ray's typed rows alike)."""
         per_head = {n: self._head(n, scores[n]) for n in self.judged}
@@ -67,6 +69,7 @@ class Judge:
             heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.show_all else None,
             sha256=sha256,
             evidence=evidence,
+            origin=origin,
         )
 
     def _head(self, name: HeadName, score: float) -> HeadVerdict:

@@ -15,7 +15,7 @@ import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +32,7 @@ from .records import (
     HeadChoice,
     Header,
     HeadName,
+    Ident,
     Result,
 )
 from .sources import entries as list_entries
@@ -108,8 +109,8 @@ class Scanner:
         evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
         return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=tuple(self.heads.names()))
 
-    def scan(self, arguments: Iterable[str | bytes], skip: Collection[str] = ()) -> Iterator[Result]:
-        """One Result per discovered file, in walk order; paths in `skip` (already done) are passed over."""
+    def scan(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[Result]:
+        """One Result per discovered input, in walk order; those in `skip` (already done) are passed over."""
         cfg = self.config
         batch_size = self.batch_size
         spec = self.cache_spec()
@@ -124,7 +125,7 @@ class Scanner:
         # in flight, so a copy's original is still here when the copy's record is made.
         self._known = OrderedDict()
         self._capacity = max(4096, 8 * batch_size)
-        entries = (e for e in list_entries(arguments, cfg.walk) if e.display not in skip)
+        entries = (e for e in list_entries(arguments, cfg.walk) if e.ident not in skip)
         pool = DecodePool(
             workers=cfg.decode_workers,
             config=ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=spec),
@@ -144,6 +145,8 @@ class Scanner:
         flight: tuple[list[Item], object] | None = None
         try:
             for entry, outcome in pool.outcomes(entries):
+                if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
+                    entry = replace(entry, data=None)
                 outcome = self._resolve(outcome)
                 embed = isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 not in queued
                 if not pending and not embed:
@@ -159,7 +162,9 @@ class Scanner:
                 if embed:
                     queued.add(outcome.sha256)  # type: ignore[union-attr]
                     n_crops += 1
-                if n_crops >= batch_size:
+                # A batch that cannot fill (copies or errors follow its last crop) goes in early:
+                # what waits behind it stays bounded, as behind `flight`.
+                if n_crops >= batch_size or len(pending) >= 2 * batch_size:
                     handle = self._submit(pending, engine)  # batch i+1 goes in before ...
                     if flight is not None:
                         yield from self._finish(*flight, engine=engine, queued=queued)  # ... batch i comes out
@@ -215,7 +220,7 @@ class Scanner:
         self._store(fresh, new_evidence)
         for entry, outcome, _ in items:
             known = self._known.get(outcome.sha256) if isinstance(outcome, Examined) and outcome.cached is None else None
-            yield self.judge.record(entry.display, outcome, known)
+            yield self.judge.record(entry.display, outcome, known, entry.origin)
 
     def _store(self, verdicts: list[tuple[bytes, CachedVerdict]], evidence: list) -> None:
         if self._writer is None:

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import secrets
 import stat
 import tempfile
+from collections import deque
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +41,8 @@ import numpy as np
 from .decode import DecodeFailure
 from .examine import ExamineConfig, Examined, Skipped
 from .judge import Judge
-from .records import Evidence, Header, Result, error_result, skipped_result
-from .sources import entries as list_entries
-from .walk import Entry
+from .records import Evidence, Header, Ident, Origin, Result, error_result, skipped_result
+from .walk import Entry, WalkOptions
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -64,32 +65,84 @@ class RayOptions:
     batch_size: int | None = None  # None: the plan's batch size for the resolved device
 
 
-class DecodeStage:
-    """Ray actor: files → crops, evidence and typed failures, through codescan's own decode pool."""
+ARCHIVE_RECORD = 10**12 - 1  # an archive's own record (a listing that failed) sorts after its members
 
-    def __init__(self, config: ExamineConfig, timeout: float) -> None:
+
+@dataclass(frozen=True)
+class Unit:
+    """One task's worth of input: a file, or a whole archive or Parquet file opened on the worker.
+
+    `done` holds the member indices already recorded (a resumed job), `done_itself` whether the
+    archive's own error record is; the driver never reads an archive's contents.
+    """
+
+    entry: Entry
+    archive: bool = False
+    done: frozenset[int] = frozenset()
+    done_itself: bool = False
+
+
+class DecodeStage:
+    """Ray actor: units → crops, evidence and typed failures, through codescan's own decode pool.
+
+    Each output row carries (`seq`, `sub`): the unit's listing number and the record's place in
+    it (0 for a file, the member index for a member), and `last` on the unit's final row (an
+    archive ends with a row of kind `end`), so the driver can restore the order without knowing
+    in advance how many members an archive holds.
+    """
+
+    CHUNK = 64
+
+    def __init__(self, config: ExamineConfig, timeout: float, walk: WalkOptions) -> None:
         from .workers import DecodePool
 
         self.pool = DecodePool(workers=1, config=config, timeout=timeout, window=8)
+        self.walk = walk
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        items = [
-            Entry(os.fsdecode(bytes(p)), bytes(p), (code, message) if code else None, bool(u))
-            for p, u, code, message in zip(batch["path"], batch["uri"], batch["error_code"], batch["error"])
-        ]  # display is the absolute path here; records use the "display" column
-        import pyarrow as pa
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
+        """Tables of at most CHUNK rows: one archive can hold far more crops than fit in one block."""
+        # Units the driver listed (this job's own objects, as multiprocessing would send them),
+        # with absolute paths: the workers do not share the driver's working directory.
+        units: list[tuple[int, Unit]] = [unit for x in batch["units"] for unit in pickle.loads(bytes(x))]
+        tags: deque[tuple[int, int, bool]] = deque()  # (seq, sub, last) per entry handed to the pool; sub -1: an end row
+        rows: list[dict[str, Any]] = []
 
-        schema = _decoded_schema()
-        columns: dict[str, list[Any]] = {name: [] for name in schema.names}
-        columns["seq"] = [int(x) for x in batch["seq"]]
-        columns["display"] = [bytes(d) for d in batch["display"]]
-        for _, o in self.pool.outcomes(iter(items)):
-            row = _decoded_row(o)
-            for name in schema.names[2:]:
-                columns[name].append(row.get(name))
-        # An Arrow table with a fixed schema, not a dict of numpy arrays: Ray's guessing would
-        # turn equal-length byte strings into tensors.
-        return pa.Table.from_pydict(columns, schema=schema)
+        def ends() -> None:
+            while tags and tags[0][1] < 0:
+                seq, _, _ = tags.popleft()
+                rows.append({"seq": seq, "sub": ARCHIVE_RECORD + 1, "last": True, "kind": "end", "has_evidence": False})
+
+        for entry, o in self.pool.outcomes(self._entries(units, tags)):
+            ends()
+            seq, sub, last = tags.popleft()
+            rows.append({"seq": seq, "sub": sub, "last": last, "display": os.fsencode(entry.display)}
+                        | _decoded_row(o) | _origin_columns(entry.origin))
+            if len(rows) >= self.CHUNK:
+                yield _decoded_table(rows)
+                rows = []
+        ends()
+        if rows:
+            yield _decoded_table(rows)
+
+    def _entries(self, units: list[tuple[int, Unit]], tags: deque[tuple[int, int, bool]]) -> Iterator[Entry]:
+        from .sources import expand
+
+        for seq, unit in units:
+            if not unit.archive:
+                tags.append((seq, 0, True))
+                yield unit.entry
+                continue
+            for member in expand(unit.entry, self.walk):
+                if member.origin is None:  # the archive's own record: its listing failed
+                    if unit.done_itself:
+                        continue
+                    tags.append((seq, ARCHIVE_RECORD, False))
+                elif member.origin.member_index in unit.done:
+                    continue
+                else:
+                    tags.append((seq, member.origin.member_index, False))
+                yield member
+            tags.append((seq, -1, True))
 
 
 class EmbedStage:
@@ -136,29 +189,36 @@ class EmbedStage:
         if self.shards is None:
             return scored
         rows = scored.to_pylist()
-        records = [record(self.judge, row) for row in rows]
-        seqs = [row["seq"] for row in rows]
-        _write_shards(Path(self.shards), seqs, records)
+        made = [None if row["kind"] == "end" else record(self.judge, row) for row in rows]
+        _write_shards(Path(self.shards), rows, made)
         return pa.table(
             {
-                "seq": pa.array(seqs, pa.int64()),
-                "status": pa.array([r.status for r in records], pa.string()),
-                "combined": pa.array([r.combined for r in records], pa.string()),
+                "seq": pa.array([row["seq"] for row in rows], pa.int64()),
+                "sub": pa.array([row["sub"] for row in rows], pa.int64()),
+                "last": pa.array([row["last"] for row in rows], pa.bool_()),
+                "kind": pa.array([row["kind"] for row in rows], pa.string()),
+                "status": pa.array([r and r.status for r in made], pa.string()),
+                "combined": pa.array([r and r.combined for r in made], pa.string()),
             }
         )
 
 
-def _write_shards(folder: Path, seqs: list[int], records: list[Result]) -> None:
-    """One shard per run of consecutive listing numbers: the shards, in name order, are the
-    local scan's result lines."""
+def _write_shards(folder: Path, rows: list[dict[str, Any]], made: list[Result | None]) -> None:
+    """One shard per run of rows that follow each other in listing order: the shards, in name
+    order, are the local scan's result lines. A run goes on within a unit, and from a unit's last
+    row to the next unit; a shard is named by its first (seq, sub), stable across retries and
+    resumed jobs."""
     from .reporters import write_shard
 
-    order = sorted(range(len(seqs)), key=seqs.__getitem__)
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["seq"], rows[i]["sub"]))
     run: list[int] = []
     for k, i in enumerate(order):
         run.append(i)
-        if k == len(order) - 1 or seqs[order[k + 1]] != seqs[i] + 1:
-            write_shard(folder, seqs[run[0]], [records[j] for j in run])
+        row, following = rows[i], rows[order[k + 1]] if k + 1 < len(order) else None
+        if following is None or not (following["seq"] == row["seq"] or (row["last"] and following["seq"] == row["seq"] + 1)):
+            kept = [j for j in run if made[j] is not None]
+            if kept:
+                write_shard(folder, (rows[kept[0]]["seq"], rows[kept[0]]["sub"]), [made[j] for j in kept])  # type: ignore[misc]
             run = []
 
 
@@ -172,11 +232,30 @@ def _decoded_schema() -> pa.Schema:
          ("conclusive", pa.bool_()), ("valid", pa.bool_())]
     )
     return pa.schema(
-        [("seq", pa.int64()), ("display", pa.binary()), ("crop", pa.binary()), ("kind", pa.string()),
+        [("seq", pa.int64()), ("sub", pa.int64()), ("last", pa.bool_()), ("display", pa.binary()), ("crop", pa.binary()), ("kind", pa.string()),
          ("width", pa.int64()), ("height", pa.int64()), ("box", pa.list_(pa.int64())), ("format", pa.string()),
          ("sha256", pa.string()), ("code", pa.string()), ("message", pa.string()), ("evidence", pa.list_(evidence)),
-         ("has_evidence", pa.bool_())]
+         ("has_evidence", pa.bool_()), ("archive", pa.binary()), ("member", pa.binary()), ("member_index", pa.int64()),
+         ("key", pa.binary())]
     )
+
+
+def _decoded_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """An Arrow table with a fixed schema, not a dict of numpy arrays: Ray's guessing would turn
+    equal-length byte strings into tensors."""
+    import pyarrow as pa
+
+    schema = _decoded_schema()
+    return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in schema.names}, schema=schema)
+
+
+def _origin_columns(origin: Origin | None) -> dict[str, Any]:
+    """Names as bytes: a tar member's name may hold undecodable bytes (surrogates Arrow cannot store)."""
+    if origin is None:
+        return {}
+    key = None if origin.key is None else os.fsencode(origin.key)
+    return {"archive": os.fsencode(origin.archive), "member": os.fsencode(origin.member),
+            "member_index": origin.member_index, "key": key}
 
 
 def _decoded_row(o: Examined | DecodeFailure | Skipped) -> dict[str, Any]:
@@ -195,7 +274,7 @@ def _decoded_row(o: Examined | DecodeFailure | Skipped) -> dict[str, Any]:
     elif isinstance(o, DecodeFailure):
         row |= {"kind": "failure", "code": o.code, "message": o.message, "sha256": o.sha256}
     else:
-        row["kind"] = "skipped"
+        row |= {"kind": "skipped", "code": o.code}
     return row
 
 
@@ -203,13 +282,17 @@ def record(judge: Judge, row: dict[str, Any]) -> Result:
     """A typed row back into its record: the same Judge and record makers as the local scan."""
     display = os.fsdecode(row["display"])
     evidence = tuple(Evidence.from_dict(d) for d in row["evidence"] or ()) if row["has_evidence"] else None
+    origin = None
+    if row.get("archive") is not None:
+        key = None if row["key"] is None else os.fsdecode(row["key"])
+        origin = Origin(os.fsdecode(row["archive"]), os.fsdecode(row["member"]), row["member_index"], key)
     if row["kind"] == "image":
         scores = {k[len("score_"):]: v for k, v in row.items() if k.startswith("score_")}
         box = tuple(row["box"])
-        return judge.image(display, row["sha256"], evidence, (row["width"], row["height"], box, row["format"]), scores)
+        return judge.image(display, row["sha256"], evidence, (row["width"], row["height"], box, row["format"]), scores, origin)
     if row["kind"] == "failure":
-        return error_result(display, row["code"], row["message"], row["sha256"], evidence)
-    return skipped_result(display)
+        return error_result(display, row["code"], row["message"], row["sha256"], evidence, origin)
+    return skipped_result(display, row["code"], origin)
 
 
 def connect(options: RayOptions, num_cpus: int | None = None) -> None:
@@ -317,27 +400,16 @@ def _holds_private_token(path: Path) -> bool:
 
 
 def _rows(
-    plan: ScanPlan, resolved: Resolved, listed: list[Entry], options: RayOptions, shards: Path | None,
-    skip: Collection[str] = (),
+    plan: ScanPlan, resolved: Resolved, units: list[Unit | None], options: RayOptions, shards: Path | None
 ) -> Iterator[dict[str, Any]]:
-    """The pipeline's output rows, in no particular order; `listed` numbers the files."""
+    """The pipeline's output rows, in no particular order; a unit's `seq` is its place in `units`."""
     import ray
 
     from .weights import store_root
 
     cfg = plan.config
-    todo = [
-        {
-            "seq": i,
-            "path": e.path if e.uri else os.path.abspath(e.path),  # workers do not share our working directory
-            "display": os.fsencode(e.display),
-            "uri": e.uri,
-            "error_code": e.error[0] if e.error else "",
-            "error": e.error[1] if e.error else "",
-        }
-        for i, e in enumerate(listed)
-        if e.display not in skip
-    ]
+    batch = options.batch_size or plan.batch_size(resolved.device)
+    todo = [{"units": pickle.dumps(task)} for task in _tasks(units, batch)]
     if not todo:
         return iter(())
     resources = ray.cluster_resources()
@@ -347,19 +419,19 @@ def _rows(
     embedders = options.embedders or (gpus if resolved.on_gpu else workers)
     # CPU share per actor: decode and embed actors together fill the CPUs Ray reports.
     share = min(1.0, cpus / (workers + (0 if resolved.on_gpu else embedders)))
-    batch = options.batch_size or plan.batch_size(resolved.device)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # stderr belongs to codescan's own progress
 
-    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // batch, 4096)))
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 4096)))
     ds = ds.map_batches(
         DecodeStage,
         fn_constructor_kwargs={
             "config": ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=cfg.cache),
             "timeout": cfg.decode_timeout,
+            "walk": cfg.walk,
         },
-        batch_size=batch,
+        batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=share,
     )
@@ -381,6 +453,27 @@ def _rows(
         num_gpus=1 if resolved.on_gpu else 0,
     )
     return iter(ds.iter_rows())
+
+
+def _tasks(units: list[Unit | None], files: int) -> Iterator[list[tuple[int, Unit]]]:
+    """Decode tasks: runs of up to `files` consecutive files, and each archive alone (it is
+    opened on the worker that reads it, and may hold any number of members)."""
+    run: list[tuple[int, Unit]] = []
+    for seq, unit in enumerate(units):
+        if unit is None:
+            continue
+        if unit.archive:
+            if run:
+                yield run
+                run = []
+            yield [(seq, unit)]
+            continue
+        run.append((seq, unit))
+        if len(run) == files:
+            yield run
+            run = []
+    if run:
+        yield run
 
 
 @dataclass(frozen=True)
@@ -458,18 +551,39 @@ class RayExecutor:
         r = self.resolved
         return self.plan.header(r.engine, r.device, r.precision)
 
-    def scan(self, arguments: Iterable[str | bytes], skip: Collection[str] = ()) -> Iterator[Result | Counted]:
-        walk = self.plan.config.walk
-        if self.shards is not None:
-            listed = list(list_entries(arguments, walk))  # numbered before skipping: stable names
-            for row in _rows(self.plan, self.resolved, listed, self.options, shards=self.shards, skip=skip):
-                yield Counted(row["status"], row["combined"])
-            return
-        listed = [e for e in list_entries(arguments, walk) if e.display not in skip]
-        rows = _rows(self.plan, self.resolved, listed, self.options, shards=None)
-        waiting: dict[int, dict[str, Any]] = {}  # rows that arrived before their turn
-        for seq in range(len(listed)):
-            while seq not in waiting:
+    def scan(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[Result | Counted]:
+        units = _units(arguments, self.plan.config.walk, skip)  # numbered before skipping: stable shard names
+        rows = _rows(self.plan, self.resolved, units, self.options, shards=self.shards)
+        waiting: dict[int, list[dict[str, Any]]] = {}  # rows of units whose turn has not come
+        complete: set[int] = set()
+        for seq, unit in enumerate(units):
+            if unit is None:
+                continue
+            while seq not in complete:
                 row = next(rows)
-                waiting[int(row["seq"])] = row
-            yield record(self.plan.judge, waiting.pop(seq))
+                waiting.setdefault(int(row["seq"]), []).append(row)
+                if row["last"]:
+                    complete.add(int(row["seq"]))
+            for row in sorted(waiting.pop(seq), key=lambda r: r["sub"]):
+                if row["kind"] == "end":
+                    continue
+                yield Counted(row["status"], row["combined"]) if self.shards is not None else record(self.plan.judge, row)
+
+
+def _units(arguments: Iterable[str | bytes], walk: WalkOptions, skip: Collection[Ident]) -> list[Unit | None]:
+    """The inputs as tasks, in listing order, archives unopened; None for a file already done."""
+    from .sources import units as list_units
+
+    members: dict[str, set[int]] = {}
+    for ident in skip:
+        if isinstance(ident, tuple):
+            members.setdefault(ident[0], set()).add(ident[1])
+    out: list[Unit | None] = []
+    for entry, archive in list_units(arguments, walk):
+        local = entry if entry.uri else replace(entry, path=os.path.abspath(entry.path))
+        if archive:
+            done = frozenset(members.get(entry.display, ()))
+            out.append(Unit(local, archive=True, done=done, done_itself=entry.display in skip))
+        else:
+            out.append(None if entry.ident in skip else Unit(local))
+    return out

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-SCHEMA_VERSION = 2  # 2: evidence, combined and sha256 on results; evidence level in the header
+SCHEMA_VERSION = 3  # 2: evidence, combined, sha256; 3: archive members and Parquet rows (archive, member, member_index, key)
 
 Status = Literal["real", "fake", "error", "skipped"]
 HeadName = Literal["linear", "knn", "ocsvm"]
@@ -26,6 +26,9 @@ ErrorCode = Literal[
     "io_error",
     "symlink_loop",
     "too_deep",  # a directory past the walk's depth limit, or a path longer than the OS accepts
+    "encrypted",  # an encrypted archive member: never guessed at
+    "unsafe_path",  # a Parquet row's image path that leaves the Parquet file's folder: not read
+    "nested_archive",  # (skipped) an archive inside an archive: not opened
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
 
@@ -85,6 +88,36 @@ class Evidence:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record's bytes sit inside an archive or a Parquet file.
+
+    `path` (``ARCHIVE::MEMBER``) is for people; programs identify a member by (archive,
+    member_index), because member names can repeat and can be anything the archive's author wrote.
+    """
+
+    archive: str  # the archive or Parquet file, as reached from the argument
+    member: str  # the member's name as stored (Parquet: the image's path, else the row's key)
+    member_index: int  # position in the archive (Parquet: row number in the file), from 0
+    key: str | None = None  # WebDataset sample key; Parquet row identifier
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"archive": self.archive, "member": self.member, "member_index": self.member_index}
+        if self.key is not None:
+            out["key"] = self.key
+        return out
+
+
+Ident = str | tuple[str, int]  # what resume and shards call done: a path, or (archive, member_index)
+
+
+def ident_of(record: dict[str, Any]) -> Ident:
+    """A written record's identity (the inverse of Entry.ident)."""
+    if "archive" in record:
+        return (record["archive"], record["member_index"])
+    return record["path"]
+
+
+@dataclass(frozen=True, slots=True)
 class HeadVerdict:
     score: float
     status: Literal["real", "fake"]
@@ -108,6 +141,7 @@ class Result:
     heads: dict[str, HeadVerdict] | None = None
     sha256: str | None = None
     evidence: tuple[Evidence, ...] | None = None  # None: not looked for (--evidence none)
+    origin: Origin | None = None  # set for archive members and Parquet rows
 
     @property
     def combined(self) -> Literal["real", "fake"] | None:
@@ -117,7 +151,10 @@ class Result:
         return "fake" if self.status == "fake" or any(e.conclusive for e in self.evidence) else "real"
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "result", "path": self.path, "status": self.status}
+        out: dict[str, Any] = {"type": "result", "path": self.path}
+        if self.origin is not None:
+            out |= self.origin.to_dict()
+        out["status"] = self.status
         for key in ("score", "threshold", "head", "width", "height", "format", "error_code", "error"):
             value = getattr(self, key)
             if value is not None:
@@ -136,13 +173,18 @@ class Result:
 
 
 def error_result(
-    path: str, code: ErrorCode, message: str, sha256: str | None = None, evidence: tuple[Evidence, ...] | None = None
+    path: str,
+    code: ErrorCode,
+    message: str,
+    sha256: str | None = None,
+    evidence: tuple[Evidence, ...] | None = None,
+    origin: Origin | None = None,
 ) -> Result:
-    return Result(path=path, status="error", error_code=code, error=message, sha256=sha256, evidence=evidence)
+    return Result(path=path, status="error", error_code=code, error=message, sha256=sha256, evidence=evidence, origin=origin)
 
 
-def skipped_result(path: str) -> Result:
-    return Result(path=path, status="skipped", error_code="not_an_image")
+def skipped_result(path: str, code: ErrorCode = "not_an_image", origin: Origin | None = None) -> Result:
+    return Result(path=path, status="skipped", error_code=code, origin=origin)
 
 
 @dataclass(slots=True)

@@ -26,10 +26,11 @@ from .records import HEAD_NAMES, Header, Result, Summary
 from .resume import ResumeState
 from .textsafe import csv_cell, printable
 
-Format = Literal["jsonl", "json", "csv"]
-FORMATS: tuple[str, ...] = ("jsonl", "json", "csv")
+Format = Literal["jsonl", "json", "csv", "parquet"]
+FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet")
 CSV_COLUMNS = (
     "path", "status", "score", "threshold", "head", "width", "height", "format", "error_code", "error", "sha256",
+    "archive", "member", "member_index", "key",  # empty for plain files: the columns never depend on the inputs
 )
 EVIDENCE_COLUMNS = ("combined", "evidence")  # evidence: "kind=generator; kind" for each item found
 
@@ -62,13 +63,13 @@ class OutputError(OSError):
 class Sink:
     """Where the data goes: stdout, a special file in place, or a regular file (atomic if asked)."""
 
-    def __init__(self, target: str | None, atomic: bool, append: bool = False) -> None:
+    def __init__(self, target: str | None, atomic: bool, append: bool = False, binary: bool = False) -> None:
         try:
-            self._open(target, atomic, append)
+            self._open(target, atomic, append, binary)
         except OSError as exc:
             raise OutputError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from None
 
-    def _open(self, target: str | None, atomic: bool, append: bool) -> None:
+    def _open(self, target: str | None, atomic: bool, append: bool, binary: bool) -> None:
         self.target = target
         self._tmp: str | None = None
         if target in (None, "-"):
@@ -85,7 +86,9 @@ class Sink:
             self.target = target = os.path.realpath(target)
             fd, self._tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=os.path.dirname(target))
             os.fchmod(fd, _final_mode(target))
-            self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+            self.stream = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        elif binary:
+            self.stream = open(target, "ab" if append else "wb")  # type: ignore[assignment]
         else:
             self.stream = open(target, "a" if append else "w", encoding="utf-8", newline="\n")
 
@@ -206,23 +209,15 @@ class CsvReporter(_Fresh):
         self.sink = sink
         self.heads = [h for h in HEAD_NAMES if heads and h in heads]
         self.evidence = evidence
-        extra = [c for h in self.heads for c in (f"score_{h}", f"status_{h}")]
         self.writer = csv.writer(sink.stream, lineterminator="\n")
-        self.writer.writerow([*CSV_COLUMNS, *extra, *(EVIDENCE_COLUMNS if evidence else ())])
+        self.writer.writerow(table_columns(self.heads, evidence))
         sink.flush()
 
     def header(self, header: Header) -> None:
         pass  # CSV has one row shape; run metadata lives in the JSONL/JSON header only
 
     def result(self, result: Result) -> None:
-        d = result.to_dict()
-        row = ["" if d.get(c) is None else d[c] for c in CSV_COLUMNS]
-        for h in self.heads:
-            v = (result.heads or {}).get(h)
-            row += [v.score, v.status] if v else ["", ""]
-        if self.evidence:
-            found = result.evidence or ()
-            row += [result.combined or "", "; ".join(e.kind + (f"={e.generator}" if e.generator else "") for e in found)]
+        row = ["" if x is None else x for x in table_row(result, self.heads, self.evidence)]
         self.writer.writerow([_text_cell(x) if isinstance(x, str) else x for x in row])
         self.sink.flush()
 
@@ -233,10 +228,78 @@ class CsvReporter(_Fresh):
         self.sink.close(commit)
 
 
+def table_columns(heads: list[str], evidence: bool) -> list[str]:
+    """The columns of the table formats (CSV, Parquet), fixed before the first row."""
+    return [*CSV_COLUMNS, *(c for h in heads for c in (f"score_{h}", f"status_{h}")), *(EVIDENCE_COLUMNS if evidence else ())]
+
+
+def table_row(result: Result, heads: list[str], evidence: bool) -> list[Any]:
+    """One record as the table formats hold it, None for an empty cell."""
+    d = result.to_dict()
+    row: list[Any] = [d.get(c) for c in CSV_COLUMNS]
+    for h in heads:
+        v = (result.heads or {}).get(h)
+        row += [v.score, v.status] if v else [None, None]
+    if evidence:
+        found = result.evidence or ()
+        row += [result.combined, "; ".join(e.kind + (f"={e.generator}" if e.generator else "") for e in found)]
+    return row
+
+
 def _text_cell(text: str) -> str:
     """CSV text: control characters escaped (a raw CR cannot split a row in a lax reader), and
     formula-like starts neutralised with a leading ``'`` (OWASP); JSONL keeps the original."""
     return csv_cell(printable(escape_surrogates(text)))
+
+
+class ParquetReporter(_Fresh):
+    """`--format parquet -o FILE`: the CSV's columns, typed, written to a temporary file beside the
+    target in row groups of `ROWS_PER_GROUP` and renamed over it at the end, so the file is whole
+    or absent. The header and summary records ride along as the file's key-value metadata
+    (``codescan.header``, ``codescan.summary``). Text is stored as JSON writes it (undecodable
+    name bytes as ``\\udcXX``), with no spreadsheet escaping: Parquet is read by programs."""
+
+    ROWS_PER_GROUP = 8192
+
+    def __init__(self, sink: Sink, heads: list[str] | None = None, evidence: bool = False) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.sink = sink
+        self.heads = [h for h in HEAD_NAMES if heads and h in heads]
+        self.evidence = evidence
+        numbers = {"score": pa.float64(), "threshold": pa.float64(), "width": pa.int64(), "height": pa.int64(),
+                   "member_index": pa.int64(), **{f"score_{h}": pa.float64() for h in self.heads}}
+        self.schema = pa.schema([(c, numbers.get(c, pa.string())) for c in table_columns(self.heads, evidence)])
+        self.writer = pq.ParquetWriter(sink.stream, self.schema)
+        self.rows: list[list[Any]] = []
+
+    def header(self, header: Header) -> None:
+        self.writer.add_key_value_metadata({"codescan.header": dumps(header.to_dict())})
+
+    def result(self, result: Result) -> None:
+        row = table_row(result, self.heads, self.evidence)
+        self.rows.append([escape_surrogates(x) if isinstance(x, str) else x for x in row])
+        if len(self.rows) >= self.ROWS_PER_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.rows:
+            columns = list(zip(*self.rows))
+            self.writer.write_table(pa.table([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema))
+            self.rows = []
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        closing = {**summary.to_dict(), **({"interrupted": True} if interrupted else {})}
+        self.writer.add_key_value_metadata({"codescan.summary": dumps(closing)})
+
+    def close(self, commit: bool = True) -> None:
+        if commit:
+            self._flush()
+        self.writer.close()
+        self.sink.close(commit)
 
 
 class ShardsReporter:
@@ -278,13 +341,14 @@ class ShardsReporter:
         pass
 
 
-def write_shard(folder: Path, first: int, records: list[Result]) -> None:
-    """One part file, named by the listing number of its first record, written atomically (a
-    shard is whole or absent, and a retried task rewrites the same name with the same content)."""
+def write_shard(folder: Path, first: tuple[int, int], records: list[Result]) -> None:
+    """One part file, named by the place of its first record (the input's listing number, the
+    member's index in its archive), written atomically: a shard is whole or absent, and a
+    retried task rewrites the same name with the same content."""
     from .fsutil import atomic_write_bytes
 
     text = "".join(dumps(r.to_dict()) + "\n" for r in records)
-    atomic_write_bytes(folder / f"part-{first:012d}.jsonl", text.encode("utf-8"))
+    atomic_write_bytes(folder / f"part-{first[0]:012d}-{first[1]:012d}.jsonl", text.encode("utf-8"))
 
 
 def read_shards(folder: Path) -> Iterator[dict[str, Any]]:
@@ -301,6 +365,8 @@ def make_reporter(
         raise ValueError(f"unknown format {fmt!r}")
     if resuming:
         return ResumedJsonlReporter(target)  # type: ignore[arg-type]
+    if fmt == "parquet":
+        return ParquetReporter(Sink(target, atomic=True, binary=True), heads, evidence)
     sink = Sink(target, atomic=(fmt == "json"))
     if fmt == "jsonl":
         return JsonlReporter(sink)
@@ -313,4 +379,4 @@ def guess_format(target: str | None) -> Format | None:
     if not target or target == "-":
         return None
     suffix = Path(target).suffix.lower()
-    return {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}.get(suffix)  # type: ignore[return-value]
+    return {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(suffix)  # type: ignore[return-value]

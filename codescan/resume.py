@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .records import Ident, ident_of
+
 # Header fields that must agree: resuming with other weights, head, thresholds or evidence would mix
 # two different questions in one file.
 MUST_MATCH = ("schema_version", "weights", "head", "thresholds", "evidence")
@@ -27,8 +29,8 @@ class ResumeState:
     results: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def done(self) -> set[str]:
-        return {r["path"] for r in self.results}
+    def done(self) -> set[Ident]:
+        return {ident_of(r) for r in self.results}
 
 
 def load(path: str) -> ResumeState:

@@ -1,4 +1,6 @@
-"""Inputs named by URI (s3://, gs://, file://, …): listed and read through pyarrow filesystems.
+"""Every input of a scan, in order, as entries: the local walk, URIs listed through pyarrow
+filesystems (s3://, gs://, file://, …), and archives and Parquet files opened where they stand
+(each listed by a confined reader, isolated.py).
 
 pyarrow resolves credentials the usual way (AWS_* / GOOGLE_* variables, config files,
 instance roles); codescan never sees or logs them. Listing follows the local walk's order: a
@@ -13,7 +15,6 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
-from .decode import DecodeFailure
 from .walk import Entry, WalkOptions, walk
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -23,13 +24,24 @@ def is_uri(argument: str | bytes) -> bool:
     return bool(_URI.match(os.fsdecode(argument)))
 
 
-def entries(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions()) -> Iterator[Entry]:
-    """Every file under the arguments in the documented order: local paths walked, URIs listed."""
-    for argument in arguments:
-        if is_uri(argument):
-            yield from _list_uri(os.fsdecode(argument), opts)
+def entries(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions(), counting: bool = False) -> Iterator[Entry]:
+    """Every input under the arguments in the documented order: local paths walked, URIs listed,
+    archives and Parquet files opened where they stand (named ones always, met ones with
+    `opts.archives`). `counting`: only the progress line's total is wanted (see `expand`)."""
+    for entry, archive in units(arguments, opts):
+        if archive:
+            yield from expand(entry, opts, counting)
         else:
-            yield from walk([argument], opts)
+            yield entry
+
+
+def units(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions()) -> Iterator[tuple[Entry, bool]]:
+    """The inputs as listed, archives unopened: (entry, whether it is an archive to open)."""
+    for argument in arguments:
+        listed = _list_uri(os.fsdecode(argument), opts) if is_uri(argument) else walk([argument], opts)
+        named = os.fsencode(argument)
+        for entry in listed:
+            yield entry, is_archive_argument(entry, opts, named=entry.path == named)
 
 
 def _list_uri(uri: str, opts: WalkOptions) -> Iterator[Entry]:
@@ -61,21 +73,35 @@ def _uri_entry(uri: str, error=None) -> Entry:
     return Entry(display=uri, path=uri.encode(), error=error, uri=True)
 
 
-def read_uri(uri: str, max_filesize: int) -> bytes:
-    """The whole object, refusing oversized ones before reading them (DecodeFailure on any problem)."""
-    import pyarrow.fs as pafs
+class Uncountable(Exception):
+    """Counting these inputs would cost as much as reading them."""
 
+
+def is_archive_argument(entry: Entry, opts: WalkOptions, named: bool) -> bool:
+    """Named on the command line, an archive is always opened; met in a walk, only with --archives."""
+    from .archives import archive_kind
+
+    return entry.error is None and (named or opts.archives) and archive_kind(entry.path) is not None
+
+
+def expand(entry: Entry, opts: WalkOptions, counting: bool = False) -> Iterator[Entry]:
+    """The entries inside the archive or Parquet file `entry`, or its one error record.
+
+    What was listed before a failure stays listed: a tar cut at member 500 gives 500 members and
+    then the archive's own error record.
+    """
+    from .archives import archive_kind
+    from .isolated import ReaderError, isolated
+
+    kind = archive_kind(entry.path)
+    assert kind is not None
+    if counting and kind == "tgz":
+        raise Uncountable("counting a tar.gz means inflating it: the progress line goes without a total")
+    if kind == "parquet":
+        from .parquet_source import list_rows as produce
+    else:
+        from .archives import list_members as produce
     try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-        size = fs.get_file_info(path).size
-        if size is not None and size > max_filesize:
-            raise DecodeFailure("too_large", f"file is {size} bytes, limit is {max_filesize} (--max-filesize)")
-        with fs.open_input_stream(path) as fh:
-            data = fh.read(max_filesize + 1)
-    except PermissionError as exc:
-        raise DecodeFailure("permission_denied", str(exc).splitlines()[0][:300] or "permission denied") from None
-    except (OSError, ValueError) as exc:
-        raise DecodeFailure("io_error", str(exc).splitlines()[0][:300] or "read failed") from None
-    if len(data) > max_filesize:
-        raise DecodeFailure("too_large", f"file grew past the limit of {max_filesize} bytes while reading")
-    return data
+        yield from isolated(produce, entry, kind, opts, counting)
+    except ReaderError as exc:
+        yield Entry(display=entry.display, path=entry.path, error=(exc.code, exc.message), uri=entry.uri)

@@ -23,20 +23,45 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .records import ErrorCode
+from .records import ErrorCode, Ident, Origin
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where an archive member's bytes lie, so a decode worker reads them in place (archives.py)."""
+
+    offset: int  # tar: the data; zip: the member's local header
+    size: int  # bytes stored there
+    method: int | None = None  # zip compression method (0 stored, 8 deflate); None: tar, stored as is
+    inflated: int = 0  # zip: the size the central directory declares once inflated
+    crc: int = 0  # zip: CRC-32 of the inflated bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    display: str  # as reached from the argument, fsdecoded
-    path: bytes  # lossless filesystem path
-    error: tuple[ErrorCode, str] | None = None  # unreadable dir, loop, missing argument
+    """One input, whatever holds it: a file, a URI, an archive member or a Parquet row.
+
+    `path` is what a worker opens (the file, or the archive holding the member); a member's bytes
+    are at `span` in it, or come along in `data` when the archive can only be read as a stream
+    (tar.gz, Parquet pages).
+    """
+
+    display: str  # as reached from the argument, fsdecoded; members: ARCHIVE::MEMBER
+    path: bytes  # lossless filesystem path (or URI)
+    error: tuple[ErrorCode, str] | None = None  # unreadable dir, loop, missing argument, broken archive
     uri: bool = False  # `path` is a URI read through pyarrow (sources.py), not a local path
+    origin: Origin | None = None
+    span: Span | None = None
+    data: bytes | None = None
+
+    @property
+    def ident(self) -> Ident:
+        return self.display if self.origin is None else (self.origin.archive, self.origin.member_index)
 
 
 MAX_DEPTH = 1024  # directory levels below an argument: far beyond real trees, and it bounds the walk's stack
 
-Ident = tuple[int, int]  # (st_dev, st_ino): a directory's identity, whatever path reached it
+DirIdent = tuple[int, int]  # (st_dev, st_ino): a directory's identity, whatever path reached it
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +69,10 @@ class WalkOptions:
     excludes: tuple[str, ...] = ()
     follow_symlinks: bool = False
     max_depth: int = MAX_DEPTH  # a directory deeper than this below its argument is a `too_deep` record
+    archives: bool = False  # open archives and Parquet files met in a walk (named ones always are)
+    column: str | None = None  # Parquet: the image column (default: found by its type and name)
+    id_column: str | None = None  # Parquet: the row identifier (default: the image's path, else the row number)
+    max_filesize: int = 256 * 1024 * 1024  # a streamed member larger than this is not read into memory
 
 
 def _excluded(name: bytes, path: bytes, excludes: Sequence[str]) -> bool:
@@ -80,7 +109,7 @@ def _stat(child: os.DirEntry[bytes], follow_symlinks: bool) -> os.stat_result | 
     return child.stat(follow_symlinks=False)
 
 
-def _walk_dir(root: bytes, root_ident: Ident, opts: WalkOptions) -> Iterator[Entry]:
+def _walk_dir(root: bytes, root_ident: DirIdent, opts: WalkOptions) -> Iterator[Entry]:
     """Depth-first on an explicit stack, so depth costs list items, never Python frames.
 
     A generator per level (``yield from``) hit RecursionError near 1000 levels and aborted the
@@ -92,7 +121,7 @@ def _walk_dir(root: bytes, root_ident: Ident, opts: WalkOptions) -> Iterator[Ent
     except OSError as exc:
         yield _entry(root, _os_error(exc))
         return
-    stack: list[tuple[Iterator[os.DirEntry[bytes]], Ident]] = [(iter(listing), root_ident)]
+    stack: list[tuple[Iterator[os.DirEntry[bytes]], DirIdent]] = [(iter(listing), root_ident)]
     ancestors = {root_ident}
     while stack:
         children, ident = stack[-1]

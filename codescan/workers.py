@@ -26,7 +26,7 @@ from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 
 from .decode import DecodeFailure, configure_pillow
-from .examine import ExamineConfig
+from .examine import ExamineConfig, listed_outcome
 from .walk import Entry
 
 _STOP = None
@@ -34,21 +34,9 @@ ADDRESS_SPACE_LIMIT = 4 << 30  # per worker; a bomb that slips past the pixel ch
 
 
 def _worker_main(conn: Connection, config: ExamineConfig, quiet_stderr: bool) -> None:
-    import resource
-    import warnings
-
     from .examine import Examiner
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    if quiet_stderr:
-        # Decoders print straight to fd 2 (libtiff warnings); stderr belongs to the user.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-    warnings.simplefilter("ignore")
-    try:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-    except (ValueError, OSError):
-        pass
+    confine(ADDRESS_SPACE_LIMIT, quiet_stderr)
     configure_pillow(config.limits)
     examine = Examiner(config)
     delay = float(os.environ.get("CODESCAN_TEST_DECODE_DELAY", "0") or 0)
@@ -86,6 +74,48 @@ def _safe_path():
             os.environ["PYTHONSAFEPATH"] = old
 
 
+def forkserver() -> mp.context.BaseContext:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["codescan.examine", "codescan.archives"])  # archive readers start warm
+    return ctx
+
+
+def start_process(ctx: mp.context.BaseContext, target, args: tuple) -> mp.process.BaseProcess:
+    """A daemon child of the forkserver, started so that Ctrl-C cannot kill it mid-start.
+
+    Ctrl-C reaches the whole process group. Start the forkserver (and through it every child)
+    with SIGINT blocked, a mask that survives fork and exec, so neither can die of it mid-start
+    with a traceback on the user's stderr; here it stays pending until unblocked. The resource
+    tracker goes first: starting it unblocks SIGINT (CPython's own bpo-33613 guard).
+    """
+    proc = ctx.Process(target=target, args=args, daemon=True)  # type: ignore[attr-defined]
+    resource_tracker.ensure_running()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with _safe_path():
+            proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return proc
+
+
+def confine(memory: int, quiet_stderr: bool) -> None:
+    """In a child that reads hostile bytes: no Ctrl-C of its own, no stderr chatter, bounded memory."""
+    import resource
+    import warnings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    if quiet_stderr:
+        # Decoders print straight to fd 2 (libtiff warnings); stderr belongs to the user.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+    warnings.simplefilter("ignore")
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    except (ValueError, OSError):
+        pass
+
+
 @dataclass
 class _Slot:
     proc: mp.process.BaseProcess
@@ -104,26 +134,14 @@ class DecodePool:
         self.timeout = timeout
         self.window = max(window, self.n)
         self.quiet_stderr = quiet_stderr
-        self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["codescan.examine"])
+        self.ctx = forkserver()
         self._slots: list[_Slot] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _spawn(self) -> _Slot:
         parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.config, self.quiet_stderr), daemon=True)
-        # Ctrl-C reaches the whole process group. Start the forkserver (and through it every
-        # worker) with SIGINT blocked, a mask that survives fork and exec, so neither can die of
-        # it mid-start with a traceback on the user's stderr; here it stays pending until unblocked.
-        # The resource tracker goes first: starting it unblocks SIGINT (CPython's own bpo-33613 guard).
-        resource_tracker.ensure_running()
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            with _safe_path():
-                proc.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        proc = start_process(self.ctx, _worker_main, (child, self.config, self.quiet_stderr))
         child.close()
         return _Slot(proc=proc, conn=parent)
 
@@ -178,8 +196,8 @@ class DecodePool:
                     credits.release()
                     exhausted = True
                     break
-                if entry.error is not None:  # walk errors need no worker
-                    done[next_seq] = (entry, DecodeFailure(*entry.error))
+                if entry.error is not None:  # walk and listing errors need no worker
+                    done[next_seq] = (entry, listed_outcome(entry))
                 else:
                     slot.seq, slot.entry, slot.started = next_seq, entry, time.monotonic()
                     slot.conn.send((next_seq, entry))

@@ -68,6 +68,7 @@ def test_head_all_and_csv(home, folder):
     rows = list(csv.DictReader(io.StringIO(p.stdout.decode())))
     assert list(rows[0]) == [
         "path", "status", "score", "threshold", "head", "width", "height", "format", "error_code", "error", "sha256",
+        "archive", "member", "member_index", "key",
         "score_linear", "status_linear", "score_knn", "status_knn", "score_ocsvm", "status_ocsvm", "combined", "evidence",
     ]
     img = rows[0]

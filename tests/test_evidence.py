@@ -223,7 +223,7 @@ def test_records_carry_evidence_and_combined(home, provenance_folder):
     assert p.returncode == 2  # the truncated file is an error: errors win
     lines = [json.loads(x) for x in p.stdout.decode().splitlines()]
     header, results, summary = lines[0], lines[1:-1], lines[-1]
-    assert header["evidence"] == "metadata" and header["schema_version"] == 2
+    assert header["evidence"] == "metadata" and header["schema_version"] == 3
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in results}
     comfy, plain, firefly, cut = (by_name[n] for n in ("a_comfy.png", "b_plain.png", "c_firefly.jpg", "d_cut.png"))
     assert comfy["status"] == "real" and comfy["combined"] == "fake"

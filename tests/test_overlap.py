@@ -263,3 +263,34 @@ def test_scan_through_the_fake_tensorrt_engine(fake_trt, bundle, tree):
     assert len(uploads) == N_IMAGES // BATCH and len(syncs) >= len(uploads)
     for i in range(len(uploads) - 1):
         assert uploads[i + 1] < syncs[i], f"upload of batch {i + 1} not queued before batch {i}'s result was awaited"
+
+
+def test_records_behind_a_batch_that_cannot_fill_keep_flowing(home, tmp_path, monkeypatch):
+    """One image, then only copies of it and non-images: the batch never fills, and what follows
+    it must not pile up in memory until the end of the scan (each copy holds a decoded crop)."""
+    import codescan.pipeline as pipeline
+
+    good = tmp_path / "a.png"
+    textured_image(np.random.default_rng(5), 90, 70).save(good)
+    for i in range(150):
+        (tmp_path / f"b{i:03d}.png").write_bytes(good.read_bytes())
+    for i in range(30):
+        (tmp_path / f"c{i:03d}.txt").write_text("x\n")
+    pulled = []
+    listing = pipeline.list_entries
+
+    def counting(arguments, opts):
+        for entry in listing(arguments, opts):
+            pulled.append(entry)
+            yield entry
+
+    monkeypatch.setattr(pipeline, "list_entries", counting)
+    scanner = Scanner(config=ScanConfig(batch_size=BATCH, decode_workers=2, evidence="none"))
+    sync = SyncOnly(scanner.engine)
+    scanner.engine = sync
+    records = scanner.scan([str(tmp_path)])
+    first = next(records)
+    assert len(pulled) < 80, f"the first record waited for {len(pulled)} of 181 inputs"
+    rest = [first, *records]
+    assert len(rest) == 181 and len({r.score for r in rest if r.score is not None}) == 1
+    assert sync.batches == [1]  # the copies took the original's scores: embedded once

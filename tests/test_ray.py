@@ -20,13 +20,25 @@ def lines(stdout: bytes) -> list[dict]:
     return out
 
 
-def test_labeled_corpus_same_records_as_local_scan(home, labeled):
-    local = run_cli("scan", str(LABELED), "-q", "--no-cache", "--head", "all")
-    ray = run_cli("scan", str(LABELED), "-q", "--head", "all", *RAY)
-    assert ray.returncode == local.returncode, ray.stderr.decode()[-3000:]
+def test_labeled_corpus_and_archives_same_records_as_local_scan(home, labeled, tmp_path):
+    """Archive members travel as entries (offsets, or bytes for streamed sources) and come back
+    with their origin; duplicate names stay apart."""
+    from archive_kit import parquet_images, tar_of, tiny_jpeg, tiny_png, zip_of
+
+    shard = tar_of(tmp_path / "s.tar", [("dup.jpg", tiny_jpeg(1)), ("dup.jpg", tiny_jpeg(2)), ("n.zip", b"PK"), ("c.png", tiny_png(3))])
+    packed = zip_of(tmp_path / "z.zip", [("a.jpg", tiny_jpeg(4)), ("b.jpg", b"not an image")])
+    gz = tar_of(tmp_path / "g.tgz", [("x.jpg", tiny_jpeg(5))], "w:gz")
+    rows = parquet_images(tmp_path / "r.parquet", [tiny_jpeg(i) for i in range(5)], ids=list("abcde"), row_group_size=2)
+    args = ("scan", str(LABELED), str(shard), str(packed), str(gz), str(rows), "-q", "--head", "all", "--id-column", "id")
+    local = run_cli(*args, "--no-cache")
+    ray = run_cli(*args, *RAY)
+    assert ray.returncode == local.returncode == 2, ray.stderr.decode()[-3000:]  # 2: b.jpg is not an image
     expected, got = lines(local.stdout), lines(ray.stdout)
-    assert len(got) == 2 + sum(1 for p in LABELED.rglob("*") if p.is_file())
+    assert len(got) == 2 + sum(1 for p in LABELED.rglob("*") if p.is_file()) + 4 + 2 + 1 + 5
     assert got == expected
+    members = [r for r in got if r.get("archive") == str(shard)]
+    assert [r["member_index"] for r in members] == [0, 1, 2, 3] and members[2]["error_code"] == "nested_archive"
+    assert [r["key"] for r in got if r.get("archive") == str(rows)] == list("abcde")
 
 
 @pytest.fixture()
@@ -73,10 +85,14 @@ def test_uri_listing_resume_and_a_stalled_decoder(home, mixed_tree, tmp_path):
 
 
 def test_shards_written_by_workers_and_continued(home, mixed_tree, tmp_path):
+    from archive_kit import tar_of, tiny_jpeg
+
     env = {"CODESCAN_TEST_STALL_MARKER": "stall_"}
-    local = lines(run_cli("scan", str(mixed_tree), "-q", "--no-cache", "--decode-timeout", "2", env=env).stdout)
+    shard = tar_of(tmp_path / "s.tar", [("dup.jpg", tiny_jpeg(i)) for i in range(3)] + [("x.txt", b"meta"), ("z.jpg", tiny_jpeg(7))])
+    inputs = (str(mixed_tree), str(shard))
+    local = lines(run_cli("scan", *inputs, "-q", "--no-cache", "--decode-timeout", "2", env=env).stdout)
     shards = tmp_path / "shards"
-    args = ("scan", str(mixed_tree), "-q", "--decode-timeout", "2", "--batch-size", "2", "--shards", str(shards), *RAY)
+    args = ("scan", *inputs, "-q", "--decode-timeout", "2", "--batch-size", "2", "--shards", str(shards), *RAY)
     first = driver_without_engines(*args, env=env)  # the engine is resolved and built where it runs
     assert first.returncode == 2, first.stderr.decode()[-3000:]
     parts = sorted(shards.glob("part-*.jsonl"))
@@ -87,16 +103,22 @@ def test_shards_written_by_workers_and_continued(home, mixed_tree, tmp_path):
     summary = json.loads((shards / "summary.json").read_text())
     assert summary.pop("seconds") >= 0 and summary == local[-1]
 
-    # A job killed before some shards were written: rerunning writes only what is missing.
+    # A job killed before some shards were written: rerunning writes only what is missing, and
+    # an archive whose first members are recorded is asked for the others only.
     parts[1].unlink()
+    last_member = next(p for p in parts[2:] if '"member_index": 4' in p.read_text())
+    assert '"member_index": 0' not in last_member.read_text()  # batches of 2: members 0-1 are in another shard
+    last_member.unlink()
+    kept = {p: p.stat().st_ino for p in shards.glob("part-*.jsonl")}
     (shards / ".tmp.partial").write_text("torn")  # what an interrupted atomic write leaves
     again = run_cli(*args, env=env)
     assert again.returncode == 2, again.stderr.decode()[-3000:]
     assert [json.loads(x) for p in sorted(shards.glob("part-*.jsonl")) for x in p.read_text().splitlines()] == records
+    assert {p: p.stat().st_ino for p in kept} == kept  # done files and members were not scanned again
     summary = json.loads((shards / "summary.json").read_text())
     assert summary.pop("seconds") >= 0 and summary == local[-1]
 
-    p = run_cli("scan", str(mixed_tree), "-q", "--head", "knn", "--shards", str(shards), *RAY)
+    p = run_cli("scan", *inputs, "-q", "--head", "knn", "--shards", str(shards), *RAY)
     assert p.returncode == 2 and b"different head" in p.stderr  # another question: refused, not mixed in
 
 
@@ -273,3 +295,4 @@ def test_engine_resolution_follows_the_cluster_not_the_driver(home, monkeypatch)
     monkeypatch.setattr(ray, "get", lambda ref: Resolved("cuda", "fp32", "cuda:0"))
     assert resolve_engine(cuda, RayOptions()) == Resolved("cuda", "fp32", "cuda:0")
     assert asked == [("_probe", ("cuda", "auto"))]  # resolved on a GPU worker, nothing built here
+

@@ -121,12 +121,14 @@ def _shown_records() -> list[dict]:
 
 
 def _shape(record: dict) -> tuple:
-    kind = record["type"], record.get("status")
+    judged = {"fake": "real"}  # a real and a fake record have the same fields
+    kind = record["type"], judged.get(record.get("status"), record.get("status")), "archive" in record
     return kind, tuple(sorted(record))
 
 
 def test_output_section_shows_the_records_a_scan_writes(sandbox):
-    p = _run("codescan scan photos -q --no-cache", sandbox)
+    _run("mkdir -p output-check && tar -cf output-check/shard.tar -C photos p0.jpg", sandbox)
+    p = _run("codescan scan photos output-check/shard.tar -q --no-cache", sandbox)
     written = [json.loads(line) for line in p.stdout.splitlines()]
     shown = _shown_records()
     written_shapes = {_shape(r)[0]: _shape(r)[1] for r in written}
@@ -134,9 +136,7 @@ def test_output_section_shows_the_records_a_scan_writes(sandbox):
         kind, keys = _shape(record)
         if kind in written_shapes:
             assert keys == written_shapes[kind], f"README shows {kind} with {keys}, codescan writes {written_shapes[kind]}"
-    assert {("header", None), ("result", "real"), ("result", "error"), ("result", "skipped"), ("summary", None)} <= set(
-        written_shapes
-    ), "the sandbox should produce every kind of record the README shows"
+    assert {_shape(r)[0] for r in shown} <= set(written_shapes), "the sandbox should produce every kind of record the README shows"
     header = next(r for r in shown if r["type"] == "header")
     assert sorted(header["weights"]) == sorted(written[0]["weights"])
 
