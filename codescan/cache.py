@@ -61,6 +61,10 @@ class CacheSpec:
     model: str  # e.g. "<weights digest>/p1/onnxruntime/fp32"
     evidence: str | None  # e.g. "metadata/v1"; None when evidence is off
     heads: tuple[str, ...]  # every head of the bundle: a verdict row must score exactly these
+    crops: int = 1  # boxes judged per image (scan --crops); also in `model`, so modes never mix
+
+
+Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +72,14 @@ class CachedVerdict:
     width: int
     height: int
     format: str
-    box: tuple[int, int, int, int]
-    scores: dict[str, float]  # every head of the bundle
+    boxes: tuple[Box, ...]  # the boxes judged, the centre first
+    scores: tuple[dict[str, float], ...]  # per box, every head of the bundle
+
+    def row(self) -> tuple[str, str]:
+        """(box, scores) as stored: one box as in the first cache format, several as lists."""
+        if len(self.boxes) == 1:
+            return json.dumps(self.boxes[0]), json.dumps(self.scores[0])
+        return json.dumps(self.boxes), json.dumps(self.scores)
 
 
 def default_path() -> Path:
@@ -235,7 +245,7 @@ class CacheWriter:
             self.db.many(
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (sha, self.spec.model, v.width, v.height, v.format, json.dumps(v.box), json.dumps(v.scores))
+                    (sha, self.spec.model, v.width, v.height, v.format, *v.row())
                     for sha, v in verdicts
                 ],
             )
@@ -283,7 +293,7 @@ class CacheReader:
             "SELECT width, height, format, box, scores FROM verdicts WHERE sha256 = ? AND model = ?",
             (sha, self.spec.model),
         )
-        return None if row is None else _verdict(row, self.spec.heads)
+        return None if row is None else _verdict(row, self.spec.heads, self.spec.crops)
 
     def evidence(self, sha: bytes) -> tuple[Evidence, ...] | None:
         if self.spec.evidence is None:
@@ -306,19 +316,23 @@ def _is_int(value: object) -> bool:
     return type(value) is int  # bool is an int subclass, and never a size
 
 
-def _verdict(row: tuple, heads: tuple[str, ...]) -> CachedVerdict | None:
+def _verdict(row: tuple, heads: tuple[str, ...], crops: int) -> CachedVerdict | None:
     """The row as put() writes it, or None: a miss, so the file is scored again instead of crashing the judge."""
     width, height, fmt, box_text, scores_text = row
-    box, scores = _json(box_text), _json(scores_text)
+    boxes, scores = _json(box_text), _json(scores_text)
     if not (_is_int(width) and _is_int(height) and width > 0 and height > 0 and isinstance(fmt, str)):
         return None
-    if not (isinstance(box, list) and len(box) == 4 and all(_is_int(v) for v in box)):
+    if crops == 1:
+        boxes, scores = [boxes], [scores]
+    if not (isinstance(boxes, list) and isinstance(scores, list) and len(boxes) == len(scores) == crops):
         return None
-    if not (isinstance(scores, dict) and set(scores) == set(heads)):
+    if not all(isinstance(b, list) and len(b) == 4 and all(_is_int(v) for v in b) for b in boxes):
         return None
-    if not all(type(v) is float and math.isfinite(v) for v in scores.values()):
+    if not all(isinstance(s, dict) and set(s) == set(heads) for s in scores):
         return None
-    return CachedVerdict(width, height, fmt, (box[0], box[1], box[2], box[3]), scores)
+    if not all(type(v) is float and math.isfinite(v) for s in scores for v in s.values()):
+        return None
+    return CachedVerdict(width, height, fmt, tuple((b[0], b[1], b[2], b[3]) for b in boxes), tuple(scores))
 
 
 def _evidence(text: object) -> tuple[Evidence, ...] | None:

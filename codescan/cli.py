@@ -25,6 +25,7 @@ from .cli_options import (
     BatchSizeOpt,
     CacheOpt,
     ColumnOpt,
+    CropsOpt,
     DecodeTimeoutOpt,
     EngineOpt,
     EvidenceOpt,
@@ -43,6 +44,7 @@ from .cli_options import (
     PrecisionOpt,
     QuietOpt,
     RayOpt,
+    ReportOpt,
     RayWorkersOpt,
     ResumeOpt,
     ShardsOpt,
@@ -55,6 +57,8 @@ from .cli_options import (
     parse_thresholds,
     scan_arguments,
 )
+from .cli_calibrate import register as register_calibrate
+from .cli_report import register as register_report
 from .cli_tools import register as register_tools
 from .records import Summary
 from .reporters import ShardsReporter
@@ -70,6 +74,8 @@ app = typer.Typer(
 weights_app = typer.Typer(no_args_is_help=True, help="Install, inspect and verify weight bundles.")
 app.add_typer(weights_app, name="weights")
 register_tools(app, weights_app)
+register_report(app)
+register_calibrate(app)
 
 
 def version_callback(value: bool) -> None:
@@ -100,6 +106,7 @@ def scan(
     fmt: FmtOpt = None,
     head: HeadOpt = "linear",
     threshold: ThresholdOpt = None,
+    crops: CropsOpt = 1,
     engine: EngineOpt = "auto",
     precision: PrecisionOpt = "auto",
     batch_size: BatchSizeOpt = None,
@@ -119,6 +126,7 @@ def scan(
     ray: RayOpt = None,
     ray_workers: RayWorkersOpt = None,
     shards: ShardsOpt = None,
+    report: ReportOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Scan files and folders; one record per file. Exit 2 if any error, else 1 if any fake (model or evidence), else 0."""
@@ -129,6 +137,10 @@ def scan(
     from .walk import WalkOptions
 
     output, fmt = output_choice(output, fmt, resume, shards, ray)
+    if report is not None and output == "-" and shards is None:
+        raise UsageError("--report reads the verdicts back: give -o FILE (or --resume FILE, --shards DIR)")
+    if crops != 1 and ray is not None:
+        raise UsageError("--crops 5 is not available with --ray yet: its rows carry one crop per file")
     arguments = scan_arguments(paths, files_from, null)
     config = ScanConfig(
         head=head,  # type: ignore[arg-type]
@@ -146,6 +158,7 @@ def scan(
         ),
         evidence=evidence,  # type: ignore[arg-type]
         cache=None if no_cache else (cache or str(default_path())),
+        crops=crops,
         **({"decode_workers": workers} if workers else {}),
     )
     plan = _plan(weights, engine, precision, config, ray is not None, quiet)
@@ -158,6 +171,11 @@ def scan(
     outcome = _run_job(executor, plan, reporter, arguments, quiet, target=resume or shards or "")
     if not quiet:
         messages.summary(outcome.summary, outcome.scanned, outcome.interrupted)
+    if report is not None and not outcome.interrupted:
+        from .cli_report import make_report
+
+        if make_report([Path(shards or output)], Path(report), quiet=quiet):
+            raise typer.Exit(2)
     raise typer.Exit(outcome.exit_code)
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -191,6 +191,20 @@ ShardsOpt = Annotated[
         metavar="DIR",
         help="--ray: workers write JSONL shards into DIR (header.json, part-*.jsonl, summary.json); "
         "rerun to continue.",
+    ),
+]
+CropsOpt = Annotated[
+    Literal[1, 5],
+    typer.Option(
+        envvar="CODESCAN_CROPS",
+        help="1: the central 224×224, as the reference; 5: centre + four corners, each head's score the max.",
+    ),
+]
+ReportOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--report", envvar="CODESCAN_REPORT", metavar="FILE.html",
+        help="Also write the HTML review report of this scan (needs -o FILE, --resume FILE or --shards DIR).",
     ),
 ]
 ArchivesOpt = Annotated[

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -149,29 +149,56 @@ def weights_import(
     messages.info(f"installed {bundle.name} from {directory} at {bundle.path}")
 
 
+def _origin_text(origin: dict[str, Any]) -> str:
+    """One origin in a few words: `calibrated fpr<=0.01 on 500 real + 80 fake (2026-01-02)`, `trained`, `imported`."""
+    kind = str(origin.get("kind", "?"))
+    if kind == "calibrated":
+        date = str(origin.get("date", ""))[:10]
+        return f"calibrated fpr<={origin.get('target_fpr')} on {origin.get('n_real')} real + {origin.get('n_fake')} fake ({date})"
+    return kind
+
+
 def weights_list() -> None:
-    """Installed bundles: a heading line, then one tab-separated line per bundle."""
-    from .weights import list_bundles, weights_dir
+    """Installed bundles: a heading line, then one tab-separated line per bundle.
+
+    ``parent`` is a calibrated variant's parent (``-`` otherwise); ``thresholds`` says, per head,
+    the threshold and where it came from (imported, trained, calibrated).
+    """
+    from .weights import list_bundles, threshold_origins, weights_dir
 
     bundles = list_bundles()
     if not bundles:
         messages.note(f"no bundles in {weights_dir()}; run `codescan weights pull` or `codescan weights import DIR`")
         return
-    print("name\tdigest\trevision\tlicense")
+    print("name\tdigest\trevision\tlicense\tparent\tthresholds")
     for b in bundles:
-        print(f"{b.name}\t{b.digest[:16]}\t{b.revision or '-'}\t{b.meta.get('license', '?')}")
+        thresholds = "; ".join(f"{h}={o['threshold']:g} {_origin_text(o['origin'])}" for h, o in threshold_origins(b).items())
+        print(f"{b.name}\t{b.digest[:16]}\t{b.revision or '-'}\t{b.meta.get('license', '?')}\t{b.parent or '-'}\t{thresholds}")
 
 
 def weights_info(
     name: Annotated[str, typer.Argument(help="Bundle name.")] = "code",
 ) -> None:
-    """Everything bundle.json records, after re-verifying every file's sha256."""
+    """Everything bundle.json records, after re-verifying every file's sha256; where each threshold came from.
+
+    JSON on stdout adds ``thresholds: {head: {threshold, origin: {kind, ...}}}``; for a calibrated
+    variant ``path`` is its own folder (bundle.json only) and ``files_path`` the parent's. One line
+    per head on stderr says the same for a person.
+    """
     import json
 
-    from .weights import load_bundle
+    from .weights import load_bundle, threshold_origins, weights_dir
 
     bundle = load_bundle(name, verify=True)
-    print(json.dumps({"name": bundle.name, "path": str(bundle.path), "digest": bundle.digest, **bundle.meta}, indent=2))
+    origins = threshold_origins(bundle)
+    where = {"path": str(bundle.path)}
+    if bundle.parent is not None:
+        where = {"path": str(weights_dir() / bundle.name), "files_path": str(bundle.path)}
+    for head, o in origins.items():
+        details = o["origin"]
+        data = f", data {details['data']} (sha256 {str(details.get('data_sha256'))[:16]}…)" if details.get("kind") == "calibrated" else ""
+        messages.info(f"{head}: threshold {o['threshold']:g}, {_origin_text(details)}{data}")
+    print(json.dumps({"name": bundle.name, **where, "digest": bundle.digest, **bundle.meta, "thresholds": origins}, indent=2))
 
 
 def train_command(

@@ -25,7 +25,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .preprocess import CROP, place_crop, plan_crop
+from .preprocess import CROP, CropCount, place_crop, plan_crops
 from .records import ErrorCode, Evidence
 
 
@@ -151,11 +151,20 @@ class DecodeLimits:
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    crop: np.ndarray  # (224, 224, 3) uint8
+    crops: np.ndarray  # (K, 224, 224, 3) uint8, K = 1 or 5 (preprocess.plan_crops)
     width: int
     height: int
     format: str
-    box: tuple[int, int, int, int]
+    boxes: tuple[tuple[int, int, int, int], ...]  # one per crop; the centre first
+
+    @property
+    def crop(self) -> np.ndarray:
+        """(224, 224, 3) uint8: the centre crop, the reference's."""
+        return self.crops[0]
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.boxes[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,12 +303,13 @@ def decode_boxes(
         raise _classify(exc, data, _extension(name)) from None
 
 
-def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "") -> Decoded:
-    """Decode the first frame and cut the reference crop; raise DecodeFailure on any problem."""
-    decoded = decode_boxes(data, limits, lambda w, h: [plan_crop(w, h, CROP).box], name)
-    plan = plan_crop(decoded.width, decoded.height, CROP)
-    crop = place_crop(decoded.regions[0], plan, CROP)
-    return Decoded(crop=crop, width=decoded.width, height=decoded.height, format=decoded.format, box=plan.box)
+def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "", crops: CropCount = 1) -> Decoded:
+    """Decode the first frame and cut the reference crop (with 5, the corners too); raise
+    DecodeFailure on any problem."""
+    decoded = decode_boxes(data, limits, lambda w, h: [p.box for p in plan_crops(w, h, crops)], name)
+    plans = plan_crops(decoded.width, decoded.height, crops)
+    cut = np.stack([place_crop(region, plan, CROP) for region, plan in zip(decoded.regions, plans)])
+    return Decoded(crops=cut, width=decoded.width, height=decoded.height, format=decoded.format, boxes=tuple(p.box for p in plans))
 
 
 def _jpeg_region(data: bytes, im: Image.Image, box: Box) -> np.ndarray | None:

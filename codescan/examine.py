@@ -24,6 +24,7 @@ from .decode import (
     sniff,
 )
 from .evidence import Findings, metadata_evidence
+from .preprocess import CropCount
 from .records import ErrorCode, Evidence, EvidenceLevel
 from .fetch import read_member, read_uri
 from .walk import Entry
@@ -34,6 +35,7 @@ class ExamineConfig:
     limits: DecodeLimits = DecodeLimits()
     evidence: EvidenceLevel = "metadata"
     cache: CacheSpec | None = None
+    crops: CropCount = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,16 @@ def listed_outcome(entry: Entry) -> DecodeFailure | Skipped:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageFacts:
+    """What a record says of a judged image besides its scores."""
+
+    width: int
+    height: int
+    format: str
+    boxes: tuple[tuple[int, int, int, int], ...]  # the boxes judged, the centre first
+
+
+@dataclass(frozen=True, slots=True)
 class Examined:
     """An image whose verdict needs `decoded` embedded, or is already known (`cached`)."""
 
@@ -66,15 +78,15 @@ class Examined:
     cached: CachedVerdict | None = None
 
     @property
-    def size_box_format(self) -> tuple[int, int, tuple[int, int, int, int], str]:
+    def facts(self) -> ImageFacts:
         src = self.decoded if self.decoded is not None else self.cached
         assert src is not None
-        return src.width, src.height, src.box, src.format
+        return ImageFacts(src.width, src.height, src.format, src.boxes)
 
-    def verdict(self, scores: dict[str, float]) -> CachedVerdict:
-        """What the cache keeps for this content once its scores are known."""
-        width, height, box, fmt = self.size_box_format
-        return CachedVerdict(width, height, fmt, box, scores)
+    def verdict(self, scores: tuple[dict[str, float], ...]) -> CachedVerdict:
+        """What the cache keeps for this content once its scores (per box) are known."""
+        facts = self.facts
+        return CachedVerdict(facts.width, facts.height, facts.format, facts.boxes, scores)
 
 
 Outcome = Examined | DecodeFailure | Skipped
@@ -121,7 +133,8 @@ class Examiner:
         if cached is not None:
             return Examined(sha, evidence, new_evidence, cached=cached)
         try:
-            decoded = decode_bytes(data, self.config.limits, entry.path if entry.origin is None else entry.origin.member)
+            name = entry.path if entry.origin is None else entry.origin.member
+            decoded = decode_bytes(data, self.config.limits, name, self.config.crops)
         except DecodeFailure as failure:
             return DecodeFailure(failure.code, failure.message, sha.hex(), evidence)
         return Examined(sha, evidence, new_evidence, decoded=decoded)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .decode import DecodeFailure
-from .examine import Examined, Outcome
+from .examine import Examined, ImageFacts, Outcome
 from .records import (
     HEAD_NAMES,
+    BoxScore,
     Evidence,
     HeadName,
     HeadVerdict,
@@ -23,6 +24,7 @@ from .records import (
 )
 
 Scores = dict[str, float]  # every head of the bundle, by name
+BoxScores = tuple[Scores, ...]  # one per box judged (scan --crops), the centre first
 
 
 @dataclass(frozen=True)
@@ -31,13 +33,15 @@ class Judge:
     thresholds: dict[HeadName, float]  # for every judged head, overrides applied
     show_all: bool  # --head all: the record lists every head
 
-    def record(self, display: str, outcome: Outcome, scores: Scores | None = None, origin: Origin | None = None) -> Result:
-        """The record of one input: `scores` for a decoded image, else the ones `outcome` carries."""
+    def record(
+        self, display: str, outcome: Outcome, scores: BoxScores | None = None, origin: Origin | None = None
+    ) -> Result:
+        """The record of one input: `scores` (per box) for a decoded image, else the ones `outcome` carries."""
         if isinstance(outcome, Examined):
             if scores is None:
                 assert outcome.cached is not None, "an image record needs its scores"
                 scores = outcome.cached.scores
-            return self.image(display, outcome.sha256.hex(), outcome.evidence, outcome.size_box_format, scores, origin)
+            return self.image(display, outcome.sha256.hex(), outcome.evidence, outcome.facts, scores, origin)
         if isinstance(outcome, DecodeFailure):
             return error_result(display, outcome.code, outcome.message, outcome.sha256, outcome.evidence, origin)
         return skipped_result(display, outcome.code, origin)
@@ -47,29 +51,41 @@ class Judge:
         display: str,
         sha256: str,
         evidence: tuple[Evidence, ...] | None,
-        size_box_format: tuple[int, int, tuple[int, int, int, int], str],
-        scores: Scores,
+        facts: ImageFacts,
+        scores: BoxScores,
         origin: Origin | None = None,
     ) -> Result:
-        """A judged image's record from its facts (local outcomes and Ray's typed rows alike)."""
-        per_head = {n: self._head(n, scores[n]) for n in self.judged}
+        """A judged image's record from its facts (local outcomes and Ray's typed rows alike).
+
+        With several boxes (`--crops 5`) each head's score is its maximum over the boxes, as in
+        `eval --crops 5`: one box that looks generated is enough. `crop` is then the box that
+        gave the first judged head its score, and `boxes` lists every box with its scores.
+        """
+        combined = {n: max(per_box[n] for per_box in scores) for n in self.judged}
+        per_head = {n: self._head(n, combined[n]) for n in self.judged}
         primary = self.judged[0]
         main = per_head[primary]
-        width, height, box, fmt = size_box_format
+        deciding = max(range(len(scores)), key=lambda i: scores[i][primary])
+        boxes = (
+            tuple(BoxScore(box, {n: per_box[n] for n in self.judged}) for box, per_box in zip(facts.boxes, scores))
+            if len(facts.boxes) > 1
+            else None
+        )
         return Result(
             path=display,
             status=main.status,
             score=main.score,
             threshold=self.thresholds[primary],
             head=primary,
-            width=width,
-            height=height,
-            format=fmt,
-            crop=box,
+            width=facts.width,
+            height=facts.height,
+            format=facts.format,
+            crop=facts.boxes[deciding],
             heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.show_all else None,
             sha256=sha256,
             evidence=evidence,
             origin=origin,
+            boxes=boxes,
         )
 
     def _head(self, name: HeadName, score: float) -> HeadVerdict:

@@ -24,9 +24,9 @@ from .cache import CachedVerdict, CacheError, CacheSpec, CacheWriter
 from .decode import DecodeLimits
 from .examine import ExamineConfig, Examined, Outcome
 from .heads import HeadSet
-from .judge import Scores
+from .judge import BoxScores
 from .plan import ScanPlan
-from .preprocess import PREPROCESS_VERSION
+from .preprocess import PREPROCESS_VERSION, CropCount
 from .records import (
     EvidenceLevel,
     HeadChoice,
@@ -54,6 +54,7 @@ class ScanConfig:
     walk: WalkOptions = WalkOptions()
     evidence: EvidenceLevel = "metadata"
     cache: str | None = None  # the SQLite scan cache; None: nothing read or stored across scans
+    crops: CropCount = 1  # boxes judged per image: the centre (the reference), or centre + corners
 
 
 Item = tuple[Entry, Outcome, bool]  # bool: its crop goes to the engine in this item's batch
@@ -83,7 +84,7 @@ class Scanner:
         self.heads: HeadSet = self.plan.heads
         self.judge = self.plan.judge
         self._writer: CacheWriter | None = None
-        self._known: OrderedDict[bytes, Scores] = OrderedDict()
+        self._known: OrderedDict[bytes, BoxScores] = OrderedDict()
 
     @functools.cached_property
     def engine(self) -> Engine:
@@ -106,8 +107,11 @@ class Scanner:
         if self.config.cache is None:
             return None
         model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/{self.engine.name}/{self.engine.precision}"
+        if self.config.crops != 1:
+            model += f"/crops{self.config.crops}"
         evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
-        return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=tuple(self.heads.names()))
+        heads = tuple(self.heads.names())
+        return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=heads, crops=self.config.crops)
 
     def scan(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[Result]:
         """One Result per discovered input, in walk order; those in `skip` (already done) are passed over."""
@@ -128,7 +132,7 @@ class Scanner:
         entries = (e for e in list_entries(arguments, cfg.walk) if e.ident not in skip)
         pool = DecodePool(
             workers=cfg.decode_workers,
-            config=ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=spec),
+            config=ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=spec, crops=cfg.crops),
             timeout=cfg.decode_timeout,
             window=max(2 * batch_size, 4 * cfg.decode_workers),
         )
@@ -161,10 +165,10 @@ class Scanner:
                 pending.append((entry, outcome, embed))
                 if embed:
                     queued.add(outcome.sha256)  # type: ignore[union-attr]
-                    n_crops += 1
+                    n_crops += cfg.crops
                 # A batch that cannot fill (copies or errors follow its last crop) goes in early:
                 # what waits behind it stays bounded, as behind `flight`.
-                if n_crops >= batch_size or len(pending) >= 2 * batch_size:
+                if n_crops >= batch_size or len(pending) >= 2 * batch_size:  # crops: --crops 5 sends five per image
                     handle = self._submit(pending, engine)  # batch i+1 goes in before ...
                     if flight is not None:
                         yield from self._finish(*flight, engine=engine, queued=queued)  # ... batch i comes out
@@ -187,10 +191,10 @@ class Scanner:
         return outcome
 
     def _submit(self, pending: list[Item], engine: AsyncEngine) -> object | None:
-        crops = [o.decoded.crop for _, o, embed in pending if embed]  # type: ignore[union-attr]
-        return engine.submit(np.stack(crops)) if crops else None
+        crops = [o.decoded.crops for _, o, embed in pending if embed]  # type: ignore[union-attr]
+        return engine.submit(np.concatenate(crops)) if crops else None  # (sum of K, 224, 224, 3)
 
-    def _remember(self, sha: bytes, scores: Scores) -> None:
+    def _remember(self, sha: bytes, scores: BoxScores) -> None:
         self._known[sha] = scores
         self._known.move_to_end(sha)
         if len(self._known) > self._capacity:
@@ -208,9 +212,12 @@ class Scanner:
         fresh: list[tuple[bytes, CachedVerdict]] = []
         if handle is not None:
             assert engine is not None and queued is not None
-            emb = engine.collect(handle)  # (B, D)
+            emb = engine.collect(handle)  # (sum of K, D): K boxes per image, in order
             batched = [o for _, o, embed in items if embed]
-            for o, scores in zip(batched, self.heads.scores(emb)):
+            per_row = self.heads.scores(emb)
+            starts = np.cumsum([0] + [len(o.decoded.crops) for o in batched])  # type: ignore[union-attr]
+            for o, start, end in zip(batched, starts[:-1], starts[1:]):
+                scores = tuple(per_row[start:end])
                 self._remember(o.sha256, scores)  # type: ignore[union-attr]
                 queued.discard(o.sha256)  # type: ignore[union-attr]
                 fresh.append((o.sha256, o.verdict(scores)))  # type: ignore[union-attr]

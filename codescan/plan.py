@@ -79,4 +79,5 @@ class ScanPlan:
             head=self.config.head,
             thresholds=dict(self.judge.thresholds),
             evidence=self.config.evidence,
+            crops=self.config.crops,
         )

@@ -9,6 +9,7 @@ pixels inside the box and still match the reference bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -16,6 +17,7 @@ CROP = 224
 PREPROCESS_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CropCount = Literal[1, 5]  # 1: the reference's centre crop; 5: centre + four corners, the score their max
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +56,21 @@ def place_crop(region: np.ndarray, plan: CropPlan, crop: int = CROP) -> np.ndarr
     y, x = plan.y, plan.x
     out[y.dst_start : y.dst_start + y.length, x.dst_start : x.dst_start + x.length] = region
     return out
+
+
+def _edge(size: int, crop: int, at_end: bool) -> AxisPlan:
+    """A crop flush with one edge; an axis shorter than the crop is placed as the centre crop places it."""
+    if size < crop:
+        return plan_crop(size, size, crop).x
+    return AxisPlan(src_start=size - crop if at_end else 0, length=crop, dst_start=0)
+
+
+def plan_crops(width: int, height: int, count: CropCount = 1, crop: int = CROP) -> tuple[CropPlan, ...]:
+    """The boxes judged: the centre first (the reference's crop), then with 5 the corners
+    top-left, top-right, bottom-left, bottom-right, each cut like the centre crop (no resize; an
+    axis shorter than 224 is taken whole and zero-padded), so a small image's crops coincide."""
+    centre = plan_crop(width, height, crop)
+    if count == 1:
+        return (centre,)
+    corners = [CropPlan(x=_edge(width, crop, right), y=_edge(height, crop, bottom)) for bottom in (False, True) for right in (False, True)]
+    return (centre, *corners)

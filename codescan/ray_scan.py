@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .decode import DecodeFailure
-from .examine import ExamineConfig, Examined, Skipped
+from .examine import ExamineConfig, Examined, ImageFacts, Skipped
 from .judge import Judge
 from .records import Evidence, Header, Ident, Origin, Result, error_result, skipped_result
 from .walk import Entry, WalkOptions
@@ -268,9 +268,9 @@ def _decoded_row(o: Examined | DecodeFailure | Skipped) -> dict[str, Any]:
     }
     if isinstance(o, Examined):
         assert o.decoded is not None  # no cache under Ray
-        width, height, box, fmt = o.size_box_format
-        row |= {"kind": "image", "crop": o.decoded.crop.tobytes(), "width": width, "height": height,
-                "box": list(box), "format": fmt, "sha256": o.sha256.hex()}
+        facts = o.facts
+        row |= {"kind": "image", "crop": o.decoded.crop.tobytes(), "width": facts.width, "height": facts.height,
+                "box": list(facts.boxes[0]), "format": facts.format, "sha256": o.sha256.hex()}
     elif isinstance(o, DecodeFailure):
         row |= {"kind": "failure", "code": o.code, "message": o.message, "sha256": o.sha256}
     else:
@@ -288,8 +288,8 @@ def record(judge: Judge, row: dict[str, Any]) -> Result:
         origin = Origin(os.fsdecode(row["archive"]), os.fsdecode(row["member"]), row["member_index"], key)
     if row["kind"] == "image":
         scores = {k[len("score_"):]: v for k, v in row.items() if k.startswith("score_")}
-        box = tuple(row["box"])
-        return judge.image(display, row["sha256"], evidence, (row["width"], row["height"], box, row["format"]), scores, origin)
+        facts = ImageFacts(row["width"], row["height"], row["format"], (tuple(row["box"]),))
+        return judge.image(display, row["sha256"], evidence, facts, (scores,), origin)
     if row["kind"] == "failure":
         return error_result(display, row["code"], row["message"], row["sha256"], evidence, origin)
     return skipped_result(display, row["code"], origin)

@@ -124,6 +124,17 @@ class HeadVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class BoxScore:
+    """One judged box of `scan --crops 5` and each judged head's score on it."""
+
+    box: tuple[int, int, int, int]
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": list(self.box), "scores": dict(self.scores)}
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """One discovered file. Only `real`/`fake` carry a score; errors carry a code."""
 
@@ -142,6 +153,7 @@ class Result:
     sha256: str | None = None
     evidence: tuple[Evidence, ...] | None = None  # None: not looked for (--evidence none)
     origin: Origin | None = None  # set for archive members and Parquet rows
+    boxes: tuple[BoxScore, ...] | None = None  # --crops 5: every box judged; `crop` is the one that decided
 
     @property
     def combined(self) -> Literal["real", "fake"] | None:
@@ -161,6 +173,8 @@ class Result:
                 out[key] = value
         if self.crop is not None:
             out["crop"] = list(self.crop)
+        if self.boxes is not None:
+            out["boxes"] = [b.to_dict() for b in self.boxes]
         if self.heads is not None:
             out["heads"] = {n: {"score": h.score, "status": h.status} for n, h in self.heads.items()}
         if self.sha256 is not None:
@@ -248,6 +262,7 @@ class Header:
     thresholds: dict[str, float] = field(default_factory=dict)
     evidence: EvidenceLevel = "none"
     inputs: dict[str, Any] | None = None  # {"count", "sha256"} of the PATH arguments; never the paths
+    crops: int = 1  # boxes judged per image (scan --crops)
 
     def with_inputs(self, arguments: Sequence[str | bytes]) -> Header:
         """Fingerprint the arguments so that --resume can refuse a different set without storing it."""
@@ -266,5 +281,6 @@ class Header:
             "head": self.head,
             "thresholds": dict(self.thresholds),
             "evidence": self.evidence,
+            "crops": self.crops,
             **({"inputs": dict(self.inputs)} if self.inputs is not None else {}),
         }

@@ -14,9 +14,9 @@ from typing import Any
 
 from .records import Ident, ident_of
 
-# Header fields that must agree: resuming with other weights, head, thresholds or evidence would mix
+# Header fields that must agree: resuming with other weights, head, thresholds, evidence or crops would mix
 # two different questions in one file.
-MUST_MATCH = ("schema_version", "weights", "head", "thresholds", "evidence")
+MUST_MATCH = ("schema_version", "weights", "head", "thresholds", "evidence", "crops")
 
 
 class ResumeError(ValueError):

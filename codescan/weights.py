@@ -5,6 +5,12 @@ names), ``heads.safetensors`` and ``bundle.json`` (encoder config, thresholds, p
 version, source repo + resolved commit, licence, sha256 of every file). It is written into a
 temporary sibling and renamed into place, so a crash never leaves half a bundle, and every
 load re-hashes the files against ``bundle.json`` before a single weight is used.
+
+A *variant* (written by `codescan calibrate`) is a folder holding only ``bundle.json``: its
+thresholds, the name of its parent bundle and the parent's digest when the thresholds were
+chosen. Loading it loads the parent's files (verified as ever) under the variant's thresholds,
+and refuses once the parent's digest differs: thresholds chosen on one encoder's scores mean
+nothing on another's. Copying the encoder would have cost hundreds of MB per operating point.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -82,9 +89,13 @@ def check_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Bundle:
+    """An installed bundle. For a variant, ``path`` is the parent's folder (where the files and the
+    engines built from them are) and ``meta`` the parent's with the variant's heads and ``variant``."""
+
     name: str
     path: Path
     meta: dict[str, Any]
+    parent: str | None = None  # a variant's parent bundle
 
     @property
     def encoder_config(self) -> EncoderConfig:
@@ -139,10 +150,101 @@ def load_bundle(name: str, verify: bool = True) -> Bundle:
         raise WeightsError(f"bundle {name!r}: unreadable bundle.json ({exc})") from None
     if meta.get("format") != BUNDLE_FORMAT:
         raise WeightsError(f"bundle {name!r}: format {meta.get('format')!r} is not {BUNDLE_FORMAT}; re-import it")
+    if "variant" in meta:
+        return _resolve_variant(name, meta, verify)
     bundle = Bundle(name=name, path=path, meta=meta)
     if verify:
         bundle.verify()
     return bundle
+
+
+def _resolve_variant(name: str, meta: dict[str, Any], verify: bool) -> Bundle:
+    """The parent's files under the variant's thresholds, once the parent's digest is the one pinned."""
+    pinned = meta["variant"]
+    parent_name = str(pinned.get("parent"))
+    try:
+        parent = load_bundle(parent_name, verify=False)
+    except WeightsError as exc:
+        raise WeightsError(f"bundle {name!r} is a calibrated variant of {parent_name!r}, which cannot be loaded: {exc}") from None
+    if parent.parent is not None:
+        raise WeightsError(f"bundle {name!r}: its parent {parent_name!r} is itself a variant; re-run calibrate")
+    if parent.digest != pinned.get("parent_digest"):
+        raise WeightsError(
+            f"bundle {name!r}: its parent {parent_name!r} now has digest {parent.digest[:16]}…, not the "
+            f"{str(pinned.get('parent_digest'))[:16]}… its thresholds were chosen on: parent changed: re-run calibrate"
+        )
+    if verify:
+        parent.verify()
+    merged = {**parent.meta, "name": name, "heads": meta.get("heads", {}), "variant": pinned}
+    return Bundle(name=name, path=parent.path, meta=merged, parent=parent_name)
+
+
+NATURAL_RULE = "the head's natural decision boundary, 0 (scikit-learn's predict)"
+
+
+def threshold_origins(bundle: Bundle) -> dict[str, dict[str, Any]]:
+    """Each head's threshold and where it came from: ``origin.kind`` imported, trained or calibrated.
+
+    A variant stores every head's origin (those it did not calibrate keep the parent's); other
+    bundles derive it from how they were made, which bundle.json already records.
+    """
+    source = bundle.meta.get("source", {})
+    if source.get("type") == "trained":
+        training = bundle.meta.get("training", {})
+        made: dict[str, Any] = {
+            "kind": "trained", "rule": training.get("threshold_rule"), "date": training.get("finished"), "data": source.get("data"),
+        }
+    else:
+        made = {"kind": "imported", "rule": NATURAL_RULE, "repo": source.get("repo"), "revision": source.get("revision")}
+    heads = bundle.meta.get("heads", {})
+    return {
+        head: {"threshold": float(heads[head]["threshold"]), "origin": heads[head].get("origin", made)}
+        for head in HEAD_NAMES
+        if head in heads
+    }
+
+
+def install_variant(name: str, base: Bundle, heads: dict[str, dict[str, Any]]) -> Bundle:
+    """Install ``heads`` ({head: {"threshold", "origin"}}) over ``base``'s files as bundle ``name``.
+
+    The heads not named keep ``base``'s thresholds and origins. A variant of a variant pins the
+    root bundle (so a variant never depends on another variant). Only an earlier variant may be
+    replaced: a bundle holding weights never is.
+    """
+    check_variant_name(name, base)
+    root_name = base.parent or base.name
+    entries = {h: {"threshold": o["threshold"], "origin": o["origin"]} for h, o in threshold_origins(base).items()}
+    entries.update(heads)
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "codescan": __version__,
+        "variant": {
+            "parent": root_name,
+            "parent_digest": base.digest,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "heads": entries,
+    }
+    return _install(name, lambda tmp: (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+
+
+def check_variant_name(name: str, base: Bundle) -> str:
+    """A name a variant of ``base`` may take: valid, not its parent, not a bundle that holds weights."""
+    check_name(name)
+    if name == (base.parent or base.name):
+        raise WeightsError(f"--out {name!r} is the parent bundle itself: choose another name")
+    existing = weights_dir() / name / "bundle.json"
+    if existing.is_file() and not _is_variant(existing):
+        raise WeightsError(f"bundle {name!r} exists and holds weights, not calibrated thresholds: choose another --out")
+    return name
+
+
+def _is_variant(meta_path: Path) -> bool:
+    try:
+        return "variant" in json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def list_bundles() -> list[Bundle]:
@@ -204,27 +306,46 @@ def write_bundle(name: str, encoder: dict[str, np.ndarray], heads: dict[HeadName
     """Write into a temp dir beside the target, then swap it in with renames."""
     from safetensors.numpy import save_file
 
-    ensure_store()
-    root = weights_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
+    def fill(tmp: Path) -> None:
         save_file(encoder, str(tmp / "encoder.safetensors"))
         save_heads(heads, tmp / "heads.safetensors")
         meta["files"] = {f: sha256_file(tmp / f) for f in ("encoder.safetensors", "heads.safetensors")}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        final = root / name
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
-            os.rename(final, old / name)
-        os.rename(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+
+    return _install(name, fill)
+
+
+def _install(name: str, fill: Callable[[Path], object]) -> Bundle:
+    """Fill a temp folder beside the bundle's place, then swap it in: a bundle is whole or absent."""
+    tmp = _new_folder(name)
+    try:
+        fill(tmp)
+        _swap_in(tmp, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_bundle(name)
+
+
+def _new_folder(name: str) -> Path:
+    """A temp folder beside the bundle's final place, so that the swap is a rename on one file system."""
+    ensure_store()
+    root = weights_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+
+
+def _swap_in(tmp: Path, name: str) -> None:
+    """Rename ``tmp`` into place as bundle ``name``; a crash leaves the old bundle or the new one, never half."""
+    root = weights_dir()
+    final = root / name
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
+        os.rename(final, old / name)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"

@@ -30,7 +30,9 @@ from .examine import ExamineConfig, listed_outcome
 from .walk import Entry
 
 _STOP = None
+_READY = "ready"  # a worker's first message: imports and readers loaded, decoding can start
 ADDRESS_SPACE_LIMIT = 4 << 30  # per worker; a bomb that slips past the pixel check dies here
+STARTUP_SECONDS = 120.0  # a worker that is not ready by then is killed, and its file is an error
 
 
 def _worker_main(conn: Connection, config: ExamineConfig, quiet_stderr: bool) -> None:
@@ -39,6 +41,8 @@ def _worker_main(conn: Connection, config: ExamineConfig, quiet_stderr: bool) ->
     confine(ADDRESS_SPACE_LIMIT, quiet_stderr)
     configure_pillow(config.limits)
     examine = Examiner(config)
+    time.sleep(float(os.environ.get("CODESCAN_TEST_WORKER_START_DELAY", "0") or 0))  # test hook: a slow start
+    conn.send(_READY)
     delay = float(os.environ.get("CODESCAN_TEST_DECODE_DELAY", "0") or 0)
     stall_marker = os.environ.get("CODESCAN_TEST_STALL_MARKER", "")
     while True:
@@ -99,6 +103,21 @@ def start_process(ctx: mp.context.BaseContext, target, args: tuple) -> mp.proces
     return proc
 
 
+def spawn(ctx: mp.context.BaseContext, target, args: tuple) -> tuple[mp.process.BaseProcess, Connection]:
+    """A worker child and the parent's end of its pipe (the child's end is passed as args[0])."""
+    parent, child = ctx.Pipe(duplex=True)
+    proc = start_process(ctx, target, (child, *args))
+    child.close()
+    return proc, parent
+
+
+def kill(proc: mp.process.BaseProcess, conn: Connection) -> None:
+    """Stop a worker that missed its deadline or crashed: SIGKILL, reap, close its pipe."""
+    proc.kill()
+    proc.join(timeout=5)
+    conn.close()
+
+
 def confine(memory: int, quiet_stderr: bool) -> None:
     """In a child that reads hostile bytes: no Ctrl-C of its own, no stderr chatter, bounded memory."""
     import resource
@@ -122,7 +141,11 @@ class _Slot:
     conn: Connection
     seq: int = -1
     entry: Entry | None = None
-    started: float = 0.0
+    started: float = 0.0  # when the deadline's clock started: the task was sent, or the worker became ready
+    ready: bool = False  # the worker said it is ready; until then its start, not its file, is being timed
+
+    def limit(self, timeout: float) -> float:
+        return self.started + (timeout if self.ready else STARTUP_SECONDS)
 
 
 class DecodePool:
@@ -140,15 +163,11 @@ class DecodePool:
         self._thread: threading.Thread | None = None
 
     def _spawn(self) -> _Slot:
-        parent, child = self.ctx.Pipe(duplex=True)
-        proc = start_process(self.ctx, _worker_main, (child, self.config, self.quiet_stderr))
-        child.close()
-        return _Slot(proc=proc, conn=parent)
+        proc, conn = spawn(self.ctx, _worker_main, (self.config, self.quiet_stderr))
+        return _Slot(proc=proc, conn=conn)
 
     def _replace(self, slot: _Slot) -> _Slot:
-        slot.proc.kill()
-        slot.proc.join(timeout=5)
-        slot.conn.close()
+        kill(slot.proc, slot.conn)
         fresh = self._spawn()
         self._slots[self._slots.index(slot)] = fresh
         return fresh
@@ -211,23 +230,29 @@ class DecodePool:
                     return
                 continue
             now = time.monotonic()
-            deadline = min(s.started for s in busy) + self.timeout
-            ready = wait([s.conn for s in busy], timeout=max(0.0, min(deadline - now, 0.05)))
+            deadline = min(s.limit(self.timeout) for s in busy)
+            answered = wait([s.conn for s in busy], timeout=max(0.0, min(deadline - now, 0.05)))
             for slot in busy:
-                if slot.conn in ready:
+                if slot.conn in answered:
                     try:
-                        seq, outcome = slot.conn.recv()
+                        message = slot.conn.recv()
                     except (EOFError, OSError):
                         done[slot.seq] = (slot.entry, DecodeFailure("corrupt", "the decoder crashed on this file"))
                         self._replace(slot)
                         continue
+                    if message == _READY:  # a loaded machine can take seconds to start a worker: not the file's time
+                        slot.ready, slot.started = True, time.monotonic()
+                        continue
+                    seq, outcome = message
                     done[seq] = (slot.entry, outcome)
                     slot.entry = None
-                elif time.monotonic() - slot.started > self.timeout:
-                    done[slot.seq] = (
-                        slot.entry,
-                        DecodeFailure("decode_timeout", f"decoding took longer than {self.timeout:g}s (--decode-timeout)"),
+                elif time.monotonic() > slot.limit(self.timeout):
+                    why = (
+                        f"decoding took longer than {self.timeout:g}s (--decode-timeout)"
+                        if slot.ready
+                        else f"the decoder did not start within {STARTUP_SECONDS:g}s"
                     )
+                    done[slot.seq] = (slot.entry, DecodeFailure("decode_timeout", why))
                     self._replace(slot)
 
     def close(self) -> None:

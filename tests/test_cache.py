@@ -94,7 +94,7 @@ def test_examiner_reads_cache_instead_of_decoding(tmp_path, monkeypatch):
     fresh = Examiner(ExamineConfig(cache=spec))(entry)
     assert isinstance(fresh, Examined) and fresh.decoded is not None and fresh.new_evidence
     d = fresh.decoded
-    verdict = CachedVerdict(d.width, d.height, d.format, d.box, {"linear": 0.25})
+    verdict = CachedVerdict(d.width, d.height, d.format, (d.box,), ({"linear": 0.25},))
     writer.put([(fresh.sha256, verdict)], [(fresh.sha256, fresh.evidence)])
 
     def no_decoding(*args, **kwargs):

@@ -33,7 +33,7 @@ FORGED_C2PA = {
     "valid": True,
 }
 SHA = bytes(range(32))
-GOOD = CachedVerdict(64, 48, "PNG", (0, 0, 48, 48), {"linear": 0.25, "knn": -1.5})
+GOOD = CachedVerdict(64, 48, "PNG", ((0, 0, 48, 48),), ({"linear": 0.25, "knn": -1.5},))
 GOOD_EVIDENCE = (Evidence("comfyui", "ComfyUI workflow", "FLUX.1 [dev]", True),)
 
 

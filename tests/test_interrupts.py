@@ -143,7 +143,9 @@ def test_stalled_decoder_is_killed(tmp_path, env):
         textured_image(rng, 160, 120).save(tmp_path / name)
     p = subprocess.Popen(
         [CODESCAN, "scan", str(tmp_path), "--decode-timeout", "2", "-q"],
-        env={**env, "CODESCAN_TEST_STALL_MARKER": "stall_me"},
+        # Workers that take longer to start than the deadline (a loaded machine, --evidence all's
+        # torch import) must not cost their first file: only the stalled file times out.
+        env={**env, "CODESCAN_TEST_STALL_MARKER": "stall_me", "CODESCAN_TEST_WORKER_START_DELAY": "2.5"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,

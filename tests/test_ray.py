@@ -159,7 +159,8 @@ def test_typed_rows_make_the_local_records(tmp_path):
         row = {"seq": i, "display": path.encode(), **_decoded_row(outcome)}
         row.pop("crop", None)
         row |= {f"score_{k}": v for k, v in (scores or {}).items()}
-        assert record(judge, row).to_dict() == judge.record(path, outcome, scores).to_dict(), name
+        per_box = None if scores is None else (scores,)  # one box: the centre crop
+        assert record(judge, row).to_dict() == judge.record(path, outcome, per_box).to_dict(), name
     gen = str(tmp_path / "gen.png")
     assert examine(Entry(gen, gen.encode())).evidence, "the evidence columns are exercised"
 

@@ -137,11 +137,14 @@ def test_cli_list_and_info(store, small_checkpoint):
     assert run_cli("weights", "import", str(small_checkpoint), "--name", "mine").returncode == 0
     p = run_cli("weights", "list")
     heading, line = p.stdout.decode().strip().splitlines()
-    assert heading.split("\t") == ["name", "digest", "revision", "license"]
-    name, digest, revision, licence = line.split("\t")
-    assert (name, revision, licence) == ("mine", "-", "MIT")
+    assert heading.split("\t") == ["name", "digest", "revision", "license", "parent", "thresholds"]
+    name, digest, revision, licence, parent, thresholds = line.split("\t")
+    assert (name, revision, licence, parent) == ("mine", "-", "MIT", "-")
+    assert thresholds == "linear=0 imported; knn=0 imported; ocsvm=0 imported"
     info = json.loads(run_cli("weights", "info", "mine").stdout)
     assert info["digest"].startswith(digest) and info["encoder"]["embed_dim"] == 192
+    assert info["thresholds"]["linear"] == {"threshold": 0.0, "origin": {
+        "kind": "imported", "rule": W.NATURAL_RULE, "repo": "aimagelab/CoDE", "revision": None}}
 
 
 def test_bad_bundle_name(store, small_checkpoint):

@@ -60,7 +60,7 @@ def _row(name: str, m: BinaryMetrics) -> list[str | Text]:
     ]
 
 
-def _print_uncut(console: Console, table: Table) -> None:
+def print_uncut(console: Console, table: Table) -> None:
     """Rich shrinks a table wider than the console and cuts its cells; widen the console for it instead."""
     needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
     width = console.width
@@ -92,6 +92,6 @@ def render(report: EvalReport, console: Console) -> None:
         table.add_row(*_row("all", head.overall), end_section=True)
         for generator, metrics in head.generators.items():
             table.add_row(*_row(generator, metrics))
-        _print_uncut(console, table)
+        print_uncut(console, table)
     if report.undecodable:
         console.print(f"{len(report.undecodable)} undecodable files not scored (listed in the JSON under \"undecodable\")")
