@@ -157,6 +157,9 @@ def test_a_walk_opens_archives_only_when_asked(home, tmp_path):
     assert [(r["status"], r["error_code"]) for r in walked] == [("skipped", "not_an_image")]  # as before
     opened = results(run_cli("scan", str(tmp_path / "d"), "-q", "--no-cache", env={"CODESCAN_ARCHIVES": "1"}).stdout)
     assert [r["member"] for r in opened] == ["a.jpg", "b.jpg"]
+    uri = f"file://{tmp_path / 'd'}"  # through pyarrow's random-access files, as s3:// and gs:// are read
+    remote = results(run_cli("scan", uri, "--archives", "-q", "--no-cache").stdout)
+    assert [r["archive"] for r in remote] == [f"{uri}/s.tar"] * 2 and verdicts(remote) == verdicts(opened)
 
 
 def test_resume_keys_on_member_index_and_tables_carry_the_member(home, tmp_path):
