@@ -65,8 +65,8 @@ def make_images(kind: str, count: int, dest: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     dest.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        if kind == "jpeg1024":
-            w = h = 1024
+        if kind in ("jpeg512", "jpeg1024"):  # jpeg512: bench_feed.py's set
+            w = h = int(kind[4:])
             fmt = "JPEG"
         else:
             w, h = (int(v) for v in rng.integers(256, 2049, 2))

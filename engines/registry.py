@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .gates_file import passed_gates
 from .protocol import PRECISIONS, Engine, EngineError
-from .specs import AUTO_ORDER, SPECS, spec
+from .specs import AUTO_ORDER, ENGINES, SPECS, EngineSpec, spec
 
 if TYPE_CHECKING:
     from codescan.weights import Bundle
@@ -52,13 +52,14 @@ def installed(name: str) -> bool:
 
 def choose(bundle: Bundle, engine: str, precision: str) -> tuple[str, str]:
     """Resolve auto choices to one (engine, precision) pair, or explain why none fits."""
-    if engine != "auto":
-        spec(engine)
+    order = AUTO_ORDER
+    if engine != "auto" and not spec(engine).auto_rank:  # registered at run time: chosen by name only
+        order = tuple((engine, p) for p in spec(engine).precisions)
     if precision not in PRECISIONS:
         raise EngineError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     # Read only when it can matter: an explicit precision never depends on (or trips over) gates.json.
     gates = passed_gates(bundle) if precision == "auto" else set()
-    for name, prec in AUTO_ORDER:
+    for name, prec in order:
         if engine not in ("auto", name) or precision not in ("auto", prec) or not installed(name):
             continue
         if precision == "auto" and prec != "fp32" and (name, prec) not in gates:
@@ -73,6 +74,21 @@ def choose(bundle: Bundle, engine: str, precision: str) -> tuple[str, str]:
         raise EngineError("precision 'fp16' runs on a CUDA GPU only (engines tensorrt, cuda); none is usable here")
     supported = {s.name: s.precisions for s in SPECS}
     raise EngineError(f"no installed engine supports precision {precision!r} (supported: {supported})")
+
+
+def register(extra: EngineSpec) -> None:
+    """Make one more engine buildable by name, in this process only: for benchmarks and tests
+    (``benchmarks/null_engine.py``), which need an engine users must never be offered.
+
+    Users cannot reach it: ``codescan scan --engine`` offers the names of :data:`SPECS` only, and a
+    registered engine has no ``auto_rank`` and no ``gated`` precision, so ``auto`` never picks it and
+    ``codescan gate`` never measures it. Registering the same spec again is harmless.
+    """
+    if extra.auto_rank or extra.gated:
+        raise ValueError(f"engine {extra.name!r}: a registered engine is chosen by name only (no auto_rank, no gated)")
+    if ENGINES.get(extra.name, extra) != extra:
+        raise ValueError(f"engine {extra.name!r} is already registered, as another engine")
+    ENGINES[extra.name] = extra
 
 
 def build(bundle: Bundle, name: str, precision: str, threads: int | None = None) -> Engine:

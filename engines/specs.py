@@ -5,7 +5,8 @@ which precisions it runs, which Python modules it needs and how to install them,
 needs a CUDA GPU, which reduced precisions ``codescan gate`` measures for it, and where each
 precision ranks in ``--engine auto``'s preference. Pure data: the backends read their own
 precisions here and the registry (:mod:`codescan.engines.registry`) chooses among them, so
-neither imports the other.
+neither imports the other. An engine for benchmarks or tests only (never offered to users) is
+added at run time with :func:`codescan.engines.registry.register`, not here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Engines: every fp32 engine agrees with torch fp32; auto-choice obeys the gate; caches are keyed."""
 
 import json
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,8 @@ from codescan.engines.onnx_engine import cached_model_path
 from conftest import LABELED, run_cli, write_gate
 
 from codescan.weights import load_bundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # null_engine, bench_feed
 
 
 def verdicts(stdout: bytes) -> dict[str, dict[str, str]]:
@@ -115,3 +120,57 @@ def test_int8_graph_keeps_first_and_last_block_in_float(home):
     assert len(quantised) == 4 * (bundle.encoder_config.depth - 2)
     scales = {i.name: i for i in model.graph.initializer if i.name.endswith("_scale")}
     assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in scales.values())  # per-channel weight scales
+
+
+@pytest.fixture()
+def null_engine():
+    """benchmarks/null_engine.py registered for this test only: the registry is as before afterwards."""
+    from codescan.engines import specs
+
+    import null_engine
+
+    null_engine.register()
+    yield null_engine
+    specs.ENGINES.pop(null_engine.NAME)
+
+
+def test_a_registered_engine_is_built_by_name_only(home, null_engine):
+    from codescan.cli import app
+    from typer.testing import CliRunner
+    from codescan.engines import specs
+
+    bundle = load_bundle("code")
+    assert registry.choose(bundle, "null", "auto") == ("null", "fp32")
+    emb = registry.create_engine(bundle, "null").embed(np.zeros((3, 224, 224, 3), np.uint8))
+    assert emb.shape == (3, 192) and emb.dtype == np.float32 and not emb.any()
+    assert registry.choose(bundle, "auto", "auto")[0] != "null"  # auto never picks it
+    assert "null" not in {name for name, _ in specs.AUTO_ORDER + specs.GATE_CANDIDATES}
+    with pytest.raises(protocol.EngineError, match="no installed engine supports"):
+        registry.choose(bundle, "null", "int8")
+    refused = CliRunner().invoke(app, ["scan", str(LABELED), "--engine", "null"])  # users are not offered it
+    assert refused.exit_code == 2 and "'null' is not one of" in refused.output
+    assert all(f"'{name}'" in refused.output for name in specs.ENGINE_NAMES)
+    registry.register(null_engine.SPEC)  # again: harmless
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(replace(null_engine.SPEC, precisions=("fp32", "fp16")))
+    with pytest.raises(ValueError, match="by name only"):
+        registry.register(replace(null_engine.SPEC, name="ranked", auto_rank={"fp32": 99}))
+
+
+def test_bench_feed_measures_a_complete_scan(home, null_engine, tmp_path):
+    """A tiny run of the benchmark's measurements: positive rates, and every record complete."""
+    import bench_feed
+    from conftest import image_folder
+
+    folder = image_folder(tmp_path / "images", 8, seed=5, size=(300, 260))
+    out = tmp_path / "out.jsonl"
+    scan = bench_feed.measure_scan(folder, workers=1, evidence="metadata", out=str(out))
+    assert scan.files == 8 and scan.rate > 0 and scan.start > 0
+    assert bench_feed.measure_examine(folder, "metadata") > 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["type"] == "header" and lines[0]["engine"] == "null" and lines[-1]["type"] == "summary"
+    records = lines[1:-1]
+    assert len(records) == 8 and lines[-1]["files"] == 8
+    for r in records:
+        assert r["status"] in ("real", "fake") and isinstance(r["score"], float), r
+        assert r["width"] == 300 and r["height"] == 260 and len(r["sha256"]) == 64 and r["evidence"] == [], r

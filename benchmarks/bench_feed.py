@@ -1,0 +1,193 @@
+"""How well the scan feeds its engine: files/s through the whole scan with a null engine, per core,
+beside the rate of the decode worker's own per-file function run in one process.
+
+With the model replaced by zeros (``null_engine.py``), what is left of a scan is the feed: walk →
+decode pool → batches → engine → heads → records → a JSONL reporter (to /dev/null). Its rate per
+core, divided by the in-process rate per core of the worker's whole per-file function
+(``Examiner(config)(entry)``: read + hash + limits + evidence + decode), is the share of the CPU
+that does the work rather than move it between processes (issue 18's target: ≥ 85% on 512² JPEGs).
+
+    python benchmarks/bench_feed.py                      # 512² JPEG, 1024² JPEG and a mixed set
+    python benchmarks/bench_feed.py --count 300 --evidence none
+    python benchmarks/bench_feed.py --images DIR [DIR ...]
+
+Sets: ``--count`` distinct 512² JPEGs (default 1,500), 2/5 as many 1024² JPEGs and 1/5 as many
+JPEG/PNG/WebP files of 256–2048 px (each decodes slower), so each run takes under a minute on two
+cores. Each measurement is a fresh process, pinned with ``taskset`` to as many cores as it has
+decode workers (the parent, its dispatcher thread and the workers share them) when taskset is
+there; the in-process rate is one process on one core. The scan's rate is steady state, from its
+first record to its last: worker start-up (once per scan) is left out, as the in-process rate
+leaves out the imports. No scan cache (``--no-cache``), so every file is decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import null_engine  # noqa: E402  (benchmarks/ is not a package)
+from bench_scan import build_checkpoint, make_images  # noqa: E402
+
+if TYPE_CHECKING:
+    from codescan.records import EvidenceLevel
+
+SETS: tuple[tuple[str, str, float], ...] = (  # label, bench_scan.make_images kind, share of --count
+    ("512² JPEG", "jpeg512", 1.0),
+    ("1024² JPEG", "jpeg1024", 0.4),
+    ("mixed JPEG/PNG/WebP", "mixed", 0.2),
+)
+
+
+@dataclass(frozen=True)
+class ScanRate:
+    files: int  # records written
+    seconds: float  # from the first record to the last
+    start: float  # from the scan's start to its first record (workers starting, the first batch)
+
+    @property
+    def rate(self) -> float:
+        """Files/s in steady state: the first record opens the clock, so it is not counted."""
+        return (self.files - 1) / self.seconds
+
+
+def measure_scan(folder: Path, workers: int, evidence: EvidenceLevel, out: str = os.devnull) -> ScanRate:
+    """Scan `folder` as ``codescan scan FOLDER --engine null --no-cache -o OUT`` would (the same
+    job, pipeline and reporter), with `workers` decode workers. Needs the bundle ``code`` in
+    $CODESCAN_HOME (its heads run) and the null engine registered (``null_engine.register()``)."""
+    from codescan import job
+    from codescan.pipeline import ScanConfig, Scanner
+    from codescan.records import Summary
+    from codescan.reporters import make_reporter
+
+    scanner = Scanner(engine=null_engine.NAME, precision="fp32", config=ScanConfig(decode_workers=workers, evidence=evidence))
+    arguments: list[str | bytes] = [str(folder)]
+    header = scanner.header().with_inputs(arguments)  # builds the engine, as the CLI does before timing
+    times: list[float] = []
+    started = time.perf_counter()
+    job.run(
+        scanner, make_reporter("jsonl", out), header, arguments, Summary.for_evidence(evidence),
+        on_result=lambda summary: times.append(time.perf_counter()),
+    )
+    if len(times) < 2:
+        raise ValueError(f"{folder}: a rate needs at least two files, found {len(times)}")
+    return ScanRate(files=len(times), seconds=times[-1] - times[0], start=times[0] - started)
+
+
+def measure_examine(folder: Path, evidence: EvidenceLevel) -> float:
+    """Files/s of a decode worker's per-file function over `folder`, here, in one process."""
+    from codescan.decode import configure_pillow
+    from codescan.examine import ExamineConfig, Examiner
+    from codescan.sources import entries
+
+    config = ExamineConfig(evidence=evidence)
+    configure_pillow(config.limits)  # as each worker does before its first file
+    examine = Examiner(config)
+    todo = list(entries([str(folder)]))
+    examine(todo[0])  # first use loads what a worker loads before it reports ready
+    started = time.perf_counter()
+    for entry in todo:
+        examine(entry)
+    return len(todo) / (time.perf_counter() - started)
+
+
+def pinned(cores: int) -> list[str]:
+    """The taskset prefix confining a command to the first `cores` CPUs, or [] where it cannot."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if shutil.which("taskset") is None or cores > len(allowed):
+        return []
+    return ["taskset", "-c", ",".join(map(str, allowed[:cores]))]
+
+
+def child(what: str, folder: Path, workers: int, evidence: str, home: Path) -> tuple[dict, int]:
+    """One measurement in a fresh process, pinned (its forkserver and workers inherit the pinning):
+    what the child printed, and the cores it had."""
+    prefix = pinned(1 if what == "examine" else workers)
+    cmd = [*prefix, sys.executable, __file__, "--measure", what, "--images", str(folder),
+           "--workers", str(workers), "--evidence", evidence]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CODESCAN_HOME": str(home)})
+    if p.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{p.stderr}")
+    return json.loads(p.stdout), (1 if what == "examine" else workers if prefix else len(os.sched_getaffinity(0)))
+
+
+def weights_home(tmp: Path) -> Path:
+    """$CODESCAN_HOME when it holds the bundle ``code`` (weight values do not change speed),
+    else a new one in `tmp` with a random official-layout checkpoint imported."""
+    from codescan.weights import WeightsError, load_bundle
+
+    if "CODESCAN_HOME" in os.environ:
+        try:
+            load_bundle("code")
+            return Path(os.environ["CODESCAN_HOME"])
+        except WeightsError:
+            pass
+    home = tmp / "home"
+    exe = Path(sys.executable).parent / "codescan"
+    ckpt = build_checkpoint(tmp / "ckpt")
+    subprocess.run([str(exe), "weights", "import", str(ckpt)], env={**os.environ, "CODESCAN_HOME": str(home)},
+                   check=True, capture_output=True)
+    return home
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, nargs="+", help="existing folders to measure, one set each")
+    ap.add_argument("--count", type=int, default=1500, help="512² JPEGs to generate (fewer of the larger sets)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="decode workers (and cores) per scan")
+    ap.add_argument("--evidence", choices=["none", "metadata"], default="metadata")
+    ap.add_argument("--measure", choices=["scan", "examine"], help=argparse.SUPPRESS)  # one child measurement
+    args = ap.parse_args()
+
+    if args.measure == "scan":
+        null_engine.register()
+        print(json.dumps(vars(measure_scan(args.images[0], args.workers[0], args.evidence))))
+        return
+    if args.measure == "examine":
+        print(json.dumps({"rate": measure_examine(args.images[0], args.evidence)}))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        home = weights_home(tmp_path)
+        if args.images:
+            sets = [(d.name, d) for d in args.images]
+        else:
+            sets = []
+            for label, kind, share in SETS:
+                count = max(2, int(args.count * share))
+                sets.append((f"{label} ({count})", make_images(kind, count, tmp_path / kind)))
+        rows = []
+        for label, folder in sets:
+            for f in folder.rglob("*"):  # into the page cache: neither measurement pays for the disk
+                if f.is_file():
+                    f.read_bytes()
+            alone = child("examine", folder, 1, args.evidence, home)[0]["rate"]
+            for w in args.workers:
+                measured, cores = child("scan", folder, w, args.evidence, home)
+                scan = ScanRate(**measured)
+                per_core = scan.rate / cores
+                rows.append(f"| {label} | {w} ({cores} cores) | {scan.rate:.0f} | {per_core:.0f} | {alone:.0f} "
+                            f"| {per_core / alone:.0%} | {scan.start:.2f} s |")
+        pinning = "taskset" if pinned(1) else "not pinned (no taskset): cores = all allowed"
+        print(f"cpus: {len(os.sched_getaffinity(0))}; evidence: {args.evidence}; {pinning}; null engine, no cache")
+        print("| set | workers | scan files/s | per core | in-process files/s per core | ratio | first record after |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("\n".join(rows))
+        print(f"command: python benchmarks/bench_feed.py {shlex.join(sys.argv[1:])}".rstrip())
+
+
+if __name__ == "__main__":
+    main()
