@@ -137,8 +137,8 @@ def scan(
     from .walk import WalkOptions
 
     output, fmt = output_choice(output, fmt, resume, shards, ray)
-    if report is not None and output == "-" and shards is None:
-        raise UsageError("--report reads the verdicts back: give -o FILE (or --resume FILE, --shards DIR)")
+    if report is not None and ((output == "-" and shards is None) or fmt == "csv"):
+        raise UsageError("--report reads the verdicts back: give -o FILE as JSONL, JSON or Parquet (or --resume FILE, --shards DIR)")
     if crops != 1 and ray is not None:
         raise UsageError("--crops 5 is not available with --ray yet: its rows carry one crop per file")
     arguments = scan_arguments(paths, files_from, null)

@@ -216,3 +216,5 @@ def test_scan_writes_its_report_alongside(scanned, tmp_path):
     assert (scanned / "scan-report.html").is_file() and data.count('"sha256"') >= len(results(scanned / "v.jsonl")) - 1
     refused = run_cli("scan", str(scanned / "imgs"), "-q", "--report", str(tmp_path / "r.html"))
     assert refused.returncode == 2 and b"--report reads the verdicts back" in refused.stderr
+    as_csv = run_cli("scan", str(scanned / "imgs"), "-q", "-o", str(tmp_path / "v.csv"), "--report", str(tmp_path / "r.html"))
+    assert as_csv.returncode == 2 and b"--report reads the verdicts back" in as_csv.stderr and not (tmp_path / "v.csv").exists()
