@@ -110,6 +110,15 @@ class Origin:
 Ident = str | tuple[str, int]  # what resume and shards call done: a path, or (archive, member_index)
 
 
+def is_result_record(obj: Any) -> bool:
+    """Whether a parsed line read back from a verdicts file (resume, shards, report) has what its
+    readers use: a `path` and `status`, and for a member its `archive` and `member_index`. Such a
+    file may have been edited by anyone: a line without them is refused, not a KeyError later."""
+    if not (isinstance(obj, dict) and isinstance(obj.get("path"), str) and isinstance(obj.get("status"), str)):
+        return False
+    return "archive" not in obj or (isinstance(obj["archive"], str) and type(obj.get("member_index")) is int)
+
+
 def ident_of(record: dict[str, Any]) -> Ident:
     """A written record's identity (the inverse of Entry.ident)."""
     if "archive" in record:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .fsutil import atomic_write_bytes
+from .records import is_result_record
 
 ASSETS = Path(__file__).parent / "report_assets"
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -75,7 +76,7 @@ def _load_json(raw: bytes, path: Path) -> Verdicts | None:
     if not (isinstance(obj, dict) and isinstance(obj.get("results"), list) and isinstance(obj.get("header"), dict)):
         return None
     verdicts = Verdicts(header=obj["header"], summary=obj.get("summary"))
-    verdicts.records = [r for r in obj["results"] if _is_result(r)]
+    verdicts.records = [r for r in obj["results"] if is_result_record(r)]
     _note_interrupted(verdicts, path)
     return verdicts
 
@@ -105,16 +106,12 @@ def _add_line(verdicts: Verdicts, obj: Any, path: Path, number: int) -> None:
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind == "header" and verdicts.header is None and number == 1:
         verdicts.header = obj
-    elif kind == "result" and verdicts.header is not None and _is_result(obj):
+    elif kind == "result" and verdicts.header is not None and is_result_record(obj):
         verdicts.records.append(obj)
     elif kind == "summary" and verdicts.header is not None:
         verdicts.summary = obj
     else:
         raise VerdictsError(f"{path}: line {number} is not a codescan record; not a codescan verdicts file")
-
-
-def _is_result(obj: Any) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("path"), str) and isinstance(obj.get("status"), str)
 
 
 def _load_shards(folder: Path) -> Verdicts:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import IO, Any, Literal, Protocol
 
 from . import resume
-from .records import HEAD_NAMES, Header, Result, Summary
+from .records import HEAD_NAMES, Header, Result, Summary, is_result_record
 from .resume import ResumeState
 from .textsafe import csv_cell, printable
 
@@ -320,7 +320,10 @@ class ShardsReporter:
             header = json.loads(head.read_text())
         except ValueError:
             raise resume.ResumeError(f"{head} is not JSON; not a codescan shard folder") from None
-        return ResumeState(header=header, results=list(read_shards(self.folder)))
+        results = list(read_shards(self.folder))
+        if not all(is_result_record(r) for r in results):
+            raise resume.ResumeError(f"{self.folder} holds a shard line that is not a codescan record")
+        return ResumeState(header=header, results=results)
 
     def header(self, header: Header) -> None:
         from .fsutil import atomic_write_bytes

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import Ident, ident_of
+from .records import Ident, ident_of, is_result_record
 
 # Header fields that must agree: resuming with other weights, head, thresholds, evidence or crops would mix
 # two different questions in one file.
@@ -56,7 +56,7 @@ def load(path: str) -> ResumeState:
         kind = obj.get("type") if isinstance(obj, dict) else None
         if kind == "header":
             state.header = obj
-        elif kind == "result":
+        elif kind == "result" and is_result_record(obj):
             state.results.append(obj)
         elif kind != "summary":
             raise ResumeError(f"{path}: line {number} is not a codescan record")

@@ -176,6 +176,12 @@ def test_resume_keys_on_member_index_and_tables_carry_the_member(home, tmp_path)
     assert again.returncode == full.returncode, again.stderr.decode()[-2000:]
     assert out.read_text().splitlines()[:-1] == lines[:-1]
 
+    forged = tmp_path / "forged.jsonl"  # a member line without its member_index: refused in one line, not a crash
+    forged.write_text(lines[0] + "\n" + json.dumps({"type": "result", "path": "x", "status": "real", "archive": "s.tar"}) + "\n")
+    refused = run_cli(*args, "--resume", str(forged))
+    assert refused.returncode == 2 and b"line 2 is not a codescan record" in refused.stderr and b"internal error" not in refused.stderr
+    forged.unlink()
+
     csv_out, pq_out = tmp_path / "v.csv", tmp_path / "v.parquet"
     assert run_cli(*args, "-o", str(csv_out)).returncode == full.returncode
     assert run_cli(*args, "-o", str(pq_out), "--head", "all").returncode == full.returncode
