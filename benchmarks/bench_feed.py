@@ -10,6 +10,7 @@ that does the work rather than move it between processes (issue 18's target: ≥
     python benchmarks/bench_feed.py                      # 512² JPEG, 1024² JPEG and a mixed set
     python benchmarks/bench_feed.py --count 300 --evidence none
     python benchmarks/bench_feed.py --images DIR [DIR ...]
+    python benchmarks/bench_feed.py --baseline ../before   # an earlier checkout, measured in the same run
 
 Sets: ``--count`` distinct 512² JPEGs (default 1,500), 2/5 as many 1024² JPEGs and 1/5 as many
 JPEG/PNG/WebP files of 256–2048 px (each decodes slower), so each run takes under a minute on two
@@ -56,11 +57,18 @@ class ScanRate:
     files: int  # records written
     seconds: float  # from the first record to the last
     start: float  # from the scan's start to its first record (workers starting, the first batch)
+    parent_cpu: float  # CPU seconds of the scanning process (all its threads; not the workers), same span
 
     @property
     def rate(self) -> float:
         """Files/s in steady state: the first record opens the clock, so it is not counted."""
         return (self.files - 1) / self.seconds
+
+    @property
+    def parent_us(self) -> float:
+        """µs of the scanning process's CPU per file: its threads share one GIL, so one process
+        can scan at most 1e6 / parent_us files/s however many workers feed it."""
+        return self.parent_cpu / (self.files - 1) * 1e6
 
 
 def measure_scan(folder: Path, workers: int, evidence: EvidenceLevel, out: str = os.devnull) -> ScanRate:
@@ -75,15 +83,16 @@ def measure_scan(folder: Path, workers: int, evidence: EvidenceLevel, out: str =
     scanner = Scanner(engine=null_engine.NAME, precision="fp32", config=ScanConfig(decode_workers=workers, evidence=evidence))
     arguments: list[str | bytes] = [str(folder)]
     header = scanner.header().with_inputs(arguments)  # builds the engine, as the CLI does before timing
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
     started = time.perf_counter()
     job.run(
         scanner, make_reporter("jsonl", out), header, arguments, Summary.for_evidence(evidence),
-        on_result=lambda summary: times.append(time.perf_counter()),
+        on_result=lambda summary: times.append((time.perf_counter(), time.process_time())),
     )
     if len(times) < 2:
         raise ValueError(f"{folder}: a rate needs at least two files, found {len(times)}")
-    return ScanRate(files=len(times), seconds=times[-1] - times[0], start=times[0] - started)
+    (t0, c0), (t1, c1) = times[0], times[-1]
+    return ScanRate(files=len(times), seconds=t1 - t0, start=t0 - started, parent_cpu=c1 - c0)
 
 
 def measure_examine(folder: Path, evidence: EvidenceLevel) -> float:
@@ -111,13 +120,16 @@ def pinned(cores: int) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, allowed[:cores]))]
 
 
-def child(what: str, folder: Path, workers: int, evidence: str, home: Path) -> tuple[dict, int]:
+def child(what: str, folder: Path, workers: int, evidence: str, home: Path, tree: Path | None = None) -> tuple[dict, int]:
     """One measurement in a fresh process, pinned (its forkserver and workers inherit the pinning):
-    what the child printed, and the cores it had."""
+    what the child printed, and the cores it had. `tree`: measure that source tree's codescan."""
     prefix = pinned(1 if what == "examine" else workers)
     cmd = [*prefix, sys.executable, __file__, "--measure", what, "--images", str(folder),
            "--workers", str(workers), "--evidence", evidence]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CODESCAN_HOME": str(home)})
+    env = {**os.environ, "CODESCAN_HOME": str(home)}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed:\n{p.stderr}")
     return json.loads(p.stdout), (1 if what == "examine" else workers if prefix else len(os.sched_getaffinity(0)))
@@ -148,12 +160,18 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1500, help="512² JPEGs to generate (fewer of the larger sets)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="decode workers (and cores) per scan")
     ap.add_argument("--evidence", choices=["none", "metadata"], default="metadata")
+    ap.add_argument("--baseline", type=lambda p: Path(p).resolve(), help="also measure the codescan/ of this source tree (an earlier "
+                    "commit's checkout with its compiled decoder), in the same run, before each measurement of this one")
     ap.add_argument("--measure", choices=["scan", "examine"], help=argparse.SUPPRESS)  # one child measurement
     args = ap.parse_args()
 
     if args.measure == "scan":
+        import codescan
+        from codescan.decode import jpeg_decoder
+
         null_engine.register()
-        print(json.dumps(vars(measure_scan(args.images[0], args.workers[0], args.evidence))))
+        measured = vars(measure_scan(args.images[0], args.workers[0], args.evidence))
+        print(json.dumps({"scan": measured, "code": str(Path(codescan.__file__).parent), "jpeg": jpeg_decoder()}))
         return
     if args.measure == "examine":
         print(json.dumps({"rate": measure_examine(args.images[0], args.evidence)}))
@@ -170,21 +188,30 @@ def main() -> None:
                 count = max(2, int(args.count * share))
                 sets.append((f"{label} ({count})", make_images(kind, count, tmp_path / kind)))
         rows = []
+        decoders: set[str] = set()
         for label, folder in sets:
             for f in folder.rglob("*"):  # into the page cache: neither measurement pays for the disk
                 if f.is_file():
                     f.read_bytes()
             alone = child("examine", folder, 1, args.evidence, home)[0]["rate"]
             for w in args.workers:
-                measured, cores = child("scan", folder, w, args.evidence, home)
-                scan = ScanRate(**measured)
-                per_core = scan.rate / cores
-                rows.append(f"| {label} | {w} ({cores} cores) | {scan.rate:.0f} | {per_core:.0f} | {alone:.0f} "
-                            f"| {per_core / alone:.0%} | {scan.start:.2f} s |")
+                for tree in ([args.baseline] if args.baseline else []) + [None]:
+                    measured, cores = child("scan", folder, w, args.evidence, home, tree)
+                    scan = ScanRate(**measured["scan"])
+                    decoders.add(measured["jpeg"])
+                    per_core = scan.rate / cores
+                    name = f"{label}, baseline" if tree else label
+                    rows.append(f"| {name} | {w} ({cores} cores) | {scan.rate:.0f} | {per_core:.0f} | {alone:.0f} "
+                                f"| {per_core / alone:.0%} | {scan.parent_us:.0f} µs | {scan.start:.2f} s |")
+                    if tree and measured["code"] != str(tree / "codescan"):
+                        raise SystemExit(f"--baseline {tree}: the child imported {measured['code']} instead")
+        if len(decoders) > 1:
+            print(f"warning: the trees decode JPEGs differently: {sorted(decoders)}")
         pinning = "taskset" if pinned(1) else "not pinned (no taskset): cores = all allowed"
         print(f"cpus: {len(os.sched_getaffinity(0))}; evidence: {args.evidence}; {pinning}; null engine, no cache")
-        print("| set | workers | scan files/s | per core | in-process files/s per core | ratio | first record after |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| set | workers | scan files/s | per core | in-process files/s per core | ratio | scanner CPU per file "
+              "| first record after |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         print("\n".join(rows))
         print(f"command: python benchmarks/bench_feed.py {shlex.join(sys.argv[1:])}".rstrip())
 

@@ -32,7 +32,7 @@ def gate(
     from .examine import ExamineConfig, Examined
     from .walk import walk
     from .weights import load_bundle
-    from .workers import DecodePool
+    from .feed import DecodePool
 
     bundle = load_bundle(weights)
     pool = DecodePool(workers=os.cpu_count() or 1, config=ExamineConfig(evidence="none"), timeout=20.0, window=64)

@@ -37,7 +37,7 @@ from .records import (
 )
 from .sources import entries as list_entries
 from .walk import Entry, WalkOptions
-from .workers import DecodePool
+from .feed import DecodePool
 
 if TYPE_CHECKING:
     from codescan.engines.protocol import AsyncEngine, Engine
@@ -58,6 +58,19 @@ class ScanConfig:
 
 
 Item = tuple[Entry, Outcome, bool]  # bool: its crop goes to the engine in this item's batch
+# Files in flight per decode worker (a fifth with --crops 5): two chunks queued in it, so it never
+# waits for the parent, and as many again finished, waiting for a slower file ahead of them.
+FILES_PER_WORKER = 48
+
+
+def feed_sizes(batch_size: int, crops: CropCount, workers: int) -> tuple[int, int]:
+    """(files in flight in the decode pool, crop sets the scan holds after taking them).
+
+    The window covers two batches and FILES_PER_WORKER per worker; `pending` holds the crops of
+    at most one batch's images until it is submitted (``--crops 5`` sends five crops per image).
+    """
+    images = -(-batch_size // crops)
+    return max(2 * images, FILES_PER_WORKER // crops * workers), images
 
 
 def _ignore(message: str) -> None:
@@ -130,11 +143,13 @@ class Scanner:
         self._known = OrderedDict()
         self._capacity = max(4096, 8 * batch_size)
         entries = (e for e in list_entries(arguments, cfg.walk) if e.ident not in skip)
+        window, hold = feed_sizes(batch_size, cfg.crops, cfg.decode_workers)
         pool = DecodePool(
             workers=cfg.decode_workers,
             config=ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=spec, crops=cfg.crops),
             timeout=cfg.decode_timeout,
-            window=max(2 * batch_size, 4 * cfg.decode_workers),
+            window=window,
+            hold=hold,
         )
         from codescan.engines.protocol import submitter
 
@@ -148,11 +163,13 @@ class Scanner:
         n_crops = 0
         flight: tuple[list[Item], object] | None = None
         try:
-            for entry, outcome in pool.outcomes(entries):
+            for entry, outcome in pool.outcomes(entries, borrow=True):
                 if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
                     entry = replace(entry, data=None)
-                outcome = self._resolve(outcome)
+                outcome = self._resolve(outcome, pool)
                 embed = isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 not in queued
+                if not embed:
+                    pool.give_back(outcome)  # a copy of a crop already queued: its scores will come from that one
                 if not pending and not embed:
                     if flight is None:  # nothing ahead of it: needs no batch, emit it now
                         yield from self._finish([(entry, outcome, False)])
@@ -169,11 +186,11 @@ class Scanner:
                 # A batch that cannot fill (copies or errors follow its last crop) goes in early:
                 # what waits behind it stays bounded, as behind `flight`.
                 if n_crops >= batch_size or len(pending) >= 2 * batch_size:  # crops: --crops 5 sends five per image
-                    handle = self._submit(pending, engine)  # batch i+1 goes in before ...
+                    handle = self._submit(pending, engine, pool)  # batch i+1 goes in before ...
                     if flight is not None:
                         yield from self._finish(*flight, engine=engine, queued=queued)  # ... batch i comes out
                     flight, pending, n_crops = (pending, handle), [], 0
-            handle = self._submit(pending, engine) if n_crops else None
+            handle = self._submit(pending, engine, pool) if n_crops else None
             if flight is not None:
                 yield from self._finish(*flight, engine=engine, queued=queued)
             if pending:
@@ -183,16 +200,23 @@ class Scanner:
                 self._writer.close()
                 self._writer = None
 
-    def _resolve(self, outcome: Outcome) -> Outcome:
+    def _resolve(self, outcome: Outcome, pool: DecodePool) -> Outcome:
         """A decoded copy of content already scored in this scan takes those scores: no second embedding."""
         if isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 in self._known:
+            pool.give_back(outcome)
             cached = outcome.verdict(self._known[outcome.sha256])
             return Examined(outcome.sha256, outcome.evidence, outcome.new_evidence, cached=cached)
         return outcome
 
-    def _submit(self, pending: list[Item], engine: AsyncEngine) -> object | None:
-        crops = [o.decoded.crops for _, o, embed in pending if embed]  # type: ignore[union-attr]
-        return engine.submit(np.concatenate(crops)) if crops else None  # (sum of K, 224, 224, 3)
+    def _submit(self, pending: list[Item], engine: AsyncEngine, pool: DecodePool) -> object | None:
+        """The batch is one copy of the crops out of their shared slots, which go back at once."""
+        embedded = [o for _, o, embed in pending if embed]
+        if not embedded:
+            return None
+        batch = np.concatenate([o.decoded.crops for o in embedded])  # type: ignore[union-attr]  # (sum of K, 224, 224, 3)
+        for o in embedded:
+            pool.give_back(o)
+        return engine.submit(batch)
 
     def _remember(self, sha: bytes, scores: BoxScores) -> None:
         self._known[sha] = scores
@@ -215,7 +239,7 @@ class Scanner:
             emb = engine.collect(handle)  # (sum of K, D): K boxes per image, in order
             batched = [o for _, o, embed in items if embed]
             per_row = self.heads.scores(emb)
-            starts = np.cumsum([0] + [len(o.decoded.crops) for o in batched])  # type: ignore[union-attr]
+            starts = np.cumsum([0] + [len(o.decoded.boxes) for o in batched])  # type: ignore[union-attr]  # crops: given back
             for o, start, end in zip(batched, starts[:-1], starts[1:]):
                 scores = tuple(per_row[start:end])
                 self._remember(o.sha256, scores)  # type: ignore[union-attr]

@@ -94,7 +94,7 @@ class DecodeStage:
     CHUNK = 64
 
     def __init__(self, config: ExamineConfig, timeout: float, walk: WalkOptions) -> None:
-        from .workers import DecodePool
+        from .feed import DecodePool
 
         self.pool = DecodePool(workers=1, config=config, timeout=timeout, window=8)
         self.walk = walk

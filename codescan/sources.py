@@ -79,9 +79,11 @@ class Uncountable(Exception):
 
 def is_archive_argument(entry: Entry, opts: WalkOptions, named: bool) -> bool:
     """Named on the command line, an archive is always opened; met in a walk, only with --archives."""
+    if entry.error is not None or not (named or opts.archives):
+        return False
     from .archives import archive_kind
 
-    return entry.error is None and (named or opts.archives) and archive_kind(entry.path) is not None
+    return archive_kind(entry.path) is not None
 
 
 def expand(entry: Entry, opts: WalkOptions, counting: bool = False) -> Iterator[Entry]:

@@ -1,10 +1,10 @@
 """Thumbnails for the report, made from the scanned bytes in killable, confined workers.
 
 The files named in a verdicts file are as hostile as the ones the scan read, so thumbnails are
-made the way the scan decodes: in forkserver children under the decode workers' memory cap, with
-the same limits and decoder allow-list, one file at a time under a deadline (a worker that
-misses it is killed and replaced). A file whose bytes no longer hash to the record's sha256 gets
-no thumbnail: the page would otherwise show a picture that was never judged.
+made the way the scan decodes: in the decode workers' kind of pool (workers.WorkerPool: forkserver
+children under the same memory cap, each file under a deadline, a worker that misses it killed
+and replaced), with the same limits and decoder allow-list. A file whose bytes no longer hash to
+the record's sha256 gets no thumbnail: the page would otherwise show a picture never judged.
 
 States, per record: ``ok`` (thumbs/<sha256>.jpg exists), ``missing`` (the file is gone),
 ``changed`` (other bytes now), ``failed`` (unreadable or undecodable now), ``timeout``, or None
@@ -13,20 +13,19 @@ States, per record: ``ok`` (thumbs/<sha256>.jpg exists), ``missing`` (the file i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 from .decode import DecodeFailure, DecodeLimits, _enabled_formats, configure_pillow, read_limited
 from .fetch import read_member
 from .walk import Entry, WalkOptions
-from .workers import ADDRESS_SPACE_LIMIT, confine, forkserver, kill, spawn
+from .workers import Run, WorkerPool
 
 LONG_SIDE = 256
 DRAFT = (512, 512)  # JPEG draft: libjpeg scales by 1/2..1/8 while decoding, to at least this size
@@ -83,86 +82,23 @@ def make_thumb(task: ThumbTask, limits: DecodeLimits) -> str:
     return "ok"
 
 
-def _worker_main(conn: Connection, limits: DecodeLimits) -> None:
-    confine(ADDRESS_SPACE_LIMIT, quiet_stderr=True)
+def _setup(limits: DecodeLimits) -> Run:
+    """In the worker: Pillow's limits and allow-list, as the decode workers have them."""
     configure_pillow(limits)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        conn.send(make_thumb(task, limits))
+    return lambda task, slot: (make_thumb(task, limits), 0)
 
 
-@dataclass
-class _Slot:
-    proc: Any
-    conn: Connection
-    index: int = -1  # the task it works on, -1 when idle
-    started: float = 0.0
-
-
-class ThumbPool:
-    """`pool.run(tasks)` yields (task index, state) as workers finish, in any order."""
+class ThumbPool(WorkerPool[ThumbTask, str]):
+    """``pool.results(tasks)`` yields (task, state) in task order; the decode workers' pool, other work."""
 
     def __init__(self, workers: int, limits: DecodeLimits, deadline: float = DEADLINE) -> None:
-        self.ctx = forkserver()
-        self.limits = limits
-        self.deadline = deadline
-        self.slots = [self._spawn() for _ in range(max(1, workers))]
+        super().__init__(workers, functools.partial(_setup, limits), deadline, window=4 * max(1, workers))
 
-    def _spawn(self) -> _Slot:
-        proc, conn = spawn(self.ctx, _worker_main, (self.limits,))
-        return _Slot(proc=proc, conn=conn)
+    def timed_out(self, task: ThumbTask, started: bool) -> str:
+        return "timeout"
 
-    def _kill(self, slot: _Slot) -> _Slot:
-        kill(slot.proc, slot.conn)
-        fresh = self._spawn()
-        self.slots[self.slots.index(slot)] = fresh
-        return fresh
-
-    def run(self, tasks: list[ThumbTask]) -> Iterator[tuple[int, str]]:
-        todo = iter(range(len(tasks)))
-        for slot in list(self.slots):
-            self._give(slot, todo, tasks)
-        while any(s.index >= 0 for s in self.slots):
-            busy = [s for s in self.slots if s.index >= 0]
-            left = min(s.started + self.deadline for s in busy) - time.monotonic()
-            ready = wait([s.conn for s in busy], timeout=max(0.0, left))
-            for slot in busy:
-                index = slot.index
-                if slot.conn in ready:
-                    try:
-                        state = slot.conn.recv()
-                        slot.index = -1
-                    except (EOFError, OSError):  # the worker died (a decoder crash, the memory cap)
-                        state, slot = "failed", self._kill(slot)
-                elif time.monotonic() >= slot.started + self.deadline:
-                    state, slot = "timeout", self._kill(slot)
-                else:
-                    continue
-                yield index, state
-                self._give(slot, todo, tasks)
-
-    def _give(self, slot: _Slot, todo: Iterator[int], tasks: list[ThumbTask]) -> None:
-        index = next(todo, None)
-        if index is not None:
-            slot.conn.send(tasks[index])
-            slot.index, slot.started = index, time.monotonic()
-
-    def close(self) -> None:
-        for slot in self.slots:
-            try:
-                slot.conn.send(None)
-            except OSError:
-                pass
-        for slot in self.slots:
-            slot.proc.join(timeout=2)
-            if slot.proc.is_alive():
-                slot.proc.kill()
-            slot.conn.close()
+    def crashed(self, task: ThumbTask) -> str:
+        return "failed"  # the worker died: a decoder crash, the memory cap
 
 
 def _wanted(records: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -232,10 +168,7 @@ def make_thumbnails(
                 states[i] = "missing"
     if tasks:
         pool = ThumbPool(min(workers, len(tasks)), limits, deadline)
-        try:
-            for index, state in pool.run(tasks):
-                for i in fresh[tasks[index].sha256]:
-                    states[i] = state
-        finally:
-            pool.close()
+        for task, state in pool.results(iter(tasks)):
+            for i in fresh[task.sha256]:
+                states[i] = state
     return states

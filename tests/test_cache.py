@@ -152,7 +152,7 @@ def test_cli_rescan_identical_and_broken_cache_is_a_warning(home, tree, tmp_path
 
 def test_decode_pool_serves_several_calls(tmp_path):
     """Ray's decode actors keep one pool and call it once per batch."""
-    from codescan.workers import DecodePool
+    from codescan.feed import DecodePool
 
     rng = np.random.default_rng(2)
     paths = []

@@ -25,7 +25,7 @@ from codescan.decode import DecodeFailure
 from codescan.examine import ExamineConfig, Examined
 from codescan.records import Evidence
 from codescan.walk import Entry
-from codescan.workers import DecodePool
+from codescan.feed import DecodePool
 
 N_CASES = 2500
 N_CLI = 300

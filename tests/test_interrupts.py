@@ -238,7 +238,7 @@ STORM = r"""
 import os, signal, sys, threading, time
 from codescan.examine import Examined, ExamineConfig
 from codescan.walk import Entry
-from codescan.workers import DecodePool
+from codescan.feed import DecodePool
 
 hits = 0
 def on_int(signum, frame):  # a Python handler, not SIG_IGN: SIG_IGN would be inherited and hide the bug
@@ -278,16 +278,16 @@ import os, signal, sys, threading, time
 os.environ["CODESCAN_TEST_STALL_MARKER"] = "stall_"  # before the forkserver starts: workers inherit it
 from codescan.examine import Examined, ExamineConfig
 from codescan.walk import Entry
-from codescan.workers import DecodePool
+from codescan.feed import DecodePool
 
 good, stall = sys.argv[1], sys.argv[2]
 pool = DecodePool(workers=2, config=ExamineConfig(), timeout=60, window=8)
 def killer():  # the OOM killer strikes the worker stuck on the stalled file
     while True:
-        for slot in list(pool._slots):
-            if slot.entry is not None and b"stall_" in slot.entry.path:
+        for worker in list(pool._workers):
+            if worker.current is not None and b"stall_" in worker.current.path:
                 time.sleep(0.3)
-                os.kill(slot.proc.pid, signal.SIGKILL)
+                os.kill(worker.proc.pid, signal.SIGKILL)
                 return
         time.sleep(0.01)
 threading.Thread(target=killer, daemon=True).start()

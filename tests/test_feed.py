@@ -1,0 +1,147 @@
+"""The lean feed (#18): chunked dispatch, answers read in bulk, crops through shared memory.
+
+Chunks must not weaken isolation: a task that stalls or kills its worker in the middle of a chunk
+costs that task one error, and every other task of the chunk still gets its own result, in order.
+The pool is tested with a job of its own (no decoder: the failures are exact), then the decode
+pool and the scan are tested for what the ring must guarantee: the crops are the worker's, a
+slot fits five boxes, and every slot a scan borrows comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import textured_image
+
+from codescan.examine import Examined, ExamineConfig, Examiner
+from codescan.feed import DecodePool
+from codescan.ring import Ring, RingExhausted
+from codescan.walk import Entry
+from codescan.workers import WorkerPool
+
+STALL, CRASH = 13, 27  # the tasks that hang and that kill their worker
+
+
+def _setup():
+    """The worker's job: task n fills its slot with n and answers 2n; two tasks misbehave."""
+
+    def run(n: int, slot: np.ndarray | None):
+        if n == STALL:
+            time.sleep(3600)
+        if n == CRASH:
+            os._exit(3)  # as a decoder crash or the OOM killer would end it: no answer, no cleanup
+        assert slot is not None
+        slot[:2] = n % 256
+        return 2 * n, 2
+
+    return run
+
+
+class Numbers(WorkerPool[int, object]):
+    """Results: (2n, the first byte of each row the worker filled) or a failure string."""
+
+    def timed_out(self, task: int, started: bool) -> object:
+        return "timeout" if started else "no start"
+
+    def crashed(self, task: int) -> object:
+        return "crash"
+
+    def heavy(self, task: int) -> bool:
+        return task % 10 == 5  # travels alone, to an idle worker
+
+    def received(self, result, rows):
+        return (result, [int(r[0, 0, 0]) for r in rows]) if rows is not None else result, False
+
+
+def test_a_stalled_and_a_crashing_task_in_a_chunk_cost_only_themselves():
+    pool = Numbers(2, _setup, timeout=2.0, window=64, slot_shape=(2, 4, 4, 3))
+    assert pool.chunk == 16  # so each worker holds many tasks at once: the failures are inside chunks
+    tasks = list(range(40))
+    got = list(pool.results(iter(tasks)))
+    assert [t for t, _ in got] == tasks  # one result per task, in input order
+    results = dict(got)
+    assert results.pop(STALL) == "timeout" and results.pop(CRASH) == "crash"
+    assert results == {n: (2 * n, [n, n]) for n in results}
+    assert pool._ring is not None and pool._ring.free == pool._ring.slots  # every slot came back
+
+
+def test_a_pool_serves_again_after_close():
+    pool = Numbers(1, _setup, timeout=5.0, window=8, slot_shape=(2, 4, 4, 3))
+    for _ in range(2):
+        assert [r for _, r in pool.results(iter([1, 2, 3]))] == [(2, [1, 1]), (4, [2, 2]), (6, [3, 3])]
+
+
+def test_ring_gives_back_only_its_own_slots():
+    ring = Ring(3, (2, 4))
+    a, b = ring.take(), ring.take()
+    assert (a, b) == (0, 1) and ring.slot_of(ring.array[b, :1]) == b
+    with pytest.raises(ValueError):
+        ring.slot_of(np.zeros((1, 4), np.uint8))
+    with pytest.raises(ValueError):
+        ring.slot_of(ring.array[a, 1:])  # inside a slot, not at its start
+    ring.take()
+    with pytest.raises(RingExhausted):
+        ring.take()
+    ring.give(b)
+    assert ring.take() == b  # last freed, first taken: the pages in use stay few
+    ring.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("feed")
+    rng = np.random.default_rng(18)
+    for i, (w, h) in enumerate([(300, 260), (180, 500), (640, 480), (224, 224), (90, 120)]):
+        textured_image(rng, w, h).save(folder / f"{i}.{'jpg' if i % 2 else 'png'}")
+    return [Entry(display=str(p), path=os.fsencode(p)) for p in sorted(folder.iterdir())]
+
+
+@pytest.mark.parametrize("crops", [1, 5])
+def test_decoded_crops_through_shared_memory_are_the_workers(images, crops):
+    """A slot holds the largest crop set a record can have (five boxes with --crops 5)."""
+    config = ExamineConfig(evidence="none", crops=crops)
+    pool = DecodePool(workers=2, config=config, timeout=20, window=8)
+    assert pool.slot_shape == (crops, 224, 224, 3)
+    here = Examiner(config)
+    outcomes = list(pool.outcomes(iter(images)))  # not borrowed: the consumer's own arrays
+    assert [e for e, _ in outcomes] == images
+    for entry, outcome in outcomes:
+        expected = here(entry)
+        assert isinstance(outcome, Examined) and isinstance(expected, Examined)
+        assert outcome.decoded is not None and expected.decoded is not None
+        assert outcome.decoded.crops.shape == (crops, 224, 224, 3)
+        assert np.array_equal(outcome.decoded.crops, expected.decoded.crops)
+        assert outcome.decoded.boxes == expected.decoded.boxes and outcome.sha256 == expected.sha256
+
+
+def test_a_borrower_that_keeps_more_than_it_declared_is_told(images):
+    pool = DecodePool(workers=1, config=ExamineConfig(evidence="none"), timeout=20, window=2, hold=0)
+    kept = []
+    with pytest.raises(RingExhausted):
+        for _, outcome in pool.outcomes(iter(images * 3), borrow=True):
+            kept.append(outcome)  # never given back
+
+
+def test_a_scan_gives_back_every_slot_it_borrows(images, home, monkeypatch, tmp_path):
+    """Copies, errors and --crops 5 each take their own path back to the ring."""
+    from codescan.pipeline import ScanConfig, Scanner
+
+    rings: list[Ring] = []
+    real_init = Ring.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        rings.append(self)
+
+    monkeypatch.setattr(Ring, "__init__", recording_init)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff" + b"\0" * 64)
+    arguments = [e.display for e in images] * 2 + [str(broken)]  # each image twice: the second is a copy
+    for crops in (1, 5):
+        scanner = Scanner(engine="torch", precision="fp32", config=ScanConfig(batch_size=3, crops=crops, evidence="none"))
+        records = list(scanner.scan(arguments))
+        assert [r.status for r in records].count("error") == 1 and len(records) == len(arguments)
+        assert rings[-1].free == rings[-1].slots
