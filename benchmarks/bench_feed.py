@@ -10,7 +10,7 @@ that does the work rather than move it between processes (issue 18's target: ≥
     python benchmarks/bench_feed.py                      # 512² JPEG, 1024² JPEG and a mixed set
     python benchmarks/bench_feed.py --count 300 --evidence none
     python benchmarks/bench_feed.py --images DIR [DIR ...]
-    python benchmarks/bench_feed.py --baseline ../before   # an earlier checkout, measured in the same run
+    python benchmarks/bench_feed.py --baseline ../before --repeats 3   # an earlier checkout, same run; medians
 
 Sets: ``--count`` distinct 512² JPEGs (default 1,500), 2/5 as many 1024² JPEGs and 1/5 as many
 JPEG/PNG/WebP files of 256–2048 px (each decodes slower), so each run takes under a minute on two
@@ -28,6 +28,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1500, help="512² JPEGs to generate (fewer of the larger sets)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="decode workers (and cores) per scan")
     ap.add_argument("--evidence", choices=["none", "metadata"], default="metadata")
+    ap.add_argument("--repeats", type=int, default=1, help="fresh processes per measurement; the table shows medians")
     ap.add_argument("--baseline", type=lambda p: Path(p).resolve(), help="also measure the codescan/ of this source tree (an earlier "
                     "commit's checkout with its compiled decoder), in the same run, before each measurement of this one")
     ap.add_argument("--measure", choices=["scan", "examine"], help=argparse.SUPPRESS)  # one child measurement
@@ -193,18 +195,25 @@ def main() -> None:
             for f in folder.rglob("*"):  # into the page cache: neither measurement pays for the disk
                 if f.is_file():
                     f.read_bytes()
-            alone = child("examine", folder, 1, args.evidence, home)[0]["rate"]
+            alone = statistics.median(child("examine", folder, 1, args.evidence, home)[0]["rate"] for _ in range(args.repeats))
+            trees = ([args.baseline] if args.baseline else []) + [None]
             for w in args.workers:
-                for tree in ([args.baseline] if args.baseline else []) + [None]:
-                    measured, cores = child("scan", folder, w, args.evidence, home, tree)
-                    scan = ScanRate(**measured["scan"])
-                    decoders.add(measured["jpeg"])
-                    per_core = scan.rate / cores
+                scans: dict[Path | None, list[ScanRate]] = {tree: [] for tree in trees}
+                for _ in range(args.repeats):  # alternating, so drift on a shared machine hits both alike
+                    for tree in trees:
+                        measured, cores = child("scan", folder, w, args.evidence, home, tree)
+                        scans[tree].append(ScanRate(**measured["scan"]))
+                        decoders.add(measured["jpeg"])
+                        if tree and measured["code"] != str(tree / "codescan"):
+                            raise SystemExit(f"--baseline {tree}: the child imported {measured['code']} instead")
+                for tree in trees:
+                    rate = statistics.median(r.rate for r in scans[tree])
+                    parent = statistics.median(r.parent_us for r in scans[tree])
+                    start = statistics.median(r.start for r in scans[tree])
+                    per_core = rate / cores
                     name = f"{label}, baseline" if tree else label
-                    rows.append(f"| {name} | {w} ({cores} cores) | {scan.rate:.0f} | {per_core:.0f} | {alone:.0f} "
-                                f"| {per_core / alone:.0%} | {scan.parent_us:.0f} µs | {scan.start:.2f} s |")
-                    if tree and measured["code"] != str(tree / "codescan"):
-                        raise SystemExit(f"--baseline {tree}: the child imported {measured['code']} instead")
+                    rows.append(f"| {name} | {w} ({cores} cores) | {rate:.0f} | {per_core:.0f} | {alone:.0f} "
+                                f"| {per_core / alone:.0%} | {parent:.0f} µs | {start:.2f} s |")
         if len(decoders) > 1:
             print(f"warning: the trees decode JPEGs differently: {sorted(decoders)}")
         pinning = "taskset" if pinned(1) else "not pinned (no taskset): cores = all allowed"

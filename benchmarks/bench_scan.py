@@ -181,7 +181,8 @@ def main() -> None:
                 agreement = ", ".join(f"{k} {v:.2%}" for k, v in r["agreement"].items())
                 print(f"gate {r['engine']} {r['precision']}: cosine min {r['cosine_min']:.5f}, agreement {agreement}, "
                       f"{'passed' if r['passed'] else 'failed'} ({r['images']} images of {args.gate})")
-        extra = ["--engine", args.engine, "--precision", args.precision]
+        # No scan cache: the warm-up scan would fill it and every timed scan would only read verdicts back.
+        extra = ["--engine", args.engine, "--precision", args.precision, "--no-cache"]
         run_codescan(folder, home, extra)  # builds and caches the engine once, as a first scan would
         refs, ours = [], []
         for _ in range(args.repeats):
