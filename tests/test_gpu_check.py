@@ -71,7 +71,7 @@ def test_dry_run_reports_every_step(prepared, tmp_path):
     assert meta["weights"].startswith("RANDOM STAND-IN") and meta["crops"]["count"] == 6
     before = files(prepared)
 
-    done, report = run_check(tmp_path / "out", prepared, "--count", "16")
+    done, report = run_check(tmp_path / "out", prepared, "--count", "64")  # as #18 asks of CI
     assert done.returncode == 0, done.stdout + done.stderr
     assert files(prepared) == before  # the carried folder stays as prepared (and under the carry limit)
     assert list(report["steps"]) == STEPS and report["finished_utc"] is not None
@@ -93,7 +93,7 @@ def test_dry_run_reports_every_step(prepared, tmp_path):
     assert all(r["images_per_s_best"] > 0 and r["cuda_graphs_active"] is False for r in runs)  # no graphs on the CPU
 
     e2e = steps["end_to_end"]
-    assert e2e["scan_summary"]["files"] == 16 and e2e["scan_summary"]["errors"] == 0
+    assert e2e["scan_summary"]["files"] == 64 and e2e["scan_summary"]["errors"] == 0
     assert e2e["scan_header"]["weights"]["sha256"] == meta["reference"]["digest"]
     assert e2e["files_per_s"] > 0 and e2e["host_pss_peak_mib"] > 0
     assert "end_to_end   ok" in done.stdout and (tmp_path / "out" / "gpu_check.log").read_text() == done.stdout
