@@ -34,10 +34,10 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from codescan.engines.protocol import EngineName, Precision
+from codescan.engines.protocol import Precision
 
 from . import __version__, messages
-from .cli_options import UsageError, err_console
+from .cli_options import EngineOpt, UsageError, err_console
 from .records import HeadChoice
 
 CALIBRATE_SCHEMA_VERSION = 1
@@ -112,7 +112,7 @@ def calibrate_command(
     crops: Annotated[
         Literal[1, 5], typer.Option(help="As scan will judge: 1 = the central 224×224; 5 = centre + four corners, score = max.")
     ] = 1,
-    engine: Annotated[EngineName, typer.Option(envvar="CODESCAN_ENGINE", help="auto: GPU if usable, else CPU.")] = "auto",
+    engine: EngineOpt = "auto",
     precision: Annotated[
         Precision, typer.Option(envvar="CODESCAN_PRECISION", help="auto: fp32 unless a gate passed; calibrate with what you scan with.")
     ] = "auto",
