@@ -191,6 +191,14 @@ class _Answers:
 
 
 @dataclass
+class _Cursor:
+    """Where the dispatcher is in the input."""
+
+    seq: int = 0  # the next task's place
+    exhausted: bool = False
+
+
+@dataclass
 class _Worker:
     proc: mp.process.BaseProcess
     conn: Connection
@@ -318,11 +326,11 @@ class WorkerPool(Generic[T, R]):
     def _run(self, tasks: Iterator[T], out: queue.SimpleQueue, credits: threading.Semaphore) -> None:
         done: dict[int, tuple[T, R]] = {}
         retry: deque[_Task] = deque()  # tasks a replaced worker had not begun: they hold their credit and slot
-        state = {"seq": 0, "exhausted": False}
+        cursor = _Cursor()
         next_out = 0
         while not self._stop.is_set():
             for worker in self._workers:
-                self._feed(worker, tasks, credits, retry, done, state)
+                self._feed(worker, tasks, credits, retry, done, cursor)
             ready = []
             while next_out in done:
                 ready.append(done.pop(next_out))
@@ -331,7 +339,7 @@ class WorkerPool(Generic[T, R]):
                 out.put(ready)
             busy = [w for w in self._workers if w.queue]
             if not busy:
-                if state["exhausted"] and not retry:
+                if cursor.exhausted and not retry:
                     return
                 continue
             deadline = min(w.limit(self.timeout) for w in busy)
@@ -348,7 +356,7 @@ class WorkerPool(Generic[T, R]):
                     self._replace(worker, retry)
 
     def _feed(self, worker: _Worker, tasks: Iterator[T], credits: threading.Semaphore, retry: deque[_Task],
-              done: dict[int, tuple[T, R]], state: dict) -> None:
+              done: dict[int, tuple[T, R]], cursor: _Cursor) -> None:
         """Top the worker up to two chunks, in one message; a heavy task goes alone to an idle worker."""
         if len(worker.queue) > self.chunk:
             return
@@ -357,7 +365,7 @@ class WorkerPool(Generic[T, R]):
             if retry:
                 item = retry.popleft()
             else:
-                if state["exhausted"]:
+                if cursor.exhausted:
                     break
                 idle = not chunk and not any(w.queue for w in self._workers)
                 if not credits.acquire(timeout=0.05 if idle else 0):
@@ -365,10 +373,10 @@ class WorkerPool(Generic[T, R]):
                 task = next(tasks, None)
                 if task is None:
                     credits.release()
-                    state["exhausted"] = True
+                    cursor.exhausted = True
                     break
-                seq = state["seq"]
-                state["seq"] += 1
+                seq = cursor.seq
+                cursor.seq += 1
                 result = self.local(task)
                 if result is not None:
                     done[seq] = (task, result)
