@@ -45,6 +45,7 @@ _STOP = None
 _READY = "ready"  # a worker's first message: imports and readers loaded, work can start
 ADDRESS_SPACE_LIMIT = 4 << 30  # per worker; a bomb that slips past the pixel check dies here
 STARTUP_SECONDS = 120.0  # a worker that is not ready by then is killed, and its task gets the timeout result
+START_FAILURES = 3  # workers in a row that die before they are ready: the pool cannot run here
 MAX_CHUNK = 16  # tasks per message to a worker; it holds at most two chunks
 PAUSE = 0.01  # seconds the dispatcher lets answers gather while every busy worker has a chunk in hand
 
@@ -190,6 +191,11 @@ class _Answers:
         return messages
 
 
+class WorkerStartError(ChildProcessError):
+    """Workers die before they are ready: the environment, not a task (none had begun one). An
+    OSError, so the CLI reports it in one line, as it does a full disk."""
+
+
 @dataclass
 class _Cursor:
     """Where the dispatcher is in the input."""
@@ -252,6 +258,7 @@ class WorkerPool(Generic[T, R]):
         self.borrow = False
         self._ring: Ring | None = None
         self._workers: list[_Worker] = []
+        self._start_failures = 0  # workers in a row that died before they were ready
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -297,6 +304,7 @@ class WorkerPool(Generic[T, R]):
         credits = threading.Semaphore(self.window)
         self.borrow = borrow
         self._stop.clear()  # reusable: each call starts its workers and close() stops them
+        self._start_failures = 0
         if self.slot_shape is not None:
             self._ring = Ring(self.window + self.hold, self.slot_shape)
         self._workers = [self._spawn() for _ in range(self.n)]
@@ -398,6 +406,16 @@ class WorkerPool(Generic[T, R]):
         """The answers the worker has sent; a worker that died costs its current task only."""
         messages = worker.answers.read()
         if messages is None:
+            if not worker.ready:  # it died starting: no task of its own was begun, so none is blamed
+                self._replace(worker, retry)
+                self._start_failures += 1
+                if self._start_failures >= START_FAILURES:
+                    raise WorkerStartError(
+                        f"{START_FAILURES} worker processes in a row exited while starting (exit code "
+                        f"{worker.proc.exitcode}); a script that scans must do so under "
+                        "`if __name__ == \"__main__\":`, since workers re-import it"
+                    )
+                return
             head = worker.queue.popleft()
             done[head.seq] = (head.task, self._settle(head, self.crashed(head.task)))
             self._replace(worker, retry)
@@ -407,6 +425,7 @@ class WorkerPool(Generic[T, R]):
         for message in messages:
             if isinstance(message, str):  # _READY: a loaded machine can take seconds to start a worker
                 worker.ready = True
+                self._start_failures = 0
                 continue
             seq, result, rows = message
             head = worker.queue.popleft()

@@ -145,3 +145,20 @@ def test_a_scan_gives_back_every_slot_it_borrows(images, home, monkeypatch, tmp_
         records = list(scanner.scan(arguments))
         assert [r.status for r in records].count("error") == 1 and len(records) == len(arguments)
         assert rings[-1].free == rings[-1].slots
+
+
+def _broken_setup():
+    raise ImportError("a worker that cannot start")  # as a script without the __main__ guard, or a broken install
+
+
+def test_workers_that_die_starting_stop_the_pool_and_blame_no_task():
+    """A worker dying before it is ready has begun no task: no file may be recorded as `corrupt`
+    for it. Three in a row end the pool with one error that says why."""
+    from codescan.workers import START_FAILURES, WorkerStartError
+
+    pool = Numbers(1, _broken_setup, timeout=5.0, window=8, slot_shape=(2, 4, 4, 3))
+    got = []
+    with pytest.raises(WorkerStartError, match=f"{START_FAILURES} worker processes in a row exited while starting"):
+        for item in pool.results(iter(range(5))):
+            got.append(item)
+    assert got == []
