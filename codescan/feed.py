@@ -19,7 +19,7 @@ from .decode import Decoded, DecodeFailure, configure_pillow
 from .examine import Examined, ExamineConfig, Outcome, listed_outcome
 from .preprocess import CROP
 from .walk import Entry
-from .workers import STARTUP_SECONDS, Run, WorkerPool
+from .workers import Run, WorkerPool
 
 _IN_RING = np.empty((0, CROP, CROP, 3), dtype=np.uint8)  # a sent outcome's crops: the rows of its slot
 
@@ -81,13 +81,8 @@ class DecodePool(WorkerPool[Entry, Outcome]):
     def heavy(self, entry: Entry) -> bool:
         return entry.data is not None  # a streamed member carries its bytes
 
-    def timed_out(self, entry: Entry, started: bool) -> Outcome:
-        why = (
-            f"decoding took longer than {self.timeout:g}s (--decode-timeout)"
-            if started
-            else f"the decoder did not start within {STARTUP_SECONDS:g}s"
-        )
-        return DecodeFailure("decode_timeout", why)
+    def timed_out(self, entry: Entry) -> Outcome:
+        return DecodeFailure("decode_timeout", f"decoding took longer than {self.timeout:g}s (--decode-timeout)")
 
     def crashed(self, entry: Entry) -> Outcome:
         return DecodeFailure("corrupt", "the decoder crashed on this file")

@@ -94,7 +94,7 @@ class ThumbPool(WorkerPool[ThumbTask, str]):
     def __init__(self, workers: int, limits: DecodeLimits, deadline: float = DEADLINE) -> None:
         super().__init__(workers, functools.partial(_setup, limits), deadline, window=4 * max(1, workers))
 
-    def timed_out(self, task: ThumbTask, started: bool) -> str:
+    def timed_out(self, task: ThumbTask) -> str:
         return "timeout"
 
     def crashed(self, task: ThumbTask) -> str:

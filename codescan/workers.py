@@ -44,7 +44,7 @@ R = TypeVar("R")  # its result
 _STOP = None
 _READY = "ready"  # a worker's first message: imports and readers loaded, work can start
 ADDRESS_SPACE_LIMIT = 4 << 30  # per worker; a bomb that slips past the pixel check dies here
-STARTUP_SECONDS = 120.0  # a worker that is not ready by then is killed, and its task gets the timeout result
+STARTUP_SECONDS = 120.0  # a worker that is not ready by then is killed and replaced (a start failure)
 START_FAILURES = 3  # workers in a row that die before they are ready: the pool cannot run here
 MAX_CHUNK = 16  # tasks per message to a worker; it holds at most two chunks
 PAUSE = 0.01  # seconds the dispatcher lets answers gather while every busy worker has a chunk in hand
@@ -216,8 +216,8 @@ class _Worker:
     def __post_init__(self) -> None:
         self.answers = _Answers(self.conn)
 
-    def limit(self, timeout: float) -> float:
-        return self.started + (timeout if self.ready else STARTUP_SECONDS)
+    def limit(self, timeout: float, startup: float) -> float:
+        return self.started + (timeout if self.ready else startup)
 
     @property
     def current(self) -> Any:
@@ -243,12 +243,15 @@ class WorkerPool(Generic[T, R]):
         slot_shape: tuple[int, ...] | None = None,
         hold: int = 0,
         quiet_stderr: bool = True,
+        startup: float = STARTUP_SECONDS,
     ) -> None:
         """`slot_shape`: one shared uint8 slot of this shape per task in flight; `hold`: how many
-        results with rows the consumer keeps after taking them (borrowed slots, see `release`)."""
+        results with rows the consumer keeps after taking them (borrowed slots, see `release`);
+        `startup`: seconds a worker may take to become ready."""
         self.n = max(1, workers)
         self.setup = setup
         self.timeout = timeout
+        self.startup = startup
         self.window = max(window, self.n)
         self.chunk = max(1, min(MAX_CHUNK, self.window // (2 * self.n)))
         self.slot_shape = slot_shape
@@ -269,8 +272,8 @@ class WorkerPool(Generic[T, R]):
     def heavy(self, task: T) -> bool:
         return False
 
-    def timed_out(self, task: T, started: bool) -> R:
-        """The result of a task whose worker missed the deadline (`started`: the worker had started)."""
+    def timed_out(self, task: T) -> R:
+        """The result of a task whose worker missed its deadline."""
         raise NotImplementedError
 
     def crashed(self, task: T) -> R:
@@ -350,7 +353,7 @@ class WorkerPool(Generic[T, R]):
                 if cursor.exhausted and not retry:
                     return
                 continue
-            deadline = min(w.limit(self.timeout) for w in busy)
+            deadline = min(w.limit(self.timeout, self.startup) for w in busy)
             if all(len(w.queue) > self.chunk for w in busy):  # reading each answer as it comes costs more than it does
                 self._stop.wait(max(0.0, min(PAUSE, deadline - time.monotonic())))
             answered = wait([w.conn for w in busy], timeout=max(0.0, min(deadline - time.monotonic(), 0.05)))
@@ -358,9 +361,12 @@ class WorkerPool(Generic[T, R]):
             for worker in busy:
                 if worker.conn in answered:
                     self._read(worker, retry, done)
-                elif now > worker.limit(self.timeout) and not worker.conn.poll():  # an answer in the pipe is no stall
+                elif now > worker.limit(self.timeout, self.startup) and not worker.conn.poll():  # an answer in the pipe is no stall
+                    if not worker.ready:
+                        self._start_failed(worker, retry, lambda: f"did not start within {self.startup:g}s")
+                        continue
                     head = worker.queue.popleft()
-                    done[head.seq] = (head.task, self._settle(head, self.timed_out(head.task, worker.ready)))
+                    done[head.seq] = (head.task, self._settle(head, self.timed_out(head.task)))
                     self._replace(worker, retry)
 
     def _feed(self, worker: _Worker, tasks: Iterator[T], credits: threading.Semaphore, retry: deque[_Task],
@@ -406,15 +412,10 @@ class WorkerPool(Generic[T, R]):
         """The answers the worker has sent; a worker that died costs its current task only."""
         messages = worker.answers.read()
         if messages is None:
-            if not worker.ready:  # it died starting: no task of its own was begun, so none is blamed
-                self._replace(worker, retry)
-                self._start_failures += 1
-                if self._start_failures >= START_FAILURES:
-                    raise WorkerStartError(
-                        f"{START_FAILURES} worker processes in a row exited while starting (exit code "
-                        f"{worker.proc.exitcode}); a script that scans must do so under "
-                        "`if __name__ == \"__main__\":`, since workers re-import it"
-                    )
+            if not worker.ready:
+                self._start_failed(worker, retry, lambda: f"exited while starting (exit code {worker.proc.exitcode}); "
+                                   "a script that scans must do so under `if __name__ == \"__main__\":`, "
+                                   "since workers re-import it")
                 return
             head = worker.queue.popleft()
             done[head.seq] = (head.task, self._settle(head, self.crashed(head.task)))
@@ -431,6 +432,14 @@ class WorkerPool(Generic[T, R]):
             head = worker.queue.popleft()
             assert head.seq == seq, "a worker answers its tasks in the order it was given them"
             done[seq] = (head.task, self._settle(head, result, rows))
+
+    def _start_failed(self, worker: _Worker, retry: deque[_Task], why: Callable[[], str]) -> None:
+        """A worker died or hung while starting: it had begun no task, so none is blamed; its tasks go
+        to the next worker. `why` is asked after the worker is gone (its exit code is known then)."""
+        self._replace(worker, retry)
+        self._start_failures += 1
+        if self._start_failures >= START_FAILURES:
+            raise WorkerStartError(f"{START_FAILURES} worker processes in a row {why()}")
 
     def _settle(self, item: _Task, result: R, rows: int = 0) -> R:
         """The result as handed on; its slot goes back now unless the consumer borrows it."""

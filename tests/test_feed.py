@@ -43,8 +43,8 @@ def _setup():
 class Numbers(WorkerPool[int, object]):
     """Results: (2n, the first byte of each row the worker filled) or a failure string."""
 
-    def timed_out(self, task: int, started: bool) -> object:
-        return "timeout" if started else "no start"
+    def timed_out(self, task: int) -> object:
+        return "timeout"
 
     def crashed(self, task: int) -> object:
         return "crash"
@@ -151,14 +151,22 @@ def _broken_setup():
     raise ImportError("a worker that cannot start")  # as a script without the __main__ guard, or a broken install
 
 
-def test_workers_that_die_starting_stop_the_pool_and_blame_no_task():
-    """A worker dying before it is ready has begun no task: no file may be recorded as `corrupt`
-    for it. Three in a row end the pool with one error that says why."""
+def _slow_setup():
+    time.sleep(30)  # a start that never ends in time (a machine far too loaded, a hung import)
+    return _setup()
+
+
+@pytest.mark.parametrize(
+    ("setup", "why"), [(_broken_setup, "exited while starting"), (_slow_setup, "did not start within 0.5s")], ids=["dies", "hangs"]
+)
+def test_workers_that_fail_to_start_stop_the_pool_and_blame_no_task(setup, why):
+    """A worker that dies or hangs before it is ready has begun no task: no file may be recorded
+    `corrupt` or `decode_timeout` for it. Three in a row end the pool with one error saying why."""
     from codescan.workers import START_FAILURES, WorkerStartError
 
-    pool = Numbers(1, _broken_setup, timeout=5.0, window=8, slot_shape=(2, 4, 4, 3))
+    pool = Numbers(1, setup, timeout=5.0, window=8, slot_shape=(2, 4, 4, 3), startup=0.5)
     got = []
-    with pytest.raises(WorkerStartError, match=f"{START_FAILURES} worker processes in a row exited while starting"):
+    with pytest.raises(WorkerStartError, match=f"{START_FAILURES} worker processes in a row {why}"):
         for item in pool.results(iter(range(5))):
             got.append(item)
     assert got == []
