@@ -58,12 +58,12 @@ class DecodePool(WorkerPool[Entry, Outcome]):
     """``pool.outcomes(entries)`` yields ``(entry, outcome)`` in input order."""
 
     def __init__(
-        self, workers: int, config: ExamineConfig, timeout: float, window: int, hold: int = 0, quiet_stderr: bool = True
+        self, workers: int, config: ExamineConfig, timeout: float, window: int, hold: int = 0
     ) -> None:
         """`hold`: crop sets a borrowing consumer keeps at once (``outcomes(..., borrow=True)``)."""
         super().__init__(
             workers, functools.partial(_setup, config), timeout, window,
-            slot_shape=(config.crops, CROP, CROP, 3), hold=hold, quiet_stderr=quiet_stderr,
+            slot_shape=(config.crops, CROP, CROP, 3), hold=hold,
         )
 
     def outcomes(self, entries: Iterator[Entry], borrow: bool = False) -> Iterator[tuple[Entry, Outcome]]:

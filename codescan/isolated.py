@@ -31,7 +31,7 @@ class ReaderError(Exception):
 
 
 def _reader_main(conn: Connection, produce: Callable[..., Iterator[Any]], args: tuple) -> None:
-    confine(ADDRESS_SPACE_LIMIT, quiet_stderr=True)
+    confine(ADDRESS_SPACE_LIMIT)
     try:
         for item in produce(*args):
             conn.send(("item", item))

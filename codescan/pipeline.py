@@ -166,10 +166,13 @@ class Scanner:
             for entry, outcome in pool.outcomes(entries, borrow=True):
                 if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
                     entry = replace(entry, data=None)
-                outcome = self._resolve(outcome, pool)
-                embed = isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 not in queued
+                embed = (
+                    isinstance(outcome, Examined) and outcome.decoded is not None
+                    and outcome.sha256 not in queued and outcome.sha256 not in self._known
+                )
                 if not embed:
-                    pool.give_back(outcome)  # a copy of a crop already queued: its scores will come from that one
+                    pool.give_back(outcome)  # a copy of content queued or scored: its scores come from that one
+                outcome = self._resolve(outcome)
                 if not pending and not embed:
                     if flight is None:  # nothing ahead of it: needs no batch, emit it now
                         yield from self._finish([(entry, outcome, False)])
@@ -200,10 +203,9 @@ class Scanner:
                 self._writer.close()
                 self._writer = None
 
-    def _resolve(self, outcome: Outcome, pool: DecodePool) -> Outcome:
+    def _resolve(self, outcome: Outcome) -> Outcome:
         """A decoded copy of content already scored in this scan takes those scores: no second embedding."""
         if isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 in self._known:
-            pool.give_back(outcome)
             cached = outcome.verdict(self._known[outcome.sha256])
             return Examined(outcome.sha256, outcome.evidence, outcome.new_evidence, cached=cached)
         return outcome

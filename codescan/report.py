@@ -120,14 +120,15 @@ def _load_shards(folder: Path) -> Verdicts:
     if not head.is_file():
         raise VerdictsError(f"{folder}: a folder without header.json; not a codescan --shards folder")
     try:
-        header = json.loads(head.read_bytes())
+        head_line = head.read_bytes()
+        header = json.loads(head_line)
     except (OSError, ValueError):
         raise VerdictsError(f"{head}: not JSON; not a codescan --shards folder") from None
     if not isinstance(header, dict) or header.get("type") != "header":
         raise VerdictsError(f"{head}: not a codescan header; not a codescan --shards folder")
     verdicts = Verdicts(header=header)
     for part in sorted(folder.glob("part-*.jsonl")):
-        shard = _load_jsonl(head.read_bytes() + b"\n" + part.read_bytes(), part)
+        shard = _load_jsonl(head_line + b"\n" + part.read_bytes(), part)
         verdicts.records += shard.records
         verdicts.notes += [n for n in shard.notes if "torn" in n]
     summary = folder / "summary.json"

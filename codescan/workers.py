@@ -55,13 +55,13 @@ Run = Callable[[Any, "np.ndarray | None"], tuple[Any, int]]
 Setup = Callable[[], Run]  # run once in each worker, after it is confined: imports, readers (picklable)
 
 
-def _worker_main(conn: Connection, setup: Setup, ring: tuple[int, tuple[int, ...]] | None, quiet_stderr: bool) -> None:
+def _worker_main(conn: Connection, setup: Setup, ring: tuple[int, tuple[int, ...]] | None) -> None:
     slots = None
     if ring is not None:  # the parent sends the ring's descriptor before anything else
         fd = reduction.recv_handle(conn)
         slots = map_slots(fd, *ring)
         os.close(fd)
-    confine(ADDRESS_SPACE_LIMIT, quiet_stderr)
+    confine(ADDRESS_SPACE_LIMIT)
     run = setup()
     time.sleep(float(os.environ.get("CODESCAN_TEST_WORKER_START_DELAY", "0") or 0))  # test hook: a slow start
     conn.send(_READY)
@@ -137,16 +137,15 @@ def kill(proc: mp.process.BaseProcess, conn: Connection) -> None:
     conn.close()
 
 
-def confine(memory: int, quiet_stderr: bool) -> None:
+def confine(memory: int) -> None:
     """In a child that reads hostile bytes: no Ctrl-C of its own, no stderr chatter, bounded memory."""
     import resource
     import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    if quiet_stderr:
-        # Decoders print straight to fd 2 (libtiff warnings); stderr belongs to the user.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+    # Decoders print straight to fd 2 (libtiff warnings); stderr belongs to the user.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
     warnings.simplefilter("ignore")
     try:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -242,7 +241,6 @@ class WorkerPool(Generic[T, R]):
         *,
         slot_shape: tuple[int, ...] | None = None,
         hold: int = 0,
-        quiet_stderr: bool = True,
         startup: float = STARTUP_SECONDS,
     ) -> None:
         """`slot_shape`: one shared uint8 slot of this shape per task in flight; `hold`: how many
@@ -256,7 +254,6 @@ class WorkerPool(Generic[T, R]):
         self.chunk = max(1, min(MAX_CHUNK, self.window // (2 * self.n)))
         self.slot_shape = slot_shape
         self.hold = hold
-        self.quiet_stderr = quiet_stderr
         self.ctx = forkserver()
         self.borrow = False
         self._ring: Ring | None = None
@@ -290,7 +287,7 @@ class WorkerPool(Generic[T, R]):
 
     def _spawn(self) -> _Worker:
         spec = None if self._ring is None else (self._ring.slots, self._ring.slot_shape)
-        proc, conn = spawn(self.ctx, _worker_main, (self.setup, spec, self.quiet_stderr))
+        proc, conn = spawn(self.ctx, _worker_main, (self.setup, spec))
         if self._ring is not None:
             reduction.send_handle(conn, self._ring.fd, proc.pid)  # type: ignore[arg-type]
         return _Worker(proc=proc, conn=conn)
