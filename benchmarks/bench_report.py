@@ -6,7 +6,7 @@ Page times come from report.js itself (attributes on <body> read back with --dum
 data-load-ms is from navigation start to the first page drawn (data.js parsed, histograms,
 filter and sort of every record), data-render-ms the time of the last filter+sort+draw. The
 filter is given in the URL fragment, so the second load's data-render-ms is one filter applied
-to all records. Needs `chromium` (Debian package) on PATH.
+to all records; the third load draws the gallery instead of the table. Needs `chromium` (Debian package) on PATH.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from PIL import Image
 
 CODESCAN = str(Path(sys.executable).parent / "codescan")
 FILTER = "#status=fake&q=dir1&sort=score-asc"
+GALLERY = "#view=gallery&status=real"
 
 
 def synthetic_record(i: int, rng: random.Random) -> dict:
@@ -105,6 +106,9 @@ def main() -> None:
         filtered = page_times(work / "report.html", FILTER)
         print(f"filter {FILTER}: {filtered['render-ms']:.0f} ms to filter, sort and draw ({filtered['shown']:.0f} shown); "
               f"load+render {filtered['load-ms']:.0f} ms")
+        gallery = page_times(work / "report.html", GALLERY)
+        print(f"gallery {GALLERY}: {gallery['render-ms']:.0f} ms to filter, sort and draw 100 tiles ({gallery['shown']:.0f} shown); "
+              f"load+render {gallery['load-ms']:.0f} ms")
         (work / "imgs").mkdir()
         rate = thumbnail_rate(work / "imgs", args.thumbs, args.workers)
         print(f"thumbnails: {rate:.1f} thumbs/s ({args.thumbs} 1024x768 JPEGs, workers={args.workers})")

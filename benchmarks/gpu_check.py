@@ -154,6 +154,24 @@ def codescan_origin() -> str | None:
     return found.stdout.strip() if found.returncode == 0 else None
 
 
+def imports_this_tree(cuda_engine: Path, repo: Path) -> bool:
+    """Whether the installed package holds this tree's code: an editable install, or a copy built
+    from it in a venv anywhere (inside the checkout or not), file for file."""
+    resolved = cuda_engine.resolve()
+    if resolved == (repo / package_dirs(repo)["codescan.engines"] / cuda_engine.name).resolve():
+        return True  # editable: the tree itself
+    installed = resolved.parents[1]  # site-packages/codescan (engines/ is codescan/engines/ there)
+    for package, folder in package_dirs(repo).items():
+        here = installed.joinpath(*package.split(".")[1:])
+        source = repo / folder
+        names = sorted(p.name for p in source.glob("*.py"))
+        if sorted(p.name for p in here.glob("*.py")) != names:
+            return False
+        if any((here / n).read_bytes() != (source / n).read_bytes() for n in names):
+            return False
+    return True
+
+
 def package_dirs(repo: Path) -> dict[str, str]:
     """pyproject's package-dir: codescan.engines lives in engines/, so the tree root alone is no import path."""
     with open(repo / "pyproject.toml", "rb") as fh:
@@ -219,8 +237,8 @@ def install(result: Result, prepared: Path, target: Path) -> str | None:
     where pip cannot (no setuptools new enough, say), the symlinked layout does the same job.
     """
     origin = codescan_origin()
-    if origin and Path(origin).resolve().is_relative_to(REPO):
-        return f"codescan already imports from this tree ({origin})"
+    if origin and imports_this_tree(Path(origin), REPO):
+        return f"codescan already imports this tree's code ({origin})"
     shutil.rmtree(target, ignore_errors=True)
     wheels = sorted((prepared / "wheels").glob("*.whl"))
     error = pip_install(target, wheels)
@@ -373,7 +391,7 @@ def make_engine(bundle: Bundle, plan: Plan, precision: str) -> Engine:
 
 def compare(heads: HeadSet, ref_scores: dict[str, np.ndarray], ref_emb: np.ndarray, emb: np.ndarray, paths: np.ndarray) -> Result:
     """The gate's measures (engines/gate.py), with verdicts compared to the carried CPU scores."""
-    from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, cosine
+    from codescan.engines.gate import cosine, judge_gate
 
     cos = cosine(ref_emb, emb)
     per_head: Result = {}
@@ -393,13 +411,13 @@ def compare(heads: HeadSet, ref_scores: dict[str, np.ndarray], ref_emb: np.ndarr
             "cpu_margin_median": float(np.median(np.abs(ref - threshold))),
             "threshold": threshold,
         }
-    passed = cos.min() >= MIN_COSINE and all(h["agreement"] >= MIN_AGREEMENT for h in per_head.values())
+    passed, reasons = judge_gate(float(cos.min()), {h: v["disagreements"] for h, v in per_head.items()}, len(cos))
     gate = "pass" if passed else "fail"
-    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "heads": per_head, "gate": gate}
+    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "heads": per_head, "gate": gate, "reasons": reasons}
 
 
 def parity(result: Result, save: Save, plan: Plan, folder: Path) -> None:
-    from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE
+    from codescan.engines.gate import MIN_AGREEMENT, MIN_AGREEMENT_BOUND, MIN_COSINE
 
     prepared = load_prepared(folder)
     bundle = load_checked_bundle(prepared)
@@ -411,7 +429,8 @@ def parity(result: Result, save: Save, plan: Plan, folder: Path) -> None:
     result.update(
         images=n,
         reference="{engine} {precision} on {device}, computed by gpu_prepare.py".format(**prepared.meta["reference"]),
-        rule=f"cosine >= {MIN_COSINE} for every image and >= {MIN_AGREEMENT:.1%} identical verdicts (score > threshold) per head",
+        rule=f"cosine >= {MIN_COSINE} for every image, >= {MIN_AGREEMENT:.1%} identical verdicts (score > threshold) per head, "
+        f"and >= {MIN_AGREEMENT_BOUND:.0%} agreement shown at 95% confidence (one-sided Clopper-Pearson)",
         # Head math on the carried embeddings, here vs where they were prepared: isolates the engine.
         head_scores_here_vs_prepared_max_abs_diff=max(float(np.abs(here[k] - ref_scores[k]).max()) for k in here),
     )

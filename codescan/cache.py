@@ -31,6 +31,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .fsutil import unsafe_status as _unsafe  # why a file or directory could hold someone else's verdicts
 from .records import Evidence, EvidenceKind
 
 SCHEMA = 1
@@ -78,23 +79,14 @@ class CachedVerdict:
     def row(self) -> tuple[str, str]:
         """(box, scores) as stored: one box as in the first cache format, several as lists."""
         if len(self.boxes) == 1:
-            return json.dumps(self.boxes[0]), json.dumps(self.scores[0])
-        return json.dumps(self.boxes), json.dumps(self.scores)
+            return json.dumps(self.boxes[0]), json.dumps(self.scores[0], allow_nan=False)
+        return json.dumps(self.boxes), json.dumps(self.scores, allow_nan=False)
 
 
 def default_path() -> Path:
     from .weights import store_root
 
     return store_root() / "scan-cache.sqlite3"
-
-
-def _unsafe(st: os.stat_result, owners: tuple[int, ...]) -> str | None:
-    """Why a file or directory with this status could hold someone else's verdicts, or None."""
-    if st.st_uid not in owners:
-        return f"owned by uid {st.st_uid}, not by uid {os.geteuid()}"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
 
 
 def _trusted_path(path: str, create_dir: bool) -> str:
@@ -247,12 +239,13 @@ class CacheWriter:
                 [
                     (sha, self.spec.model, v.width, v.height, v.format, *v.row())
                     for sha, v in verdicts
+                    if _finite_scores(v.scores)  # a NaN or infinite score is an error record: never cached
                 ],
             )
             if self.spec.evidence is not None:
                 self.db.many(
                     "INSERT OR REPLACE INTO evidence VALUES (?, ?, ?)",
-                    [(sha, self.spec.evidence, json.dumps([e.to_dict() for e in ev])) for sha, ev in evidence],
+                    [(sha, self.spec.evidence, json.dumps([e.to_dict() for e in ev], allow_nan=False)) for sha, ev in evidence],
                 )
             self.db.run("COMMIT")
         except sqlite3.Error as exc:
@@ -330,9 +323,14 @@ def _verdict(row: tuple, heads: tuple[str, ...], crops: int) -> CachedVerdict | 
         return None
     if not all(isinstance(s, dict) and set(s) == set(heads) for s in scores):
         return None
-    if not all(type(v) is float and math.isfinite(v) for s in scores for v in s.values()):
+    if not _finite_scores(scores):
         return None
     return CachedVerdict(width, height, fmt, tuple((b[0], b[1], b[2], b[3]) for b in boxes), tuple(scores))
+
+
+def _finite_scores(scores: Any) -> bool:
+    """Every score a float and finite: what put() stores, and all a read may take (a NaN is a miss, never a verdict)."""
+    return all(type(v) is float and math.isfinite(v) for s in scores for v in s.values())
 
 
 def _evidence(text: object) -> tuple[Evidence, ...] | None:

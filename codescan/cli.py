@@ -119,7 +119,7 @@ def scan(
     max_filesize: MaxFilesizeOpt = 256 * 1024 * 1024,
     max_pixels: MaxPixelsOpt = 89_478_485,
     decode_timeout: DecodeTimeoutOpt = 20.0,
-    weights: WeightsOpt = "code",
+    weights: WeightsOpt = None,
     evidence: EvidenceOpt = "metadata",
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -139,6 +139,10 @@ def scan(
     output, fmt = output_choice(output, fmt, resume, shards, ray)
     if report is not None and ((output == "-" and shards is None) or fmt == "csv"):
         raise UsageError("--report reads the verdicts back: give -o FILE as JSONL, JSON or Parquet (or --resume FILE, --shards DIR)")
+    if report is not None:
+        from .cli_report import check_report_target
+
+        check_report_target(report, shards or output)  # before the model loads; checked again at write time
     if crops != 1 and ray is not None:
         raise UsageError("--crops 5 is not available with --ray yet: its rows carry one crop per file")
     arguments = scan_arguments(paths, files_from, null)
@@ -171,6 +175,8 @@ def scan(
     outcome = _run_job(executor, plan, reporter, arguments, quiet, target=resume or shards or "")
     if not quiet:
         messages.summary(outcome.summary, outcome.scanned, outcome.interrupted)
+        if not outcome.interrupted and _found_nothing(outcome.summary) and not config.walk.archives:
+            _hint_archives(arguments)
     if report is not None and not outcome.interrupted:
         from .cli_report import make_report
 
@@ -179,10 +185,29 @@ def scan(
     raise typer.Exit(outcome.exit_code)
 
 
-def _plan(weights: str, engine: str, precision: str, config, distributed: bool, quiet: bool):
-    from .plan import ScanPlan
-    from .weights import ensure_default
+def _found_nothing(summary: Summary) -> bool:
+    return summary.skipped > 0 and summary.real + summary.fake + summary.errors == 0
 
+
+def _hint_archives(arguments: list) -> None:
+    """Only when a scan found nothing but skipped files: were some of them archives left shut?
+    (A bounded second look, so a scan that found images never pays for it.)"""
+    from itertools import islice
+
+    from .archives import archive_kind
+    from .walk import walk
+
+    shut = sum(archive_kind(e.path) is not None for e in islice(walk(arguments), 100_000) if e.error is None)
+    if shut:
+        what = "is an archive or a Parquet file" if shut == 1 else "are archives or Parquet files"
+        messages.note(f"{shut} of them {what}, not opened when met in a folder: add --archives to scan inside")
+
+
+def _plan(weights: str | None, engine: str, precision: str, config, distributed: bool, quiet: bool):
+    from .plan import ScanPlan
+    from .weights import chosen_name, ensure_default
+
+    weights = chosen_name(weights)
     ensure_default(weights, messages.note)
     if quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -210,9 +235,27 @@ def _run_job(executor, plan, reporter, arguments: list, quiet: bool, target: str
     from .sources import entries
 
     header = executor.header().with_inputs(arguments)  # resolves the engine where it will run
+    if plan.precision == "auto" and header.precision != "fp32":
+        from codescan.engines.gates_file import gate_note
+
+        said = gate_note(plan.bundle, header.engine, header.precision)
+        if said is not None:  # a reduced precision is used only because a gate passed: say which, once
+            messages.note(said)
     progress = ScanProgress(quiet)
-    with progress:
-        return job.run(
+    try:
+        with progress:
+            return _job(executor, plan, reporter, arguments, progress, header, target)
+    except BaseException:
+        log = getattr(executor, "log", None)  # Ray's own lines went to a file, off the terminal
+        if log is not None and log.is_file() and log.stat().st_size:
+            messages.note(f"Ray's own messages from this scan are in {log}")
+        raise
+
+
+def _job(executor, plan, reporter, arguments: list, progress, header, target: str) -> job.JobResult:
+    from .sources import entries
+
+    return job.run(
             executor,
             reporter,
             header,

@@ -37,7 +37,7 @@ import typer
 from codescan.engines.protocol import Precision
 
 from . import __version__, messages
-from .cli_options import EngineOpt, UsageError, err_console
+from .cli_options import EngineOpt, UsageError, WeightsOpt, err_console
 from .records import HeadChoice
 
 CALIBRATE_SCHEMA_VERSION = 1
@@ -108,7 +108,7 @@ def calibrate_command(
     out: Annotated[
         Optional[str], typer.Option(metavar="NAME", help="Variant to install. Default: <weights>-fpr<FPR>, e.g. code-fpr0.01.")
     ] = None,
-    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle to calibrate.")] = "code",
+    weights: WeightsOpt = None,
     crops: Annotated[
         Literal[1, 5], typer.Option(help="As scan will judge: 1 = the central 224×224; 5 = centre + four corners, score = max.")
     ] = 1,
@@ -126,12 +126,14 @@ def calibrate_command(
 
     if importlib.util.find_spec("scipy") is None:
         raise UsageError("codescan calibrate needs scipy for its exact intervals: pip install 'codescan[train]'")
-    from codescan.train.calibrate import BIAS_NOTE, check_target, operating_point
+    from codescan.train.calibrate import BIAS_NOTE, CalibrationError, check_target, operating_point
     from codescan.train.data import load_samples
     from codescan.train.eval_console import progress_bar
     from codescan.train.evaluate import EvalConfig, score_samples
 
-    from .weights import WeightsError, check_variant_name, install_variant, load_bundle
+    from .weights import WeightsError, check_variant_name, chosen_name, install_variant, load_bundle
+
+    weights = chosen_name(weights)
 
     target = check_target(fpr)
     base = load_bundle(weights, verify=False)  # names the variant and refuses a bad --out before any image is embedded
@@ -148,7 +150,12 @@ def calibrate_command(
         raise WeightsError(f"bundle {weights!r} changed while calibrating; run calibrate again")
 
     is_fake = scored.is_fake
-    points = {h: operating_point(s[~is_fake], s[is_fake], target) for h, s in scored.scores.items()}
+    points = {}
+    for h, s in scored.scores.items():
+        try:
+            points[h] = operating_point(s[~is_fake], s[is_fake], target)
+        except CalibrationError as exc:  # a NaN or infinite score: no threshold is chosen from it
+            raise CalibrationError(f"{h} head: {exc}; nothing installed") from None
     n_real, n_fake = int((~is_fake).sum()), int(is_fake.sum())
     data_sha256 = _data_sha256([(s.path, s.label) for s in scored.samples])
     origin = {
@@ -175,7 +182,7 @@ def calibrate_command(
     }
     if not quiet:
         _render(doc)
-    print(json.dumps(doc, indent=2))
+    print(json.dumps(doc, indent=2, allow_nan=False))  # strict JSON: a NaN would raise, never print bare
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,7 @@ help), so the command signatures stay one line per option.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -50,9 +51,12 @@ def parse_thresholds(values: list[str], head: str) -> dict[str, float]:
         if name not in HEAD_NAMES:
             raise UsageError(f"--threshold: unknown head {name!r} (choose from {', '.join(HEAD_NAMES)})")
         try:
-            out[name] = float(num)
+            value = float(num)
         except ValueError:
             raise UsageError(f"--threshold: {num!r} is not a number") from None
+        if not math.isfinite(value):  # nan: every file "real"; inf, -inf, 1e999: every file one class
+            raise UsageError(f"--threshold: {num!r} is not a finite number")
+        out[name] = value
     return out
 
 
@@ -103,7 +107,8 @@ def _check_output(output: str) -> None:
     if not os.path.isdir(folder):
         raise UsageError(f"cannot write {output}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK) and not os.access(output, os.W_OK):
-        raise UsageError(f"cannot write {output}: permission denied")
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)  # os.access says no to both alike
+        raise UsageError(f"cannot write {output}: {'read-only file system' if read_only else 'permission denied'}")
 
 
 def _announce_missing(arguments: list[str | bytes]) -> None:
@@ -155,7 +160,11 @@ MaxPixelsOpt = Annotated[int, typer.Option(envvar="CODESCAN_MAX_PIXELS", min=1, 
 DecodeTimeoutOpt = Annotated[
     float, typer.Option(envvar="CODESCAN_DECODE_TIMEOUT", min=0.1, metavar="SECONDS", help="Seconds per file before its decoder is killed.")
 ]
-WeightsOpt = Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")]
+# None: the stored default (`codescan weights default NAME`), else `code` (weights.chosen_name).
+WeightsOpt = Annotated[
+    Optional[str],
+    typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle (default: `codescan weights default`, else code).", show_default=False),
+]
 EvidenceOpt = Annotated[
     EvidenceLevel,
     typer.Option(

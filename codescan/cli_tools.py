@@ -14,42 +14,49 @@ import typer
 from codescan.engines.protocol import EngineName, Precision
 
 from . import messages
-from .cli_options import EXIT_INTERRUPTED, UsageError, err_console
+from .cli_options import EXIT_INTERRUPTED, UsageError, WeightsOpt, err_console
 from .records import HeadChoice
 
 
 def gate(
     data: Annotated[list[str], typer.Argument(help="Folders or files of labelled-or-not images to measure on.")],
-    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
+    weights: WeightsOpt = None,
 ) -> None:
     """Measure reduced precisions (int8, bf16; fp16 on a GPU) against fp32; `--precision auto` uses those that pass."""
     import json
 
     import numpy as np
 
-    from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, run_gate
+    from codescan.engines.gate import MIN_AGREEMENT, MIN_AGREEMENT_BOUND, MIN_COSINE, images_needed, run_gate
 
     from .examine import ExamineConfig, Examined
     from .walk import walk
-    from .weights import load_bundle
+    from .weights import chosen_name, load_bundle
     from .feed import DecodePool
 
-    bundle = load_bundle(weights)
+    bundle = load_bundle(chosen_name(weights))
     pool = DecodePool(workers=os.cpu_count() or 1, config=ExamineConfig(evidence="none"), timeout=20.0, window=64)
     crops = [o.decoded.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Examined) and o.decoded]
     if not crops:
         raise UsageError("no decodable images under the given paths")
     results = run_gate(bundle, np.stack(crops))
     err = err_console()
-    err.print(f"gate: cosine ≥ {MIN_COSINE}, verdict agreement ≥ {MIN_AGREEMENT:.1%} per head, {len(crops)} images")
+    err.print(
+        f"gate: cosine ≥ {MIN_COSINE}, verdict agreement ≥ {MIN_AGREEMENT:.1%} per head and ≥ {MIN_AGREEMENT_BOUND:.0%} "
+        f"shown at 95% confidence, on {len(crops)} images"
+    )
+    if len(crops) < images_needed(0):
+        err.print(f"  {len(crops)} images cannot show that: at least {images_needed(0)} are needed if none flip; this gate passes nothing")
     for r in results:
         agree = ", ".join(f"{h} {v:.2%}" for h, v in r.agreement.items())
         err.print(f"  {r.engine}:{r.precision}: cosine min {r.cosine_min:.6f}, {agree} -> {'PASS' if r.passed else 'fail'}")
-    print(json.dumps([r.__dict__ for r in results], indent=2))
+        for reason in r.reasons:
+            messages.info(f"    {reason}")
+    print(json.dumps([r.__dict__ for r in results], indent=2, allow_nan=False))
 
 
 def compile_command(
-    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
+    weights: WeightsOpt = None,
     precision: Annotated[str, typer.Option(help="fp16 | fp32: the ONNX graph's types (strongly typed build).")] = "fp16",
     max_batch: Annotated[
         int, typer.Option("--max-batch", min=1, max=4096, help="Largest batch the engine takes (profile: min 1, opt = max = N).")
@@ -62,12 +69,12 @@ def compile_command(
         import_tensorrt,
     )
 
-    from .weights import load_bundle
+    from .weights import chosen_name, load_bundle
 
     if precision not in TRT_PRECISIONS:
         raise UsageError(f"--precision: choose from {', '.join(TRT_PRECISIONS)}")
     import_tensorrt()  # fails first, in one line, where TensorRT is not installed
-    bundle = load_bundle(weights)
+    bundle = load_bundle(chosen_name(weights))
     info = compile_engine(bundle, precision, max_batch)
     key = info.key
     err_console().print(
@@ -83,7 +90,7 @@ def eval_command(
         Path,
         typer.Option(help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]).", show_default=False),
     ],
-    weights: Annotated[str, typer.Option(envvar="CODESCAN_WEIGHTS", metavar="NAME", help="Installed bundle name.")] = "code",
+    weights: WeightsOpt = None,
     head: Annotated[HeadChoice, typer.Option(help="Head to measure; all = every head in the bundle.")] = "all",
     crops: Annotated[
         Literal[1, 5], typer.Option(help="1: the central 224×224, as scan judges; 5: centre + four corners, score = max.")
@@ -111,8 +118,10 @@ def eval_command(
             raise UsageError(MISSING)
         if not plot.parent.is_dir():
             raise UsageError(f"--plot: folder {plot.parent} does not exist")
+    from .weights import chosen_name
+
     config = EvalConfig(
-        data=data, weights=weights, head=head, crops=crops, engine=engine, precision=precision, batch_size=batch_size
+        data=data, weights=chosen_name(weights), head=head, crops=crops, engine=engine, precision=precision, batch_size=batch_size
     )
     err = err_console()
     with progress_bar(err, quiet) as progress:
@@ -123,7 +132,7 @@ def eval_command(
         render(report, err)
     if plot is not None:
         plot_roc(scored, plot)
-    print(json.dumps(report.to_dict(), indent=2))
+    print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
 
 
 def weights_pull(
@@ -177,7 +186,7 @@ def weights_list() -> None:
 
 
 def weights_info(
-    name: Annotated[str, typer.Argument(help="Bundle name.")] = "code",
+    name: Annotated[Optional[str], typer.Argument(help="Bundle name (default: the default bundle).", show_default=False)] = None,
 ) -> None:
     """Everything bundle.json records, after re-verifying every file's sha256; where each threshold came from.
 
@@ -187,9 +196,9 @@ def weights_info(
     """
     import json
 
-    from .weights import load_bundle, threshold_origins, weights_dir
+    from .weights import chosen_name, load_bundle, threshold_origins, weights_dir
 
-    bundle = load_bundle(name, verify=True)
+    bundle = load_bundle(chosen_name(name), verify=True)
     origins = threshold_origins(bundle)
     where = {"path": str(bundle.path)}
     if bundle.parent is not None:
@@ -198,7 +207,7 @@ def weights_info(
         details = o["origin"]
         data = f", data {details['data']} (sha256 {str(details.get('data_sha256'))[:16]}…)" if details.get("kind") == "calibrated" else ""
         messages.info(f"{head}: threshold {o['threshold']:g}, {_origin_text(details)}{data}")
-    print(json.dumps({"name": bundle.name, **where, "digest": bundle.digest, **bundle.meta, "thresholds": origins}, indent=2))
+    print(json.dumps({"name": bundle.name, **where, "digest": bundle.digest, **bundle.meta, "thresholds": origins}, indent=2, allow_nan=False))
 
 
 def train_command(
@@ -271,7 +280,27 @@ def train_command(
             console.interrupted(out)
             raise typer.Exit(EXIT_INTERRUPTED) from None
     console.finished(result)
-    print(json.dumps(result.summary(), indent=2))
+    print(json.dumps(result.summary(), indent=2, allow_nan=False))
+
+
+def weights_default(
+    name: Annotated[Optional[str], typer.Argument(help="Installed bundle to use when --weights is not given.", show_default=False)] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Forget the stored default (back to code).")] = False,
+) -> None:
+    """Show or store the bundle scans use by default: --weights > CODESCAN_WEIGHTS > this > code."""
+    from .weights import DEFAULT_NAME, chosen_name, set_default, stored_default
+
+    if name is not None and clear:
+        raise UsageError("give NAME or --clear, not both")
+    if name is not None or clear:
+        set_default(name)
+        messages.info(f"default bundle: {name}" if name else f"default bundle: {DEFAULT_NAME} (none stored)")
+        return
+    stored = stored_default()
+    env = os.environ.get("CODESCAN_WEIGHTS")
+    source = "CODESCAN_WEIGHTS" if env else ("stored with `codescan weights default`" if stored else "built in")
+    print(chosen_name(None))
+    messages.info(f"({source})")
 
 
 def register(app: typer.Typer, weights_app: typer.Typer) -> None:
@@ -282,4 +311,5 @@ def register(app: typer.Typer, weights_app: typer.Typer) -> None:
     weights_app.command("import")(weights_import)
     weights_app.command("list")(weights_list)
     weights_app.command("info")(weights_info)
+    weights_app.command("default")(weights_default)
     app.command("train")(train_command)

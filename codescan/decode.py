@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .pinned import LinkRefused, NotRegular, Pin, Replaced, open_pinned
 from .preprocess import CROP, CropCount, place_crop, plan_crops
 from .records import ErrorCode, Evidence
 
@@ -181,14 +183,32 @@ class DecodeFailure(Exception):
         return (DecodeFailure, (self.code, self.message, self.sha256, self.evidence))
 
 
-def read_limited(path: str | bytes, max_filesize: int) -> bytes:
-    """The whole file, refusing oversized ones before reading them."""
+def read_limited(path: str | bytes, max_filesize: int, pin: Pin | None = None) -> bytes:
+    """The whole file, opened as `pin` says (pinned.py), refusing oversized ones before reading them."""
+    data = read_candidate(path, max_filesize, pin, None)
+    assert data is not None
+    return data
+
+
+def read_candidate(path: str | bytes, max_filesize: int, pin: Pin | None, wanted: Callable[[bytes], bool] | None) -> bytes | None:
+    """read_limited, with `wanted` judging the first MAGIC_BYTES before the rest is read: None when
+    it says no (a file that is no image costs one short read through the same descriptor)."""
     try:
-        with open(path, "rb") as fh:
+        with open(open_pinned(os.fsencode(path), pin), "rb", buffering=0) as fh:
+            head = b""
+            if wanted is not None:
+                head = fh.read(MAGIC_BYTES)
+                if head and not wanted(head):
+                    return None
             size = os.fstat(fh.fileno()).st_size
             if size > max_filesize:
                 raise DecodeFailure("too_large", f"file is {size} bytes, limit is {max_filesize} (--max-filesize)")
-            data = fh.read(max_filesize + 1)
+            # Sized by fstat, not by the limit: a read of limit + 1 allocates that much up front.
+            data = head + _read_upto(fh, size + 1 - len(head))
+            if len(data) > size:  # it grew since fstat: read on, up to the limit
+                data += _read_upto(fh, max_filesize + 1 - len(data))
+    except (LinkRefused, Replaced, NotRegular) as exc:
+        raise refused_open(exc, pin) from None
     except PermissionError as exc:
         raise DecodeFailure("permission_denied", exc.strerror or "permission denied") from None
     except IsADirectoryError:
@@ -200,6 +220,24 @@ def read_limited(path: str | bytes, max_filesize: int) -> bytes:
     return data
 
 
+def _read_upto(fh, n: int) -> bytes:
+    """Up to n bytes: a raw read may return fewer than asked before the end of the file."""
+    chunks = []
+    while n > 0 and (chunk := fh.read(n)):
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def refused_open(exc: LinkRefused | Replaced | NotRegular, pin: Pin | None) -> DecodeFailure:
+    """What a refused open means: a listed file swapped since listing, or a path that is not kept inside its folder."""
+    if pin is not None and pin.listed:
+        return DecodeFailure("replaced", "the file was replaced after the scan listed it (by a link or another file); not read")
+    if isinstance(exc, NotRegular):
+        return DecodeFailure("io_error", "not a regular file; not read")
+    return DecodeFailure("unsafe_path", "the path passes through a link; not read")
+
+
 def _unidentified(data: bytes, ext: str) -> DecodeFailure:
     if not data or _is_cut_signature(data):
         return DecodeFailure("truncated", "file is empty" if not data else "file ends inside its signature")
@@ -207,9 +245,9 @@ def _unidentified(data: bytes, ext: str) -> DecodeFailure:
     if fmt is not None:
         return DecodeFailure("corrupt", f"{fmt} header is unreadable")
     if is_image:
-        return DecodeFailure("unsupported_format", "image format not supported (see README: decoders)")
+        return DecodeFailure("unsupported_format", "image format not supported (see docs/output.md: decoders)")
     if ext in IMAGE_EXTENSIONS and ext not in _DECODED_EXTENSIONS:
-        return DecodeFailure("unsupported_format", f"{ext} images are not supported (see README: decoders)")
+        return DecodeFailure("unsupported_format", f"{ext} images are not supported (see docs/output.md: decoders)")
     return DecodeFailure("not_an_image", "no supported image format recognised")
 
 
@@ -220,7 +258,10 @@ def _classify(exc: BaseException, data: bytes, ext: str = "") -> DecodeFailure:
     if isinstance(exc, DecodeFailure):
         return exc
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return DecodeFailure("too_large", msg)
+        # Pillow quotes its own error limit (twice ours); say codescan's, and the option that moves it.
+        found = re.search(r"\((\d+) pixels\)", msg)
+        size = f"{int(found.group(1)):,} pixels" if found else "the image's pixel count"
+        return DecodeFailure("too_large", f"{size} exceed the limit of {Image.MAX_IMAGE_PIXELS:,} (--max-pixels)")
     if isinstance(exc, UnidentifiedImageError):
         return _unidentified(data, ext)
     if isinstance(exc, MemoryError) or "too large" in low or "exceeds limit" in low:

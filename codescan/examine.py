@@ -20,6 +20,7 @@ from .decode import (
     decode_bytes,
     has_image_extension,
     has_image_magic,
+    read_candidate,
     read_limited,
     sniff,
 )
@@ -116,15 +117,17 @@ class Examiner:
                 data = read_member(entry, self.config.limits.max_filesize)
             elif entry.origin is not None:  # a Parquet row whose image is a file beside it
                 limit = self.config.limits.max_filesize
-                data = read_uri(os.fsdecode(entry.path), limit) if entry.uri else read_limited(entry.path, limit)
+                data = read_uri(os.fsdecode(entry.path), limit) if entry.uri else read_limited(entry.path, limit, entry.pin)
             elif entry.uri:  # one request: read it all, then look at the first bytes
                 data = read_uri(entry.display, self.config.limits.max_filesize)
                 if data and not has_image_extension(entry.path) and not has_image_magic(data[:MAGIC_BYTES]):
                     return SKIPPED
             else:
-                if not has_image_extension(entry.path) and not _magic_ok(entry.path):
+                wanted = None if has_image_extension(entry.path) else has_image_magic
+                found = read_candidate(entry.path, self.config.limits.max_filesize, entry.pin, wanted)
+                if found is None:
                     return SKIPPED
-                data = read_limited(entry.path, self.config.limits.max_filesize)
+                data = found
         except DecodeFailure as failure:
             return failure
         sha = hashlib.sha256(data).digest()
@@ -151,12 +154,3 @@ class Examiner:
             found.add(self.watermark, data, self.config.limits)
         return tuple(found.items())
 
-
-def _magic_ok(path: bytes) -> bool:
-    """Whether a file without an image extension starts like an image (unreadable: let read report it)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(MAGIC_BYTES)
-    except OSError:
-        return True
-    return not head or has_image_magic(head)

@@ -9,22 +9,21 @@ header read, not its inflation.
 from __future__ import annotations
 
 import os
-import struct
 import zlib
 from typing import IO
 
-from .decode import DecodeFailure
+from .decode import DecodeFailure, refused_open
+from .pinned import LinkRefused, NotRegular, Pin, Replaced, open_pinned
 from .walk import Entry, Span
 
 MAX_RATIO = 200  # inflated / stored bytes; images barely compress, bombs inflate ~1000x
 RATIO_FLOOR = 1 << 20  # below this many inflated bytes the ratio is not checked (tiny flat PNGs)
-ZIP_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header, 30 bytes
 
 
-def open_input(path: bytes, uri: bool) -> IO[bytes]:
-    """A seekable binary file for a local path or a URI (pyarrow's random-access file)."""
+def open_input(path: bytes, uri: bool, pin: Pin | None = None) -> IO[bytes]:
+    """A seekable binary file for a local path (opened as `pin` says) or a URI (pyarrow's random-access file)."""
     if not uri:
-        return open(path, "rb")
+        return os.fdopen(open_pinned(path, pin), "rb")
     import pyarrow.fs as pafs
 
     fs, inner = pafs.FileSystem.from_uri(os.fsdecode(path))
@@ -63,7 +62,7 @@ def read_member(entry: Entry, max_filesize: int) -> bytes:
     if span.method is not None and span.method != 0 and span.inflated > max(RATIO_FLOOR, MAX_RATIO * span.size):
         raise DecodeFailure("too_large", f"member inflates {span.inflated // max(1, span.size)}x (a zip bomb?); not read")
     try:
-        with open_input(entry.path, entry.uri) as fh:
+        with open_input(entry.path, entry.uri, entry.pin) as fh:
             if span.method is None:
                 fh.seek(span.offset)
                 data = fh.read(span.size)
@@ -71,6 +70,8 @@ def read_member(entry: Entry, max_filesize: int) -> bytes:
                 data = _zip_member(fh, span)
     except DecodeFailure:
         raise
+    except (LinkRefused, Replaced, NotRegular) as exc:
+        raise refused_open(exc, entry.pin) from None
     except PermissionError as exc:
         raise DecodeFailure("permission_denied", str(exc)[:300] or "permission denied") from None
     except OSError as exc:
@@ -81,16 +82,13 @@ def read_member(entry: Entry, max_filesize: int) -> bytes:
 
 
 def _zip_member(fh: IO[bytes], span: Span) -> bytes:
+    """A zip member's bytes, inflated at most to their declared size and checked against the CRC.
+
+    `span.offset` is the member's data itself: the listing read its local header (name and extra
+    lengths), checked it against the central directory and against every other member's range, so
+    nothing here re-derives where the data starts from bytes that could say otherwise.
+    """
     fh.seek(span.offset)
-    header = fh.read(ZIP_LOCAL.size)
-    if len(header) < ZIP_LOCAL.size:
-        raise DecodeFailure("truncated", "the archive ends inside this member's header")
-    magic, _, flags, _, _, _, _, _, _, name_len, extra_len = ZIP_LOCAL.unpack(header)
-    if magic != b"PK\x03\x04":
-        raise DecodeFailure("corrupt", "no local header where the central directory points")
-    if flags & 0x1:
-        raise DecodeFailure("encrypted", "the member is encrypted; not read")
-    fh.seek(span.offset + ZIP_LOCAL.size + name_len + extra_len)
     stored = fh.read(span.size)
     if len(stored) < span.size:
         raise DecodeFailure("truncated", "the archive ends inside this member")

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from .heads import Head, load_heads, save_heads
+from .heads import Head, load_heads, require_finite_head, save_heads
 from .records import HeadName
 from .textsafe import printable
 from .unpickle import HeadLimits, UnsafePickleError, estimator_to_head, restricted_load
@@ -45,6 +45,10 @@ def convert_files(files: list[Path], limits: HeadLimits) -> dict[HeadName, Head]
     origin: dict[str, Path] = {}
     for path in files:
         name, head = estimator_to_head(restricted_load(path, limits))
+        try:
+            require_finite_head(name, head)  # a NaN coefficient would judge every file "real"
+        except ValueError as exc:
+            raise ValueError(f"{path.name}: {exc}") from None
         if name in heads:
             raise ValueError(f"two {name} heads: {origin[name].name} and {path.name}; keep one")
         heads[name] = head

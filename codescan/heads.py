@@ -18,9 +18,10 @@ the cosine kNN in float32, so verdicts within ~5e-7 of the threshold may differ 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -92,10 +93,58 @@ class OcsvmHead:
 Head = LinearHead | KnnHead | OcsvmHead
 
 
+def finite(value: Any, what: str) -> float:
+    """``value`` as a float when it is a finite number, else ValueError naming ``what``.
+
+    Every threshold and head parameter goes through here, wherever it comes from (`--threshold`,
+    bundle.json, heads.safetensors, a head pickle, calibrate): with a NaN threshold ``score > t``
+    is never true (every file "real"), ±inf makes every file one class, and neither is JSON.
+    A bool or a string ("nan") is not a number here, even where float() would take it.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if type(value) is bool or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} is a {type(value).__name__}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{what} is {number!r}: only finite numbers are accepted")
+    return number
+
+
+def head_parameters(head: Head) -> dict[str, Any]:
+    """Every number a head computes its score from, by the name an error message gives it."""
+    if isinstance(head, LinearHead):
+        return {"coef": head.coef, "intercept": head.intercept}
+    if isinstance(head, KnnHead):
+        return {"bank": head.bank, "labels": head.labels}
+    return {
+        "support_vectors": head.support_vectors, "dual_coef": head.dual_coef, "intercept": head.intercept,
+        "gamma": head.gamma, "coef0": head.coef0, "degree": head.degree,
+    }
+
+
+def require_finite_head(name: str, head: Head) -> Head:
+    """The head itself, or ValueError (one line) when any of its numbers is NaN or infinite."""
+    for what, value in head_parameters(head).items():
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{name} head: {what} is not numeric (dtype {array.dtype.str}); refused")
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} head: {what} holds a non-finite value (NaN or infinity); refused")
+    return head
+
+
 @dataclass(frozen=True)
 class HeadSet:
     heads: dict[HeadName, Head]
     thresholds: dict[HeadName, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value in self.thresholds.items():
+            finite(value, f"the {name} threshold")
 
     def names(self) -> list[HeadName]:
         return [n for n in HEAD_NAMES if n in self.heads]
@@ -132,6 +181,7 @@ def save_heads(heads: dict[HeadName, Head], path: Path) -> None:
 
     tensors: dict[str, np.ndarray] = {}
     for name, head in heads.items():
+        require_finite_head(name, head)
         if isinstance(head, LinearHead):
             tensors[f"{name}.coef"] = head.coef.astype(np.float64)
             tensors[f"{name}.intercept"] = np.array([head.intercept], dtype=np.float64)
@@ -152,6 +202,9 @@ def load_heads(path: Path) -> dict[HeadName, Head]:
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata() or {}
         t = {k: f.get_tensor(k) for k in f.keys()}
+    for key, array in t.items():  # before any is read into a head: int(NaN) would say nothing useful
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise ValueError(f"{path}: {key} holds a non-finite value (NaN or infinity); refused")
     out: dict[HeadName, Head] = {}
     for entry in filter(None, meta.get("heads", "").split(",")):
         name, kind = entry.split("=", 1)
@@ -173,4 +226,5 @@ def load_heads(path: Path) -> dict[HeadName, Head]:
             )
         else:
             raise ValueError(f"{path}: unknown head kind {kind!r}")
+        require_finite_head(name, out[name])  # type: ignore[index]
     return out

@@ -6,10 +6,12 @@ so the local scan and the workers of a Ray scan make records with the same code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .decode import DecodeFailure
 from .examine import Examined, ImageFacts, Outcome
+from .heads import finite
 from .records import (
     HEAD_NAMES,
     BoxScore,
@@ -32,6 +34,10 @@ class Judge:
     judged: tuple[HeadName, ...]  # canonical order; the first sets `status`
     thresholds: dict[HeadName, float]  # for every judged head, overrides applied
     show_all: bool  # --head all: the record lists every head
+
+    def __post_init__(self) -> None:
+        for name in self.judged:  # a NaN threshold would make every file "real"; ±inf every file one class
+            finite(self.thresholds[name], f"the {name} threshold")
 
     def record(
         self, display: str, outcome: Outcome, scores: BoxScores | None = None, origin: Origin | None = None
@@ -60,7 +66,14 @@ class Judge:
         With several boxes (`--crops 5`) each head's score is its maximum over the boxes, as in
         `eval --crops 5`: one box that looks generated is enough. `crop` is then the box that
         gave the first judged head its score, and `boxes` lists every box with its scores.
+
+        A score that is not a finite number (an fp16 overflow in the engine, a head whose
+        arithmetic overflows) is no verdict: the record is the error `non_finite_score`.
+        Every box is checked, since max() passes over a NaN that is not first.
         """
+        bad = non_finite(self.judged, scores)
+        if bad is not None:
+            return error_result(display, "non_finite_score", bad, sha256, evidence, origin)
         combined = {n: max(per_box[n] for per_box in scores) for n in self.judged}
         per_head = {n: self._head(n, combined[n]) for n in self.judged}
         primary = self.judged[0]
@@ -90,3 +103,13 @@ class Judge:
 
     def _head(self, name: HeadName, score: float) -> HeadVerdict:
         return HeadVerdict(score=score, status=status_for(score, self.thresholds[name]))
+
+
+def non_finite(heads: tuple[HeadName, ...], scores: BoxScores) -> str | None:
+    """Why these scores can carry no verdict (the first judged head with a NaN or infinite score), or None."""
+    for name in heads:
+        for per_box in scores:
+            value = per_box.get(name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                return f"the {name} head's score is {value!r}, not a finite number (a numeric overflow in the engine or the head): no verdict"
+    return None

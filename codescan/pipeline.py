@@ -78,11 +78,14 @@ def _ignore(message: str) -> None:
 
 
 class Scanner:
-    """The public API: ``Scanner(weights="code").scan(["photos"])`` yields one Result per file."""
+    """The public API: ``Scanner().scan(["photos"])`` yields one Result per file.
+
+    `weights`: a bundle name; None takes the CLI's default (CODESCAN_WEIGHTS, then the stored
+    `codescan weights default`, then ``code``)."""
 
     def __init__(
         self,
-        weights: str = "code",
+        weights: str | None = None,
         engine: str = "auto",
         precision: str = "auto",
         config: ScanConfig = ScanConfig(),

@@ -34,12 +34,14 @@ class ScanPlan:
 
     @classmethod
     def resolve(
-        cls, weights: str, engine: str, precision: str, config: ScanConfig, distributed: bool = False
+        cls, weights: str | None, engine: str, precision: str, config: ScanConfig, distributed: bool = False
     ) -> ScanPlan:
         """`distributed`: Ray runs the scan, and the scan cache (one machine's) is off."""
         from dataclasses import replace
 
-        from .weights import load_bundle
+        from .weights import chosen_name, load_bundle
+
+        weights = chosen_name(weights)
 
         if config.evidence == "all":
             from .provenance import require_watermark

@@ -28,18 +28,22 @@ def _fields(summary: Summary) -> dict[str, int]:
 
 
 class _Files(ProgressColumn):
+    """Cumulative, like the fake and error counts: a resumed scan counts the earlier run's files
+    too, and says how many of them came from it."""
+
     def render(self, task: Task) -> Text:
         done = int(task.completed)
-        if task.total is None:
-            return Text(plural(done, "file"))
-        return Text(f"{done}/{int(task.total)} files")
+        text = plural(done, "file") if task.total is None else f"{done}/{int(task.total)} files"
+        resumed = task.fields.get("resumed", 0)
+        return Text(f"{text} ({resumed} resumed)" if resumed else text)
 
 
 def _rate(task: Task) -> float:
-    """Files per second since the scan started (the first files arrive in one burst after the
-    model loads, so a short-window speed would swing wildly)."""
+    """Files per second of this run since it started (the first files arrive in one burst after
+    the model loads, so a short-window speed would swing wildly)."""
     elapsed = task.elapsed or 0.0
-    return task.completed / elapsed if elapsed > 0 and task.completed else 0.0
+    scanned = task.completed - task.fields.get("resumed", 0)
+    return scanned / elapsed if elapsed > 0 and scanned > 0 else 0.0
 
 
 class _Rate(ProgressColumn):
@@ -62,7 +66,7 @@ class _Eta(ProgressColumn):
         rate = _rate(task)
         if task.total is None or not rate or task.finished:
             return Text("")
-        left = max(0.0, (task.total - task.completed) / rate)
+        left = max(0.0, (task.total - task.completed) / rate)  # both cumulative
         minutes, seconds = divmod(int(left + 0.5), 60)
         hours, minutes = divmod(minutes, 60)
         return Text(f"ETA {hours}:{minutes:02d}:{seconds:02d}" if hours else f"ETA {minutes}:{seconds:02d}")
@@ -79,7 +83,7 @@ class ScanProgress:
         self.console = console or Console(stderr=True)
         enabled = not quiet and self.console.is_interactive
         self._progress = Progress(*columns(), console=self.console, transient=True, disable=not enabled)
-        self._task = self._progress.add_task("scanning", total=None, **_fields(Summary()))
+        self._task = self._progress.add_task("scanning", total=None, resumed=0, **_fields(Summary()))
         self._lock = threading.Lock()
         self.enabled = enabled
 
@@ -100,7 +104,10 @@ class ScanProgress:
             self._progress.update(self._task, advance=1, **_fields(summary))
 
     def count_in_background(self, listing: Callable[[], Iterable[object]], already_done: int = 0) -> None:
-        """Count what `listing` yields in a daemon thread and set the total when it is known."""
+        """Start from the `already_done` files of a resumed run; count what `listing` yields in a
+        daemon thread and set the total (theirs included) when it is known."""
+        with self._lock:
+            self._progress.update(self._task, completed=already_done, resumed=already_done)
         if not self.enabled:
             return
 
@@ -114,6 +121,6 @@ class ScanProgress:
                         return
             except Exception:  # noqa: BLE001 - a failed count only means no total; the scan reports the error
                 return
-            self.set_total(max(0, n - already_done))
+            self.set_total(n)
 
         threading.Thread(target=run, name="codescan-count", daemon=True).start()

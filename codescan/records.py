@@ -1,4 +1,4 @@
-"""The record schema: the one shape every reporter writes (see README, "Output")."""
+"""The record schema: the one shape every reporter writes (docs/output.md is its one description)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ ErrorCode = Literal[
     "too_deep",  # a directory past the walk's depth limit, or a path longer than the OS accepts
     "encrypted",  # an encrypted archive member: never guessed at
     "unsafe_path",  # a Parquet row's image path that leaves the Parquet file's folder: not read
+    "non_finite_score",  # a judged head scored the image NaN or ±inf (fp16 overflow, a head that overflows): no verdict
+    "replaced",  # the file at a listed name is not the one listed (swapped for a link or another file): not read
     "nested_archive",  # (skipped) an archive inside an archive: not opened
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
@@ -260,6 +262,21 @@ class Summary:
         return out
 
 
+def argument_key(argument: bytes) -> bytes:
+    """An argument as --resume compares it: `photos/` (the slash tab completion adds) is `photos`.
+
+    Only spellings that list the same record paths are equal: the walk joins names to the
+    argument, so `photos/` and `photos` give `photos/a.jpg`, while `photos//` or `./photos`
+    give other paths and stay distinct. A URI's trailing slashes never change its listing.
+    """
+    if b"://" in argument:
+        scheme, _, rest = argument.partition(b"://")
+        return scheme + b"://" + (rest.rstrip(b"/") or rest)
+    if argument.endswith(b"/") and not argument.endswith(b"//") and len(argument) > 1:
+        return argument[:-1]
+    return argument
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     codescan: str
@@ -275,7 +292,7 @@ class Header:
 
     def with_inputs(self, arguments: Sequence[str | bytes]) -> Header:
         """Fingerprint the arguments so that --resume can refuse a different set without storing it."""
-        joined = b"\0".join(os.fsencode(a) for a in arguments)
+        joined = b"\0".join(argument_key(os.fsencode(a)) for a in arguments)
         return replace(self, inputs={"count": len(arguments), "sha256": hashlib.sha256(joined).hexdigest()})
 
     def to_dict(self) -> dict[str, Any]:

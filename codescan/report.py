@@ -1,29 +1,43 @@
 """The HTML review report: read a scan's verdicts, write a page that opens from disk.
 
-The page is ``report.html`` plus ``report_files/`` beside it. Pages opened from ``file://``
-cannot ``fetch()`` a sibling file, so the records travel as a script (``data.js``) that assigns
-one global; report.js draws everything from it with DOM setters (textContent, attributes), never
-innerHTML, because every string in a verdicts file may come from a hostile file name or
-metadata field.
+The page ``NAME.html`` (any ``-o``: its name less its last suffix is NAME) has its files in
+``NAME_files/`` beside it. Pages opened from ``file://`` cannot ``fetch()`` a sibling file, so
+the records travel as a script (``data.js``) that assigns one global, with the folder's name
+in it for the thumbnails; report.js draws everything from it with DOM setters (textContent,
+attributes), never innerHTML, because every string in a verdicts file may come from a hostile
+file name or metadata field.
+
+The report owns its files folder: it is built whole in a fresh private folder beside the page
+and renamed into place, then the page is written by rename. Nothing already there is read,
+followed or kept: an existing ``NAME_files`` is replaced only when codescan made it (its
+MARKER file, the user's, no group/other write, not a link); anything else is refused.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
+import stat
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .fsutil import atomic_write_bytes
+from .fsutil import unsafe_status
 from .records import is_result_record
 
 ASSETS = Path(__file__).parent / "report_assets"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 DATA_GLOBAL = "CODESCAN_REPORT"
+FILES_PLACEHOLDER = "{{files}}"  # in report.html: the files folder's name, as a URL path segment
+MARKER = ".codescan-report"  # in every files folder codescan writes; replaced only with this content
+MARKER_TEXT = b"codescan report files: the next `codescan report` of this page replaces this folder whole\n"
+REFUSED_HINT = "not replaced (remove it, or choose another -o)"
 
 
 class VerdictsError(ValueError):
@@ -210,18 +224,19 @@ def merge(loaded: list[Verdicts]) -> Verdicts:
     return merged
 
 
+class OutputRefused(Exception):
+    """The output location holds something codescan will not replace; the message is one line."""
+
+
 @dataclass(frozen=True)
 class ReportPaths:
     html: Path
-    folder: Path  # report_files/ beside the page
+    folder: Path  # NAME_files/ beside the page NAME.html
 
     @classmethod
     def beside(cls, html: Path) -> ReportPaths:
+        """The one naming rule: the page's name less its last suffix, plus ``_files``."""
         return cls(html=html, folder=html.with_name(html.stem + "_files"))
-
-    @property
-    def thumbs(self) -> Path:
-        return self.folder / "thumbs"
 
 
 def data_script(payload: dict[str, Any]) -> str:
@@ -247,22 +262,180 @@ def _clean_numbers(value: Any) -> Any:
     return value
 
 
-def write_report(verdicts: Verdicts, paths: ReportPaths, thumbs: list[str | None]) -> None:
-    """The page, its assets and data.js; `thumbs[i]` is record i's thumbnail state (see thumbs.py)."""
-    paths.folder.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "header": verdicts.header,
-        "summary": verdicts.summary,
-        "notes": verdicts.notes,
-        "records": [{k: v for k, v in r.items() if k != "type"} for r in verdicts.records],
-        "thumbs": thumbs,
-    }
-    atomic_write_bytes(paths.folder / "data.js", data_script(_clean_numbers(payload)).encode("ascii"))
-    for asset in ("report.js", "report.css"):
-        shutil.copyfile(ASSETS / asset, paths.folder / asset)
+def check_output(paths: ReportPaths) -> tuple[int, int] | None:
+    """The (device, inode) of a files folder codescan may replace, None when there is none; else OutputRefused.
+
+    Looked at without following links: the folder itself (lstat; a link is refused), then its
+    marker opened relative to the folder's own descriptor with O_NOFOLLOW.
+    """
+    try:
+        page = os.lstat(paths.html)
+    except FileNotFoundError:
+        page = None
+    if page is not None and stat.S_ISDIR(page.st_mode):
+        raise OutputRefused(f"{paths.html}: a folder, not a page; {REFUSED_HINT}")
+    folder = paths.folder
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputRefused(f"{folder}: a symbolic link where the report's files go; {REFUSED_HINT}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputRefused(f"{folder}: not a folder; {REFUSED_HINT}")
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputRefused(f"{folder}: {exc.strerror}; {REFUSED_HINT}") from None
+    try:
+        st = os.fstat(fd)
+        problem = _not_private(st)
+        if problem is not None:
+            raise OutputRefused(f"{folder}: {problem}; {REFUSED_HINT}")
+        if not _has_marker(fd):
+            raise OutputRefused(f"{folder}: not made by codescan report (no {MARKER} marker of yours in it); {REFUSED_HINT}")
+    finally:
+        os.close(fd)
+    return st.st_dev, st.st_ino
+
+
+def check_target(paths: ReportPaths, inputs: tuple[Path, ...] = ()) -> None:
+    """Whether the page can be written, before any work (OutputRefused, one line); write_report checks again.
+
+    The page must not be one of the verdicts it is made from (the rename would replace them), its
+    files folder must be absent or one codescan made (check_output), and the nearest existing
+    folder above the page must be a folder this user can write in.
+    """
+    for source in inputs:
+        for mine in (paths.html, paths.folder):
+            if _same_path(mine, source):
+                raise OutputRefused(f"{mine}: the report would replace its own input {source}; choose another -o")
+    above = paths.html.parent
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise OutputRefused(f"{above}: not a folder, so {paths.html} cannot be written there; choose another -o")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise OutputRefused(f"{above}: no permission to write there, so {paths.html} cannot be written; choose another -o")
+    check_output(paths)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet (the scan's -o, a first report)
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _not_private(st: os.stat_result) -> str | None:
+    return unsafe_status(st, (os.geteuid(),))
+
+
+def _has_marker(folder_fd: int) -> bool:
+    try:
+        fd = os.open(MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or _not_private(st) is not None or st.st_size != len(MARKER_TEXT):
+            return False
+        return os.read(fd, len(MARKER_TEXT) + 1) == MARKER_TEXT
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
+def write_new(path: Path | str, data: bytes, mode: int = 0o644) -> None:
+    """A file that did not exist (O_EXCL, O_NOFOLLOW): nothing is written through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def write_report(verdicts: Verdicts, paths: ReportPaths, thumbnails: Callable[[Path], list[str | None]]) -> list[str | None]:
+    """The page and its files; `thumbnails(folder)` fills the new thumbs/ folder and returns each record's state.
+
+    Order: refuse what may not be replaced, build NAME_files whole in a private temporary folder
+    beside it, rename the old folder aside, rename the new one in, write the page by rename, then
+    remove the old folder (rmtree removes links, never follows them).
+    """
+    previous = check_output(paths)
+    parent = paths.html.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    umask = _umask()
+    build: Path | None = Path(tempfile.mkdtemp(prefix=f".{paths.folder.name}.", dir=parent))
+    aside: Path | None = None
+    try:
+        os.mkdir(build / "thumbs", 0o700)
+        thumbs = thumbnails(build / "thumbs")
+        payload = {
+            "header": verdicts.header,
+            "summary": verdicts.summary,
+            "notes": verdicts.notes,
+            "files": quote(paths.folder.name),  # the page's folder, as a relative URL (report.js: its thumbnails)
+            "records": [{k: v for k, v in r.items() if k != "type"} for r in verdicts.records],
+            "thumbs": thumbs,
+        }
+        write_new(build / "data.js", data_script(_clean_numbers(payload)).encode("ascii"))
+        for asset in ("report.js", "report.css"):
+            write_new(build / asset, (ASSETS / asset).read_bytes())
+        write_new(build / MARKER, MARKER_TEXT)
+        for folder in (build / "thumbs", build):
+            os.chmod(folder, 0o755 & ~umask)
+        aside = _move_aside(paths, previous)
+        try:
+            os.rename(build, paths.folder)
+        except OSError:
+            if aside is not None:  # the previous report stays whole
+                os.rename(aside / "old", paths.folder)
+                os.rmdir(aside)
+                aside = None
+            raise
+        build = None
+        _write_page(paths, 0o644 & ~umask)
+    finally:
+        for leftover in (build, aside):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
+    return thumbs
+
+
+def _move_aside(paths: ReportPaths, previous: tuple[int, int] | None) -> Path | None:
+    """The previous files folder renamed into a private folder to be removed; it must still be the one checked."""
+    now = check_output(paths)
+    if now is None:
+        return None
+    if now != previous:
+        raise OutputRefused(f"{paths.folder}: replaced by another folder while the report was made; {REFUSED_HINT}")
+    aside = Path(tempfile.mkdtemp(prefix=f".{paths.folder.name}.old.", dir=paths.html.parent))
+    os.rename(paths.folder, aside / "old")
+    moved = os.lstat(aside / "old")
+    if (moved.st_dev, moved.st_ino) != previous:  # swapped between the check and the rename: put it back untouched
+        os.rename(aside / "old", paths.folder)
+        os.rmdir(aside)
+        raise OutputRefused(f"{paths.folder}: replaced by another folder while the report was made; {REFUSED_HINT}")
+    return aside
+
+
+def _write_page(paths: ReportPaths, mode: int) -> None:
+    """The page last, by rename over whatever name is there (a link there is replaced, never followed)."""
     folder = html.escape(quote(paths.folder.name), quote=True)  # the user's -o name, as a URL in an attribute
-    page = (ASSETS / "report.html").read_text(encoding="utf-8").replace("report_files/", folder + "/")
-    atomic_write_bytes(paths.html, page.encode("utf-8"))
+    page = (ASSETS / "report.html").read_text(encoding="utf-8").replace(FILES_PLACEHOLDER, folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{paths.html.name}.", dir=paths.html.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(page.encode("utf-8"))
+        os.chmod(tmp, mode)
+        os.replace(tmp, paths.html)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def thumb_key(record: dict[str, Any]) -> str | None:

@@ -44,7 +44,8 @@ def escape_surrogates(text: str) -> str:
 def dumps(obj: Any) -> str:
     # ensure_ascii=False keeps names readable; the surrogate pass turns the only characters
     # UTF-8 cannot carry into JSON escapes, which decode back to the same surrogates.
-    return escape_surrogates(json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")))
+    # allow_nan=False: a NaN or infinity raises instead of becoming a bare NaN (not JSON).
+    return escape_surrogates(json.dumps(obj, ensure_ascii=False, separators=(", ", ": "), allow_nan=False))
 
 
 def _final_mode(path: str) -> int:
@@ -198,7 +199,7 @@ class JsonReporter(_Fresh):
 
     def close(self, commit: bool = True) -> None:
         if commit:
-            self.sink.stream.write(escape_surrogates(json.dumps(self.doc, ensure_ascii=False, indent=2)) + "\n")
+            self.sink.stream.write(escape_surrogates(json.dumps(self.doc, ensure_ascii=False, indent=2, allow_nan=False)) + "\n")
         self.sink.close(commit)
 
 
@@ -256,7 +257,9 @@ class ParquetReporter(_Fresh):
     """`--format parquet -o FILE`: the CSV's columns, typed, written to a temporary file beside the
     target in row groups of `ROWS_PER_GROUP` and renamed over it at the end, so the file is whole
     or absent. The header and summary records ride along as the file's key-value metadata
-    (``codescan.header``, ``codescan.summary``). Text is stored as JSON writes it (undecodable
+    (``codescan.header``, ``codescan.summary``: ``pq.read_metadata(f).metadata``); the header is
+    also the Arrow schema's (``pq.read_table(f).schema.metadata``), the summary cannot be, being
+    known only after the rows. Text is stored as JSON writes it (undecodable
     name bytes as ``\\udcXX``), with no spreadsheet escaping: Parquet is read by programs."""
 
     ROWS_PER_GROUP = 8192
@@ -271,11 +274,18 @@ class ParquetReporter(_Fresh):
         numbers = {"score": pa.float64(), "threshold": pa.float64(), "width": pa.int64(), "height": pa.int64(),
                    "member_index": pa.int64(), **{f"score_{h}": pa.float64() for h in self.heads}}
         self.schema = pa.schema([(c, numbers.get(c, pa.string())) for c in table_columns(self.heads, evidence)])
-        self.writer = pq.ParquetWriter(sink.stream, self.schema)
+        self.writer: pq.ParquetWriter | None = None  # opened by header(): a writer writes its magic bytes at once
         self.rows: list[list[Any]] = []
 
     def header(self, header: Header) -> None:
-        self.writer.add_key_value_metadata({"codescan.header": dumps(header.to_dict())})
+        """In the Arrow schema's metadata too, so `pq.read_table(f).schema.metadata` shows it: the
+        header comes before any row, while the writer can still take another schema."""
+        import pyarrow.parquet as pq
+
+        text = dumps(header.to_dict())
+        self.schema = self.schema.with_metadata({"codescan.header": text})
+        self.writer = pq.ParquetWriter(self.sink.stream, self.schema)
+        self.writer.add_key_value_metadata({"codescan.header": text})
 
     def result(self, result: Result) -> None:
         row = table_row(result, self.heads, self.evidence)
@@ -298,7 +308,8 @@ class ParquetReporter(_Fresh):
     def close(self, commit: bool = True) -> None:
         if commit:
             self._flush()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         self.sink.close(commit)
 
 
@@ -317,7 +328,7 @@ class ShardsReporter:
                 raise resume.ResumeError(f"{self.folder} holds shards but no header.json; not a codescan shard folder")
             return None
         try:
-            header = json.loads(head.read_text())
+            header = resume.strict_loads(head.read_text())
         except ValueError:
             raise resume.ResumeError(f"{head} is not JSON; not a codescan shard folder") from None
         results = list(read_shards(self.folder))
@@ -358,7 +369,7 @@ def read_shards(folder: Path) -> Iterator[dict[str, Any]]:
     """The result records of a shard folder, in listing order."""
     for shard in sorted(folder.glob("part-*.jsonl")):
         for line in shard.read_text(encoding="utf-8").splitlines():
-            yield json.loads(line)
+            yield resume.strict_loads(line)
 
 
 def make_reporter(

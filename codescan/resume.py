@@ -33,6 +33,15 @@ class ResumeState:
         return {ident_of(r) for r in self.results}
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """json.loads that refuses NaN and ±Infinity, which codescan never writes."""
+    return json.loads(text, parse_constant=_not_json)
+
+
 def load(path: str) -> ResumeState:
     """Read what a previous run left; a missing or empty file means a fresh start."""
     state = ResumeState()
@@ -41,6 +50,9 @@ def load(path: str) -> ResumeState:
             raw = fh.read()
     except FileNotFoundError:
         return state
+    first = raw.lstrip().split(b"\n", 1)[0].strip()
+    if first in (b"{", b"[") or first.startswith(b'{"header"'):  # --format json: one document, indented
+        raise ResumeError(f"{path}: JSON output cannot be resumed (it is written whole at the end); scan into JSONL (-o FILE.jsonl) to resume")
     lines = raw.split(b"\n")
     if lines and lines[-1] != b"":
         lines = lines[:-1]  # torn: the writer was killed mid-line
@@ -48,11 +60,13 @@ def load(path: str) -> ResumeState:
         if not line:
             continue
         try:
-            obj = json.loads(line)
+            obj = strict_loads(line)
         except ValueError:
             if number == len(lines):
                 continue  # torn line that happened to end in a newline-less flush
-            raise ResumeError(f"{path}: line {number} is not JSON; not a codescan JSONL file") from None
+            raise ResumeError(
+                f"{path}: line {number} is not JSON; only codescan's JSONL output can be resumed (not CSV, JSON or Parquet)"
+            ) from None
         kind = obj.get("type") if isinstance(obj, dict) else None
         if kind == "header":
             state.header = obj

@@ -14,6 +14,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 from .walk import Entry, WalkOptions, walk
 
@@ -38,10 +39,30 @@ def entries(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions(),
 def units(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions()) -> Iterator[tuple[Entry, bool]]:
     """The inputs as listed, archives unopened: (entry, whether it is an archive to open)."""
     for argument in arguments:
-        listed = _list_uri(os.fsdecode(argument), opts) if is_uri(argument) else walk([argument], opts)
-        named = os.fsencode(argument)
+        local = local_path(os.fsdecode(argument)) if is_uri(argument) else None
+        if local is not None:  # file://: walked and opened like any local path (links not followed, files pinned)
+            listed = (replace(e, display="file://" + e.display) for e in walk([local], opts))
+            named = local
+        else:
+            listed = _list_uri(os.fsdecode(argument), opts) if is_uri(argument) else walk([argument], opts)
+            named = os.fsencode(argument)
         for entry in listed:
             yield entry, is_archive_argument(entry, opts, named=entry.path == named)
+
+
+def local_path(uri: str) -> bytes | None:
+    """A file:// URI as the local path pyarrow would open (percent-decoded its way); None for any
+    other scheme. Local files are then read by codescan's own confined opens, never by name
+    through pyarrow, which follows every link."""
+    if not uri[:5].lower() == "file:":
+        return None
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError):
+        return None  # listed through pyarrow, which reports why it cannot
+    return os.fsencode(path) if isinstance(fs, pafs.LocalFileSystem) else None
 
 
 def _list_uri(uri: str, opts: WalkOptions) -> Iterator[Entry]:

@@ -48,7 +48,7 @@ class UnsafePickleError(ValueError):
 
 @dataclass(frozen=True)
 class HeadLimits:
-    """Caps on what one head file may make the reader allocate (README "Security" lists them).
+    """Caps on what one head file may make the reader allocate (docs/security.md lists them).
 
     The defaults sit far above any real head (CoDE's kNN bank is a few MB), and each can be
     raised through its ``CODESCAN_HEAD_*`` environment variable.

@@ -23,6 +23,7 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from .pinned import Pin
 from .records import ErrorCode, Ident, Origin
 
 
@@ -30,7 +31,7 @@ from .records import ErrorCode, Ident, Origin
 class Span:
     """Where an archive member's bytes lie, so a decode worker reads them in place (archives.py)."""
 
-    offset: int  # tar: the data; zip: the member's local header
+    offset: int  # where the stored bytes start: a zip member's data, past its local header (archives.py found it)
     size: int  # bytes stored there
     method: int | None = None  # zip compression method (0 stored, 8 deflate); None: tar, stored as is
     inflated: int = 0  # zip: the size the central directory declares once inflated
@@ -53,13 +54,14 @@ class Entry:
     origin: Origin | None = None
     span: Span | None = None
     data: bytes | None = None
+    pin: Pin | None = None  # how a worker opens `path`: the listing's identity, links not followed (pinned.py)
 
     @property
     def ident(self) -> Ident:
         return self.display if self.origin is None else (self.origin.archive, self.origin.member_index)
 
     def __reduce__(self):  # by position: half the cost of a slots dataclass's pickling, once per file
-        return (Entry, (self.display, self.path, self.error, self.uri, self.origin, self.span, self.data))
+        return (Entry, (self.display, self.path, self.error, self.uri, self.origin, self.span, self.data, self.pin))
 
 
 MAX_DEPTH = 1024  # directory levels below an argument: far beyond real trees, and it bounds the walk's stack
@@ -95,8 +97,8 @@ def _os_error(exc: OSError) -> tuple[ErrorCode, str]:
     return ("io_error", exc.strerror or str(exc))
 
 
-def _entry(path: bytes, error: tuple[ErrorCode, str] | None = None) -> Entry:
-    return Entry(display=os.fsdecode(path), path=path, error=error)
+def _entry(path: bytes, error: tuple[ErrorCode, str] | None = None, pin: Pin | None = None) -> Entry:
+    return Entry(display=os.fsdecode(path), path=path, error=error, pin=pin)
 
 
 def _sorted_listing(path: bytes) -> list[os.DirEntry[bytes]]:
@@ -158,7 +160,9 @@ def _walk_dir(root: bytes, root_ident: DirIdent, opts: WalkOptions) -> Iterator[
             stack.append((iter(listing), sub))
             ancestors.add(sub)
         elif stat.S_ISREG(st.st_mode):
-            yield _entry(child.path)
+            # Opened later by a worker: pinned to what was listed here. Without following, every
+            # component below the argument is opened without following links (len(stack) of them).
+            yield _entry(child.path, pin=Pin(0 if opts.follow_symlinks else len(stack), st.st_dev, st.st_ino))
         # FIFOs, sockets and devices met during a walk are never opened (a FIFO would block).
 
 
@@ -174,7 +178,7 @@ def walk(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions()) ->
         if stat.S_ISDIR(st.st_mode):
             yield from _walk_dir(path, (st.st_dev, st.st_ino), opts)
         else:
-            yield _entry(path)
+            yield _entry(path, pin=Pin(0, st.st_dev, st.st_ino))  # named: links followed, the target pinned
 
 
 def read_path_list(data: bytes, nul: bool) -> list[bytes]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -29,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
-from .heads import Head, HeadSet, load_heads, save_heads
+from .fsutil import atomic_write_bytes
+from .heads import Head, HeadSet, finite, load_heads, save_heads
 from .model import EncoderConfig, hf_to_timm
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_VERSION
 from .records import HEAD_NAMES, HeadName
@@ -81,6 +83,34 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _default_file() -> Path:
+    return store_root() / "default-weights"  # beside weights/, so no bundle name can collide with it
+
+
+def stored_default() -> str | None:
+    """The name `codescan weights default NAME` stored, if any (an unreadable file counts as none)."""
+    try:
+        name = _default_file().read_text().strip()
+    except OSError:
+        return None
+    return name if _NAME_RE.match(name) else None
+
+
+def chosen_name(name: str | None) -> str:
+    """The bundle a command uses: --weights > CODESCAN_WEIGHTS > `codescan weights default` > code."""
+    return name or os.environ.get("CODESCAN_WEIGHTS") or stored_default() or DEFAULT_NAME
+
+
+def set_default(name: str | None) -> None:
+    """Store `name` (an installed bundle) as the default; None forgets the stored one."""
+    if name is None:
+        _default_file().unlink(missing_ok=True)
+        return
+    load_bundle(name, verify=False)  # exists and reads: a default that cannot load helps nobody
+    ensure_store()
+    atomic_write_bytes(_default_file(), f"{name}\n".encode())
+
+
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise WeightsError(f"invalid bundle name {name!r}: use letters, digits, '.', '_' or '-'")
@@ -118,8 +148,11 @@ class Bundle:
         return load_file(str(self.path / "encoder.safetensors"))
 
     def head_set(self) -> HeadSet:
-        heads = load_heads(self.path / "heads.safetensors")
-        thresholds = {n: float(v["threshold"]) for n, v in self.meta.get("heads", {}).items() if n in heads}
+        try:
+            heads = load_heads(self.path / "heads.safetensors")
+        except ValueError as exc:  # a NaN or infinite head parameter, an unknown head
+            raise WeightsError(f"bundle {self.name!r}: {exc}; re-import or re-pull it") from None
+        thresholds = {n: finite(v["threshold"], f"the {n} threshold") for n, v in self.meta.get("heads", {}).items() if n in heads}
         return HeadSet(heads=heads, thresholds=thresholds)  # type: ignore[arg-type]
 
     def verify(self) -> None:
@@ -139,23 +172,62 @@ def load_bundle(name: str, verify: bool = True) -> Bundle:
     path = weights_dir() / check_name(name)
     meta_path = path / "bundle.json"
     if not meta_path.is_file():
-        have = ", ".join(b.name for b in list_bundles()) or "none"
+        others = [b.name for b in list_bundles()]
+        if others:
+            raise WeightsError(
+                f"no weights bundle {name!r} in {weights_dir()}; installed: {', '.join(others)}. "
+                f"Scan with --weights {others[0]}, make it the default with `codescan weights default {others[0]}`, "
+                f"or install {name!r} with `codescan weights pull --name {name}`"
+            )
         raise WeightsError(
-            f"no weights bundle {name!r} in {weights_dir()} (installed: {have}). "
+            f"no weights bundle {name!r} in {weights_dir()} (none installed). "
             "Run `codescan weights pull`, or `codescan weights import DIR` with a downloaded aimagelab/CoDE folder."
         )
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(), parse_constant=_not_json, parse_float=_finite_float)
     except (OSError, ValueError) as exc:
         raise WeightsError(f"bundle {name!r}: unreadable bundle.json ({exc})") from None
+    if not isinstance(meta, dict):
+        raise WeightsError(f"bundle {name!r}: unreadable bundle.json (not an object)")
     if meta.get("format") != BUNDLE_FORMAT:
         raise WeightsError(f"bundle {name!r}: format {meta.get('format')!r} is not {BUNDLE_FORMAT}; re-import it")
+    _check_thresholds(name, meta)
     if "variant" in meta:
         return _resolve_variant(name, meta, verify)
     bundle = Bundle(name=name, path=path, meta=meta)
     if verify:
         bundle.verify()
     return bundle
+
+
+def _not_json(token: str) -> float:
+    """json.loads takes NaN, Infinity and -Infinity, which are not JSON: a bundle.json holding one is refused."""
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one past float64's range (1e999 reads as inf) is refused, wherever it is."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _check_thresholds(name: str, meta: dict[str, Any]) -> None:
+    """Every head's threshold in bundle.json is a finite number ("nan", 1e999, true are not)."""
+    heads = meta.get("heads", {})
+    if not isinstance(heads, dict):
+        raise WeightsError(f"bundle {name!r}: bundle.json's heads is not an object; re-import it")
+    for head in HEAD_NAMES:
+        if head not in heads:
+            continue
+        entry = heads[head]
+        if not isinstance(entry, dict) or "threshold" not in entry:
+            raise WeightsError(f"bundle {name!r}: bundle.json gives the {head} head no threshold; re-import it")
+        try:
+            finite(entry["threshold"], f"the {head} threshold")
+        except ValueError as exc:
+            raise WeightsError(f"bundle {name!r}: bundle.json: {exc}; re-import it or re-run calibrate") from None
 
 
 def _resolve_variant(name: str, meta: dict[str, Any], verify: bool) -> Bundle:
@@ -212,6 +284,11 @@ def install_variant(name: str, base: Bundle, heads: dict[str, dict[str, Any]]) -
     replaced: a bundle holding weights never is.
     """
     check_variant_name(name, base)
+    for head, entry in heads.items():
+        try:
+            finite(entry["threshold"], f"the {head} threshold")
+        except ValueError as exc:
+            raise WeightsError(f"variant {name!r} not installed: {exc}") from None
     root_name = base.parent or base.name
     entries = {h: {"threshold": o["threshold"], "origin": o["origin"]} for h, o in threshold_origins(base).items()}
     entries.update(heads)
@@ -226,7 +303,7 @@ def install_variant(name: str, base: Bundle, heads: dict[str, dict[str, Any]]) -
         },
         "heads": entries,
     }
-    return _install(name, lambda tmp: (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    return _install(name, lambda tmp: (tmp / "bundle.json").write_text(_json_text(meta)))
 
 
 def check_variant_name(name: str, base: Bundle) -> str:
@@ -296,7 +373,7 @@ def bundle_meta(
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
         },
-        "heads": {n: {"threshold": float(thresholds[n])} for n in HEAD_NAMES if n in thresholds},
+        "heads": {n: {"threshold": finite(thresholds[n], f"the {n} threshold")} for n in HEAD_NAMES if n in thresholds},
         "license": license,
         "source": source,
     }
@@ -310,9 +387,14 @@ def write_bundle(name: str, encoder: dict[str, np.ndarray], heads: dict[HeadName
         save_file(encoder, str(tmp / "encoder.safetensors"))
         save_heads(heads, tmp / "heads.safetensors")
         meta["files"] = {f: sha256_file(tmp / f) for f in ("encoder.safetensors", "heads.safetensors")}
-        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (tmp / "bundle.json").write_text(_json_text(meta))
 
     return _install(name, fill)
+
+
+def _json_text(meta: dict[str, Any]) -> str:
+    """bundle.json's text: strict JSON (a NaN or infinity raises ValueError, never written as a bare token)."""
+    return json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def _install(name: str, fill: Callable[[Path], object]) -> Bundle:
@@ -457,12 +539,15 @@ def downloads_off() -> bool:
 def ensure_default(name: str, announce: Callable[[str], None], download: Downloader = _hub_download) -> None:
     """Pull the default bundle at first use, as timm's ``pretrained=True`` does; trust on first use.
 
-    Only the default name is fetched by itself (another name missing is the user's typo, and
-    `load_bundle` says which exist). The commit the hub resolved and every file's sha256 are
+    Only the default name is fetched by itself, and only into an empty store (another name
+    missing is the user's typo, and with other bundles installed the user has weights of their
+    own: `load_bundle` names them, with --weights and `codescan weights default`). The commit the hub resolved and every file's sha256 are
     recorded like `weights pull` records them, and printed, since no known-good commit can be
     built into codescan.
     """
     if name != DEFAULT_NAME or (weights_dir() / name / "bundle.json").is_file():
+        return
+    if list_bundles():  # others are installed: the user meant one of them (load_bundle names them)
         return
     if downloads_off():
         raise WeightsError(

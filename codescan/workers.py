@@ -25,8 +25,10 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,11 +117,32 @@ def start_process(ctx: mp.context.BaseContext, target, args: tuple) -> mp.proces
     resource_tracker.ensure_running()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        with _safe_path():
+        with _safe_path(), _main_not_reimported():
             proc.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     return proc
+
+
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Start a child that does not run the user's script again.
+
+    multiprocessing tells each child to import the parent's ``__main__`` file, for targets
+    defined there; ours all live in codescan's modules. A script that scans without the
+    ``if __name__ == "__main__":`` guard would otherwise start a scan inside every child, each
+    failing with a multiprocessing traceback. While the child's start data is taken, ``__main__``
+    is a module with no file, so the child imports nothing of the caller's.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__file__", None) is None:
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def spawn(ctx: mp.context.BaseContext, target, args: tuple) -> tuple[mp.process.BaseProcess, Connection]:

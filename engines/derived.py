@@ -54,7 +54,7 @@ def write(bundle: Bundle, path: Path, data: bytes, key: Mapping[str, Any]) -> No
     """File first, record last, each atomically: a record only ever describes a complete file."""
     record_path(path).unlink(missing_ok=True)
     atomic_write_bytes(path, data)
-    record = json.dumps(_record(bundle, path, key, data), indent=2, sort_keys=True) + "\n"
+    record = json.dumps(_record(bundle, path, key, data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(record_path(path), record.encode())
 
 

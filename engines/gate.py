@@ -1,20 +1,26 @@
 """The reduced-precision gate, measured per bundle: what `codescan gate` runs.
 
 A reduced precision (int8, bf16, fp16) is only chosen automatically for a bundle after it has
-been compared with fp32 on a labelled folder: every image's embedding cosine ≥ 0.999 and, for
-each head, ≥ 99.5% identical verdicts. The results are stored in ``<bundle>/gates.json``
-(:mod:`codescan.engines.gates_file`), which is what `auto` reads.
+been compared with fp32 on a folder of images, under three rules: every image's embedding
+cosine ≥ 0.999; for each head, ≥ 99.5% identical verdicts; and for each head the sample must
+*show* agreement of at least 99% at 95% confidence (the one-sided Clopper–Pearson lower bound of
+the agreement rate). The last rule is the sample-size rule: with no flip at all it needs 299
+images, so 20 images that agree say only that agreement is above ~86%, and pass nothing. The
+results are stored in ``<bundle>/gates.json`` (:mod:`codescan.engines.gates_file`), which is
+what `auto` reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .gates_file import store_gates
+from .gates_file import GATE_RULE, store_gates
 from .registry import create_engine, installed
 from .specs import GATE_CANDIDATES
 
@@ -23,6 +29,49 @@ if TYPE_CHECKING:
 
 MIN_COSINE = 0.999
 MIN_AGREEMENT = 0.995
+MIN_AGREEMENT_BOUND = 0.99  # the agreement the sample must show, at CONFIDENCE
+CONFIDENCE = 0.95
+
+
+def agreement_lower_bound(agree: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper–Pearson lower bound of a binomial rate: the p at which `agree` or more
+    successes in `n` would happen with probability 1 − confidence (Beta(α; agree, n − agree + 1)).
+
+    Bisection on the exact binomial tail, summed over the flips (few, in any gate that can pass),
+    so the scanner needs no scipy.
+    """
+    if n <= 0 or agree <= 0:
+        return 0.0
+    alpha = 1.0 - confidence
+    flips = n - agree
+
+    def tail(p: float) -> float:  # P(at least `agree` of n agree | rate p) = P(at most `flips` flip)
+        q = 1.0 - p
+        if q <= 0.0:
+            return 1.0
+        logs = [
+            math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * math.log(q) + (n - j) * math.log(p)
+            for j in range(flips + 1)
+        ]
+        top = max(logs)
+        return math.exp(top) * sum(math.exp(v - top) for v in logs)
+
+    low, high = 0.0, 1.0  # tail(p) grows with p: find where it crosses alpha
+    for _ in range(60):
+        mid = (low + high) / 2
+        if mid <= 0.0 or tail(mid) < alpha:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def images_needed(flips: int = 0, bound: float = MIN_AGREEMENT_BOUND, confidence: float = CONFIDENCE) -> int:
+    """The smallest sample whose agreement bound reaches `bound` with `flips` flips (299 with none)."""
+    n = max(flips + 1, math.ceil(math.log(1 - confidence) / math.log(bound)))
+    while agreement_lower_bound(n - flips, n, confidence) < bound:
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -35,6 +84,29 @@ class GateResult:
     cosine_mean: float
     agreement: dict[str, float]  # head -> fraction of identical verdicts
     passed: bool
+    agreement_bound: dict[str, float] = field(default_factory=dict)  # head -> 95% lower bound of the agreement rate
+    flips: dict[str, int] = field(default_factory=dict)  # head -> verdicts that differ from fp32
+    reasons: list[str] = field(default_factory=list)  # why it did not pass; empty when it did
+    rule: int = GATE_RULE  # gates.json results of an older rule never pass (gates_file.passed_gates)
+    measured: str = ""  # UTC date of the measurement, as the scans that use it say
+
+
+def judge_gate(cosine_min: float, flips: Mapping[str, int], images: int) -> tuple[bool, list[str]]:
+    """The three rules, for `codescan gate` and the GPU check alike: (passed, why not)."""
+    reasons = []
+    if not cosine_min >= MIN_COSINE:
+        reasons.append(f"an image's embedding cosine is {cosine_min:.6f} < {MIN_COSINE}")
+    for head, flipped in flips.items():
+        agreement = (images - flipped) / images if images else 0.0
+        if agreement < MIN_AGREEMENT:
+            reasons.append(f"{head}: {agreement:.2%} identical verdicts < {MIN_AGREEMENT:.1%}")
+        elif agreement_lower_bound(images - flipped, images) < MIN_AGREEMENT_BOUND:
+            reasons.append(
+                f"{head}: {images} images with {flipped} flipped verdict{'s' * (flipped != 1)} show agreement above "
+                f"{agreement_lower_bound(images - flipped, images):.1%} only (95% confidence); {MIN_AGREEMENT_BOUND:.0%} "
+                f"needs at least {images_needed(flipped)} images with that many flips ({images_needed(0)} if none flip)"
+            )
+    return not reasons, reasons
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (N, D), (N, D) -> (N,)
@@ -45,13 +117,24 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (N, D), (N, D) -> (N,
 def compare(bundle: Bundle, engine: str, precision: str, ref: np.ndarray, emb: np.ndarray) -> GateResult:
     heads = bundle.head_set()
     cos = cosine(ref, emb)
-    agreement = {}
+    flips = {}
     for name in heads.names():
         a = [v.status for v in heads.judge(name, ref)]
         b = [v.status for v in heads.judge(name, emb)]
-        agreement[name] = float(np.mean([x == y for x, y in zip(a, b)]))
-    passed = bool(cos.min() >= MIN_COSINE and all(v >= MIN_AGREEMENT for v in agreement.values()))
-    return GateResult(engine, precision, bundle.digest, len(cos), float(cos.min()), float(cos.mean()), agreement, passed)
+        flips[name] = sum(x != y for x, y in zip(a, b))
+    n = len(cos)
+    passed, reasons = judge_gate(float(cos.min()), flips, n)
+    # An fp16 overflow gives a NaN cosine: it fails the rule above, and is stored as -1 (strict JSON).
+    low, mean = (float(np.nan_to_num(x, nan=-1.0, posinf=-1.0, neginf=-1.0)) for x in (cos.min(), cos.mean()))
+    return GateResult(
+        engine, precision, bundle.digest, n, low, mean,
+        agreement={h: (n - f) / n for h, f in flips.items()},
+        passed=passed,
+        agreement_bound={h: agreement_lower_bound(n - f, n) for h, f in flips.items()},
+        flips=flips,
+        reasons=reasons,
+        measured=datetime.now(timezone.utc).date().isoformat(),
+    )
 
 
 def run_gate(

@@ -8,8 +8,11 @@ at every load and rebuilt when it fails: the session is created from the bytes t
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -57,10 +60,29 @@ def build_model(bundle: Bundle, precision: OrtPrecision) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32.SerializeToString())
-        quantize_dynamic(
-            src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_exclude=keep
-        )
+        with _root_logging_off():
+            quantize_dynamic(
+                src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_exclude=keep
+            )
         return dst.read_bytes()
+
+
+@contextlib.contextmanager
+def _root_logging_off() -> Iterator[None]:
+    """onnxruntime's quantiser logs advice for model authors ("Please consider to run
+    pre-processing before quantization") through the root logger, which a user of codescan can do
+    nothing about. Off while it runs; a NullHandler keeps `logging.warning` from installing a
+    stderr handler on the root logger for good (its basicConfig when the root has none)."""
+    root = logging.getLogger()
+    null = logging.NullHandler()
+    root.addHandler(null)
+    previous = root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+        root.removeHandler(null)
 
 
 class OnnxEngine:

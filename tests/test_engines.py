@@ -62,6 +62,8 @@ def test_auto_uses_reduced_precision_only_after_a_passed_gate(home):
         assert registry.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
         write_gate(bundle, "onnxruntime", "int8", passed=False)
         assert registry.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
+        write_gate(bundle, "onnxruntime", "int8", rule=1)  # passed under the old rule (20 images could pass)
+        assert registry.choose(bundle, "auto", "auto") == ("onnxruntime", "fp32")
     finally:
         path.unlink(missing_ok=True)
     assert registry.choose(bundle, "auto", "bf16") == ("torch", "bf16")  # explicit choice is honoured
@@ -71,14 +73,47 @@ def test_auto_uses_reduced_precision_only_after_a_passed_gate(home):
         registry.choose(bundle, "onnxruntime", "bf16")
 
 
+def test_gate_sample_rule_is_the_clopper_pearson_bound():
+    from codescan.engines.gate import agreement_lower_bound, images_needed, judge_gate
+
+    assert [images_needed(f) for f in (0, 1, 2)] == [299, 473, 628]  # the figures
+    assert abs(agreement_lower_bound(20, 20) - 0.05 ** (1 / 20)) < 1e-9  # 20 of 20 agree: above ~86% only
+    assert abs(agreement_lower_bound(20, 20) - 0.8609) < 1e-4
+    scipy_beta = pytest.importorskip("scipy.stats").beta
+    for agree, n in ((470, 473), (900, 1000), (1, 3)):
+        assert abs(agreement_lower_bound(agree, n) - scipy_beta.ppf(0.05, agree, n - agree + 1)) < 1e-9
+    passed, why = judge_gate(1.0, {"linear": 0}, 20)
+    assert not passed and why == ["linear: 20 images with 0 flipped verdicts show agreement above 86.1% only (95% "
+                                  "confidence); 99% needs at least 299 images with that many flips (299 if none flip)"]
+    assert judge_gate(1.0, {"linear": 0, "knn": 1}, 473)[0] and not judge_gate(0.99, {"linear": 0}, 1000)[0]
+
+
 def test_gate_compare_counts_agreement(home):
     bundle = load_bundle("code")
     rng = np.random.default_rng(0)
-    ref = rng.normal(size=(50, 192)).astype(np.float32)
+    ref = rng.normal(size=(300, 192)).astype(np.float32)
     same = compare(bundle, "x", "y", ref, ref.copy())
     assert same.passed and same.cosine_min > 0.999999 and all(v == 1.0 for v in same.agreement.values())
+    few = compare(bundle, "x", "y", ref[:298], ref[:298].copy())  # identical, but too few to show 99%
+    assert not few.passed and all("at least 299 images" in r for r in few.reasons) and few.flips == {h: 0 for h in few.flips}
     noisy = compare(bundle, "x", "y", ref, ref + rng.normal(scale=0.5, size=ref.shape).astype(np.float32))
     assert not noisy.passed and noisy.cosine_min < 0.999
+
+
+def test_a_scan_whose_precision_came_from_a_gate_says_so_once(home, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(tmp_path / "a.png")
+    bundle = load_bundle("code")
+    try:
+        write_gate(bundle, "onnxruntime", "int8")
+        p = run_cli("scan", str(tmp_path), "--no-cache", "-q")
+        assert p.returncode in (0, 1), p.stderr
+        assert p.stderr.decode().count("precision int8: gate passed on 300 images, 2026-12-06") == 1
+        explicit = run_cli("scan", str(tmp_path), "--no-cache", "-q", "--precision", "int8")
+        assert "gate passed" not in explicit.stderr.decode()  # asked for by name: no gate involved
+    finally:
+        gates_path(bundle).unlink(missing_ok=True)
 
 
 def test_gate_command_records_results(home, tmp_path):
@@ -91,6 +126,7 @@ def test_gate_command_records_results(home, tmp_path):
     results = json.loads(p.stdout)
     assert {(r["engine"], r["precision"]) for r in results} == {("onnxruntime", "int8"), ("torch", "bf16")}
     assert all(r["images"] == 4 for r in results)
+    assert not any(r["passed"] for r in results) and "at least 299 are needed if none flip" in p.stderr.decode()
     bundle = load_bundle("code")
     recorded = json.loads(gates_path(bundle).read_text())["results"]
     assert [r["passed"] for r in recorded] == [r["passed"] for r in results]

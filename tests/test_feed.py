@@ -170,3 +170,29 @@ def test_workers_that_fail_to_start_stop_the_pool_and_blame_no_task(setup, why):
         for item in pool.results(iter(range(5))):
             got.append(item)
     assert got == []
+
+
+def test_a_script_without_the_main_guard_scans_and_its_workers_never_run_it(tmp_path):
+    """multiprocessing would have every worker import the script again, and each would start a
+    scan of its own and die with a traceback; the workers import only codescan's modules."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from codescan.examine import ExamineConfig, Examined\n"
+        "from codescan.feed import DecodePool\n"
+        "from codescan.walk import walk\n"
+        "print('started', flush=True)\n"
+        "pool = DecodePool(workers=2, config=ExamineConfig(evidence='none'), timeout=20, window=4)\n"
+        f"outcomes = [o for _, o in pool.outcomes(walk([{str(tmp_path)!r}]))]\n"
+        "print(sum(isinstance(o, Examined) for o in outcomes), 'decoded')\n"
+    )
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["started", "3 decoded"]  # the script ran once, in its own process
+    assert "Traceback" not in p.stderr

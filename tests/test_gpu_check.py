@@ -123,3 +123,23 @@ def test_symlinked_layout_imports_the_engines(tmp_path):
     assert Path(engines) == tmp_path / "shim" / "codescan" / "engines" / "cuda_engine.py"
     assert Path(engines).resolve() == REPO / "engines" / "cuda_engine.py"
     assert Path(train).resolve() == REPO / "train" / "config.py"
+
+
+def test_an_install_of_this_tree_is_recognised_wherever_its_venv_lives(tmp_path):
+    """A venv outside the checkout with this tree installed (not editable) holds this tree's code:
+    the install step must not replace it (the suite passes wherever the package is installed)."""
+    import shutil
+
+    from gpu_check import imports_this_tree, package_dirs
+
+    site = tmp_path / "elsewhere" / "site-packages"
+    for package, folder in package_dirs(REPO).items():
+        target = site.joinpath(*package.split("."))
+        target.mkdir(parents=True)
+        for source in (REPO / folder).glob("*.py"):
+            shutil.copy2(source, target / source.name)
+    engine = site / "codescan" / "engines" / "cuda_engine.py"
+    assert imports_this_tree(engine, REPO)
+    assert imports_this_tree(REPO / "engines" / "cuda_engine.py", REPO)  # editable
+    (site / "codescan" / "train" / "loop.py").write_text("# another version\n")
+    assert not imports_this_tree(engine, REPO)

@@ -26,15 +26,23 @@ def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run_cli("report", *args, cwd=cwd)
 
 
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch) -> Path:
+    """Each test's reports cache their thumbnails in a CODESCAN_HOME of its own (not the user's, not the scan's)."""
+    monkeypatch.setenv("CODESCAN_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 class Dom(HTMLParser):
-    """The dumped DOM: every element's tag and attributes, and the cells of the result rows."""
+    """The dumped DOM: every element's tag and attributes, the table's columns and the cells of its rows by column."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.elements: list[tuple[str, dict[str, str | None]]] = []
-        self.rows: list[list[str]] = []
+        self.rows: list[dict[str, str]] = []
+        self.heads: list[str] = []
         self.ids: dict[str, str] = {}
-        self._cell: list[str] | None = None
+        self._cell: tuple[str, list[str]] | None = None
         self._id: str | None = None
         self.body: dict[str, str | None] = {}
         self.feed(text)
@@ -45,28 +53,32 @@ class Dom(HTMLParser):
         if tag == "body":
             self.body = attributes
         if tag == "tr" and "data-index" in attributes:
-            self.rows.append([])
-        if tag == "td" and self.rows:
-            self._cell = []
+            self.rows.append({})
+        column = next((c[2:] for c in (attributes.get("class") or "").split() if c.startswith("c-")), None)
+        if tag == "th" and column:
+            self.heads.append(column)
+        if tag == "td" and self.rows and column:
+            self._cell = (column, [])
         if attributes.get("id") in ("counts", "pageinfo"):
             self._id = attributes["id"]
             self.ids[self._id] = ""
 
     def handle_endtag(self, tag):
         if tag == "td" and self._cell is not None:
-            self.rows[-1].append("".join(self._cell))
+            self.rows[-1][self._cell[0]] = "".join(self._cell[1])
             self._cell = None
         if tag in ("p", "span"):
             self._id = None
 
     def handle_data(self, data):
         if self._cell is not None:
-            self._cell.append(data)
+            self._cell[1].append(data)
         if self._id:
             self.ids[self._id] += data
 
-    def column(self, n: int) -> list[str]:
-        return [r[n] for r in self.rows]
+    def column(self, name: str) -> list[str]:
+        """The cells of one column (image, path, status, score, heads, combined, evidence, error); absent when empty."""
+        return [r[name] for r in self.rows]
 
 
 def chromium(page: Path, fragment: str = "", screenshot: Path | None = None) -> Dom:
@@ -119,13 +131,13 @@ def test_report_of_a_scan(scanned, tmp_path):
     records = results(scanned / "v.jsonl")
     assert dom.ids["counts"].startswith(f"{len(records)} files: ")
     assert len(dom.rows) == len(records)
-    scores = [float(s) for s in dom.column(3) if s]
+    scores = [float(s) for s in dom.column("score") if s]
     assert scores == sorted(scores, reverse=True) and len(scores) == sum(r["status"] in ("real", "fake") for r in records)
-    paths = dom.column(1)
+    paths = dom.column("path")
     assert f"imgs/{HOSTILE}" in paths and f"imgs/set.tar::{SCRIPT_MEMBER}" in paths and f"imgs/{LINE_SEP}" in paths
     assert not [a for _, a in dom.elements if a.get("src") == "x" or "onerror" in a], "an element was injected"
-    assert "corrupt" in " ".join(dom.column(7)) or "truncated" in " ".join(dom.column(7))
-    by_path = dict(zip(paths, dom.column(0)))
+    assert "corrupt" in " ".join(dom.column("error")) or "truncated" in " ".join(dom.column("error"))
+    by_path = dict(zip(paths, dom.column("image")))
     assert by_path["imgs/gone.jpg"] == "missing" and by_path["imgs/edited.jpg"] == "changed"
     thumbs = sorted((tmp_path / "report_files" / "thumbs").iterdir())
     assert len(thumbs) == len(scores) - 2  # all judged images but the deleted and the changed one, the member included
@@ -140,10 +152,11 @@ def test_fragment_filters_and_sorts(scanned, tmp_path):
     assert report_cli("v.jsonl", "-o", str(tmp_path / "r.html"), "--no-thumbnails", "-q", cwd=scanned).returncode == 0
     dom = chromium(tmp_path / "r.html", "#status=real&sort=score-asc")
     real = sorted(r["score"] for r in results(scanned / "v.jsonl") if r["status"] == "real")
-    assert set(dom.column(2)) == {"real"} and [float(s) for s in dom.column(3)] == pytest.approx(real, abs=1e-3)
+    assert "image" not in dom.heads and dom.heads[:3] == ["path", "status", "score"]  # --no-thumbnails: no image column
+    assert set(dom.column("status")) == {"real"} and [float(s) for s in dom.column("score")] == pytest.approx(real, abs=1e-3)
     assert dom.body["data-shown"] == str(len(real))
     dom = chromium(tmp_path / "r.html", "#q=%3Cimg")
-    assert dom.column(1) == [f"imgs/{HOSTILE}"]
+    assert dom.column("path") == [f"imgs/{HOSTILE}"]
 
 
 def test_torn_and_interrupted_jsonl(scanned, tmp_path):
@@ -169,7 +182,7 @@ def test_shards_folder_parquet_and_json(scanned, tmp_path):
         done = report_cli(str(source), "-o", str(tmp_path / page), "--no-thumbnails", cwd=scanned)
         assert done.returncode == 0, done.stderr.decode()
         dom = chromium(tmp_path / page)
-        assert len(dom.rows) == expected and f"imgs/{HOSTILE}" in dom.column(1)
+        assert len(dom.rows) == expected and f"imgs/{HOSTILE}" in dom.column("path")
 
 
 def test_not_verdicts_is_one_error_line(tmp_path):
@@ -180,12 +193,16 @@ def test_not_verdicts_is_one_error_line(tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
-def test_thumbnails_are_cached_by_content(scanned, tmp_path):
+def test_thumbnails_are_cached_by_content(scanned, tmp_path, private_home):
+    """Made once into CODESCAN_HOME/thumbs (<sha256>-256-<its own sha256>.jpg), then copied into each new a_files/."""
     assert report_cli("v.jsonl", "-o", str(tmp_path / "a.html"), "-q", cwd=scanned).returncode == 0
-    thumbs = tmp_path / "a_files" / "thumbs"
-    stamps = {t.name: t.stat().st_mtime_ns for t in thumbs.iterdir()}
+    thumbs, cache = tmp_path / "a_files" / "thumbs", private_home / "thumbs"
+    pictures = {t.name: t.read_bytes() for t in thumbs.iterdir()}
+    stamps = {t.name: t.stat().st_mtime_ns for t in cache.iterdir()}
+    assert sorted(name.split("-")[0] + ".jpg" for name in stamps) == sorted(pictures)
     assert report_cli("v.jsonl", "-o", str(tmp_path / "a.html"), "-q", cwd=scanned).returncode == 0
-    assert {t.name: t.stat().st_mtime_ns for t in thumbs.iterdir()} == stamps
+    assert {t.name: t.stat().st_mtime_ns for t in cache.iterdir()} == stamps
+    assert {t.name: t.read_bytes() for t in thumbs.iterdir()} == pictures
 
 
 def test_thumbnail_refuses_a_pixel_bomb_and_a_slow_worker_is_replaced(tmp_path):

@@ -43,6 +43,9 @@ BIAS_NOTE = (
 )
 
 
+NON_FINITE = "scores must be finite: an image scored NaN or infinity (a numeric overflow in the engine or the head)"
+
+
 class CalibrationError(ValueError):
     """The scores cannot give an operating point (no real images, a target outside (0, 1))."""
 
@@ -104,7 +107,7 @@ def threshold_at_fpr(real_scores: np.ndarray, target: float) -> np.ndarray:
     if n == 0:
         raise CalibrationError("no real images: a false-positive rate needs real photos")
     if not np.all(np.isfinite(reals)):
-        raise CalibrationError("scores must be finite")
+        raise CalibrationError(NON_FINITE)
     return reals[..., n - allowed_false_positives(n, target) - 1]
 
 
@@ -156,8 +159,10 @@ def operating_point(real_scores: np.ndarray, fake_scores: np.ndarray, target: fl
     reals = np.asarray(real_scores, dtype=np.float64).ravel()
     fakes = np.asarray(fake_scores, dtype=np.float64).ravel()
     if not np.all(np.isfinite(fakes)):
-        raise CalibrationError("scores must be finite")
+        raise CalibrationError(NON_FINITE)
     threshold = float(threshold_at_fpr(reals, target))
+    if not math.isfinite(threshold):  # unreachable from finite scores; a threshold is never NaN or infinite
+        raise CalibrationError(NON_FINITE)
     fp = int(np.count_nonzero(verdict_is_fake(reals, threshold)))
     ties = int(np.count_nonzero(reals == threshold))
     tpr = _rate(int(np.count_nonzero(verdict_is_fake(fakes, threshold))), len(fakes)) if len(fakes) else None

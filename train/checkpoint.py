@@ -85,7 +85,7 @@ def save(
         "scaler": scaler.state_dict(),
     }
     path = folder / CHECKPOINT
-    atomic_write_bytes(path, save(tensors, metadata={_META_KEY: json.dumps(meta)}))
+    atomic_write_bytes(path, save(tensors, metadata={_META_KEY: json.dumps(meta, allow_nan=False)}))
     return path
 
 
@@ -111,7 +111,7 @@ def load(folder: Path) -> Checkpoint | None:
 
 def append_metrics(folder: Path, record: dict[str, Any]) -> None:
     with open(folder / METRICS, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 def trim_metrics(folder: Path, epochs_done: int) -> None:

@@ -119,9 +119,14 @@ def score_samples(config: EvalConfig, progress: Progress | None = None) -> Score
         Undecodable(str(samples[i].path), samples[i].label, samples[i].generator, f.code, f.message)
         for i, f in sorted(embedded.failures.items())
     ]
+    scores = {n: _head_scores(heads, n, embedded.emb) for n in names}
+    for name, values in scores.items():
+        bad = int((~np.isfinite(values)).sum())
+        if bad:  # a NaN would count as "real" in every metric below: no metrics rather than wrong ones
+            raise EvalError(f"head {name} scored {bad} image(s) NaN or infinite (an fp16 overflow?); no metrics computed")
     return Scored(
         samples=[samples[i] for i in embedded.index],
-        scores={n: _head_scores(heads, n, embedded.emb) for n in names},
+        scores=scores,
         thresholds={n: heads.threshold(n) for n in names},
         undecodable=undecodable,
         run={

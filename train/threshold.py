@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 NATURAL = 0.0
+_BIGGEST = float(np.finfo(np.float64).max)
 Rule = Literal["max_balanced_accuracy", "natural"]
 
 
@@ -33,13 +34,18 @@ class ThresholdChoice:
 def choose_threshold(scores: np.ndarray, is_fake: np.ndarray, natural: float = NATURAL) -> ThresholdChoice:
     scores = np.asarray(scores, dtype=np.float64)
     is_fake = np.asarray(is_fake, dtype=bool)
+    if not np.all(np.isfinite(scores)):  # np.unique would sort NaN last and make it a candidate
+        raise ValueError("validation scores must be finite: an image scored NaN or infinity (a numeric overflow)")
     n_fake, n_real = int(is_fake.sum()), int((~is_fake).sum())
     if n_fake == 0 or n_real == 0:
         lacking = "no validation images" if n_fake + n_real == 0 else f"validation has no {'fake' if n_fake == 0 else 'real'} images"
         return ThresholdChoice(threshold=natural, rule="natural", reason=lacking)
     distinct = np.unique(scores)  # sorted
     margin = max(1.0, float(np.abs(distinct).max()))
-    candidates = np.concatenate([[distinct[0] - margin], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + margin]])
+    # Every candidate finite, even for scores near the float64 limit: the ends stop at ±max (and are not offered when
+    # a score sits there), and midpoints halve first, since (a + b) / 2 overflows (halving is exact: equal otherwise).
+    lo, hi = max(float(distinct[0]) - margin, -_BIGGEST), min(float(distinct[-1]) + margin, _BIGGEST)
+    candidates = np.concatenate([[lo] if lo < distinct[0] else [], distinct[:-1] / 2 + distinct[1:] / 2, [hi] if hi > distinct[-1] else []])
     fake_sorted, real_sorted = np.sort(scores[is_fake]), np.sort(scores[~is_fake])
     # Counted with scan's verdict rule (codescan.records.is_fake: fake strictly above the threshold).
     true_fake = n_fake - np.searchsorted(fake_sorted, candidates, side="right")  # (C,) fakes above each candidate
