@@ -44,7 +44,7 @@ import null_engine  # noqa: E402  (benchmarks/ is not a package)
 from bench_scan import build_checkpoint, make_images  # noqa: E402
 
 if TYPE_CHECKING:
-    from codescan.records import EvidenceLevel
+    from codescan.core.records import EvidenceLevel
 
 SETS: tuple[tuple[str, str, float], ...] = (  # label, bench_scan.make_images kind, share of --count
     ("512² JPEG", "jpeg512", 1.0),
@@ -76,10 +76,11 @@ def measure_scan(folder: Path, workers: int, evidence: EvidenceLevel, out: str =
     """Scan `folder` as ``codescan scan FOLDER --engine null --no-cache -o OUT`` would (the same
     job, pipeline and reporter), with `workers` decode workers. Needs the bundle ``code`` in
     $CODESCAN_HOME (its heads run) and the null engine registered (``null_engine.register()``)."""
-    from codescan import job
-    from codescan.pipeline import ScanConfig, Scanner
-    from codescan.records import Summary
-    from codescan.reporters import make_reporter
+    from codescan.core.records import Summary
+    from codescan.output.reporters import make_reporter
+    from codescan.scan import job
+    from codescan.scan.pipeline import Scanner
+    from codescan.scan.plan import ScanConfig
 
     scanner = Scanner(engine=null_engine.NAME, precision="fp32", config=ScanConfig(decode_workers=workers, evidence=evidence))
     arguments: list[str | bytes] = [str(folder)]
@@ -98,9 +99,9 @@ def measure_scan(folder: Path, workers: int, evidence: EvidenceLevel, out: str =
 
 def measure_examine(folder: Path, evidence: EvidenceLevel) -> float:
     """Files/s of a decode worker's per-file function over `folder`, here, in one process."""
-    from codescan.decode import configure_pillow
-    from codescan.examine import ExamineConfig, Examiner
-    from codescan.sources import entries
+    from codescan.decoding.decode import configure_pillow
+    from codescan.decoding.examine import ExamineConfig, Examiner
+    from codescan.inputs.sources import entries
 
     config = ExamineConfig(evidence=evidence)
     configure_pillow(config.limits)  # as each worker does before its first file
@@ -139,7 +140,8 @@ def child(what: str, folder: Path, workers: int, evidence: str, home: Path, tree
 def weights_home(tmp: Path) -> Path:
     """$CODESCAN_HOME when it holds the bundle ``code`` (weight values do not change speed),
     else a new one in `tmp` with a random official-layout checkpoint imported."""
-    from codescan.weights import WeightsError, load_bundle
+    from codescan.weights.bundle import load_bundle
+    from codescan.weights.store import WeightsError
 
     if "CODESCAN_HOME" in os.environ:
         try:
@@ -169,7 +171,7 @@ def main() -> None:
 
     if args.measure == "scan":
         import codescan
-        from codescan.decode import jpeg_decoder
+        from codescan.decoding.decode import jpeg_decoder
 
         null_engine.register()
         measured = vars(measure_scan(args.images[0], args.workers[0], args.evidence))

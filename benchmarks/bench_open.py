@@ -1,4 +1,4 @@
-"""The pinned open (codescan.pinned) per file against plain open(), on files a walk listed.
+"""The pinned open (codescan.inputs.pinned) per file against plain open(), on files a walk listed.
 
     python benchmarks/bench_open.py [--files 2000] [--depth 3] [--repeats 5]
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codescan.decode import read_limited  # noqa: E402
-from codescan.walk import walk  # noqa: E402
+from codescan.inputs.read import read_limited  # noqa: E402
+from codescan.inputs.walk import walk  # noqa: E402
 
 
 def build(root: Path, files: int, depth: int) -> Path:

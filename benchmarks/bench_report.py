@@ -68,7 +68,7 @@ def page_times(page: Path, fragment: str) -> dict[str, float]:
 
 
 def thumbnail_rate(folder: Path, count: int, workers: int) -> float:
-    from codescan.thumbs import make_thumbnails
+    from codescan.review.thumbs import make_thumbnails
 
     rng = np.random.default_rng(0)
     records = []

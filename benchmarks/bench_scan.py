@@ -9,6 +9,7 @@ prints steady-state rates (model loaded) and codescan's per-stage times measured
     python benchmarks/bench_scan.py --make jpeg1024 --count 512
     python benchmarks/bench_scan.py --make mixed --count 512
     python benchmarks/bench_scan.py --images DIR
+    python benchmarks/bench_scan.py --make jpeg1024 --baseline ../before --repeats 3   # an earlier checkout, same run
 
 Needs the test extra (transformers, scikit-learn, torchvision) for the reference and for the
 random official-layout checkpoint it builds (the real weights are not downloadable here;
@@ -98,11 +99,30 @@ def run_reference(folder: Path, ckpt: Path) -> dict:
     return out
 
 
-def run_codescan(folder: Path, home: Path, extra: list[str]) -> dict:
+# The command line is the one surface every source tree shares, whatever its modules are called:
+# a baseline tree is driven through it, so --baseline survives any move of the package's insides.
+CLI = "import sys; from codescan.cli import main; sys.argv[0] = 'codescan'; main()"
+
+
+def shim(tree: Path, dest: Path) -> Path:
+    """An import path for `tree`'s codescan as an install lays it out (its own pyproject's
+    package-dir, by symlinks), so a checkout of any commit can be measured beside this one."""
+    sys.path.insert(0, str(HERE))
+    from gpu_check import build_shim
+
+    build_shim(tree, dest)
+    return dest
+
+
+def run_codescan(folder: Path, home: Path, extra: list[str], tree: Path | None = None) -> dict:
+    """One scan as a fresh process: this tree's installed `codescan`, or `tree` (a shim path) through its CLI."""
     env = {**os.environ, "CODESCAN_HOME": str(home)}
-    exe = Path(sys.executable).parent / "codescan"
+    cmd = [str(Path(sys.executable).parent / "codescan")]
+    if tree is not None:
+        cmd = [sys.executable, "-P", "-c", CLI]
+        env["PYTHONPATH"] = str(tree)
     t = time.perf_counter()
-    p = subprocess.run([str(exe), "scan", str(folder), "-q", "-o", "-", *extra], capture_output=True, text=True, env=env)
+    p = subprocess.run([*cmd, "scan", str(folder), "-q", "-o", "-", *extra], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     if p.returncode not in (0, 1):
         raise RuntimeError(p.stderr)
@@ -115,11 +135,11 @@ def stages(folder: Path, home: Path, engine: str, precision: str) -> dict[str, f
     os.environ["CODESCAN_HOME"] = str(home)
     from codescan.engines.registry import create_engine
 
-    from codescan.decode import DecodeLimits, decode_file
-    from codescan.pipeline import Scanner
-    from codescan.reporters import make_reporter
-    from codescan.walk import walk
-    from codescan.weights import load_bundle
+    from codescan.decoding.decode import DecodeLimits, decode_file
+    from codescan.inputs.walk import walk
+    from codescan.output.reporters import make_reporter
+    from codescan.scan.pipeline import Scanner
+    from codescan.weights.bundle import load_bundle
 
     t = time.perf_counter()
     entries = list(walk([str(folder)]))
@@ -158,6 +178,8 @@ def main() -> None:
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--skip-stages", action="store_true")
+    ap.add_argument("--baseline", type=lambda p: Path(p).resolve(), help="also scan with the codescan of this source tree "
+                    "(an earlier checkout with its C extension built), alternating with this one; its ratio is printed too")
     ap.add_argument(
         "--gate",
         type=Path,
@@ -184,10 +206,15 @@ def main() -> None:
         # No scan cache: the warm-up scan would fill it and every timed scan would only read verdicts back.
         extra = ["--engine", args.engine, "--precision", args.precision, "--no-cache"]
         run_codescan(folder, home, extra)  # builds and caches the engine once, as a first scan would
-        refs, ours = [], []
+        base = shim(args.baseline, tmp_path / "baseline") if args.baseline else None
+        if base is not None:
+            run_codescan(folder, home, extra, base)
+        refs, ours, before = [], [], []
         for _ in range(args.repeats):
             refs.append(run_reference(folder, ckpt))
             ours.append(run_codescan(folder, home, extra))
+            if base is not None:
+                before.append(run_codescan(folder, home, extra, base))
         n = ours[0]["n"]
         ref_wall = statistics.median(r["wall"] for r in refs)
         our_wall = statistics.median(r["wall"] for r in ours)
@@ -199,6 +226,13 @@ def main() -> None:
         print(f"reference  whole process: {ref_wall:7.2f} s  {n / ref_wall:7.1f} img/s   steady: {n / ref_steady:7.1f} img/s")
         print(f"codescan   whole process: {our_wall:7.2f} s  {n / our_wall:7.1f} img/s   steady: {n / our_steady:7.1f} img/s")
         print(f"ratio (codescan / reference): whole {ref_wall / our_wall:.2f}x, steady {ref_steady / our_steady:.2f}x")
+        if before:
+            b_wall = statistics.median(r["wall"] for r in before)
+            b_steady = statistics.median(r["steady"] for r in before)
+            print(f"baseline   whole process: {b_wall:7.2f} s  {n / b_wall:7.1f} img/s   steady: {n / b_steady:7.1f} img/s"
+                  f"   ({args.baseline})")
+            print(f"ratio (baseline / reference): whole {ref_wall / b_wall:.2f}x, steady {ref_steady / b_steady:.2f}x; "
+                  f"this tree / baseline: whole {b_wall / our_wall:.3f}x, steady {b_steady / our_steady:.3f}x")
         if not args.skip_stages:
             st = stages(folder, home, h["engine"], h["precision"])
             print("codescan stages, ms per image, one core each: " + ", ".join(f"{k} {v:.2f}" for k, v in st.items()))

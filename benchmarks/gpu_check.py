@@ -43,8 +43,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     from codescan.engines.protocol import Engine
-    from codescan.heads import HeadSet
-    from codescan.weights import Bundle
+
+    from codescan.model.heads import HeadSet
+    from codescan.weights.bundle import Bundle
 
 REPO = Path(__file__).resolve().parents[1]
 # The codescan on PYTHONPATH, whatever PATH holds. -P: with the tree's root first on sys.path (the
@@ -161,11 +162,14 @@ def imports_this_tree(cuda_engine: Path, repo: Path) -> bool:
     if resolved == (repo / package_dirs(repo)["codescan.engines"] / cuda_engine.name).resolve():
         return True  # editable: the tree itself
     installed = resolved.parents[1]  # site-packages/codescan (engines/ is codescan/engines/ there)
-    for package, folder in package_dirs(repo).items():
+    dirs = package_dirs(repo)
+    mapped = {name.split(".", 1)[1] for name in dirs if name.startswith("codescan.")}  # installed inside codescan/
+    for package, folder in dirs.items():
         here = installed.joinpath(*package.split(".")[1:])
         source = repo / folder
-        names = sorted(p.name for p in source.glob("*.py"))
-        if sorted(p.name for p in here.glob("*.py")) != names:
+        names = sorted(str(p.relative_to(source)) for p in source.rglob("*.py"))
+        found = [p.relative_to(here) for p in here.rglob("*.py")]
+        if sorted(str(p) for p in found if package != "codescan" or p.parts[0] not in mapped) != names:
             return False
         if any((here / n).read_bytes() != (source / n).read_bytes() for n in names):
             return False
@@ -178,13 +182,21 @@ def package_dirs(repo: Path) -> dict[str, str]:
         return tomllib.load(fh)["tool"]["setuptools"]["package-dir"]
 
 
+EXTENSION_PACKAGE = "decoding"  # codescan.decoding._jpegregion (pyproject's ext-modules)
+
+
 def build_shim(repo: Path, target: Path) -> None:
     """The installed layout made of symlinks into the tree: importable with nothing built or copied."""
     dirs = package_dirs(repo)
     package = target / "codescan"
     package.mkdir(parents=True)
     for entry in (repo / dirs["codescan"]).iterdir():
-        if entry.name != "__pycache__":
+        if entry.name == EXTENSION_PACKAGE:  # a folder of its own: the prebuilt extension is copied into it
+            (package / entry.name).mkdir()
+            for inner in entry.iterdir():
+                if inner.name != "__pycache__" and not inner.name.endswith(".so"):
+                    (package / entry.name / inner.name).symlink_to(inner)
+        elif entry.name != "__pycache__":
             (package / entry.name).symlink_to(entry)
     for name, folder in dirs.items():
         if name.startswith("codescan."):
@@ -196,7 +208,7 @@ def add_prebuilt_extension(ext_dir: Path, package: Path) -> str:
     or built one that cannot bind to Pillow's libjpeg (headers of another ABI on that machine)."""
     name = f"_jpegregion{sysconfig.get_config_var('EXT_SUFFIX')}"
     built = (package / name).exists()
-    if built and _binds(package.parent):
+    if built and _binds(package.parents[1]):
         return f"{name}: built by the install"
     if not (ext_dir / name).is_file():
         return f"none usable for this Python ({name} not prepared): JPEGs decode with Pillow"
@@ -207,7 +219,7 @@ def add_prebuilt_extension(ext_dir: Path, package: Path) -> str:
 
 def _binds(site: Path) -> bool:
     """Whether the crop-aware decoder under `site` binds to the libjpeg Pillow loaded."""
-    probe = f"import sys; sys.path.insert(0, {str(site)!r}); from codescan.decode import jpeg_region_library as l; print(l())"
+    probe = f"import sys; sys.path.insert(0, {str(site)!r}); from codescan.decoding.decode import jpeg_region_library as l; print(l())"
     done = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, timeout=60)
     return done.returncode == 0 and done.stdout.strip() not in ("", "None")
 
@@ -252,7 +264,7 @@ def install(result: Result, prepared: Path, target: Path) -> str | None:
             zipfile.ZipFile(wheel).extractall(target)
         result["method"] = "symlinked package layout (pip install failed)"
     result["wheels"] = [w.name for w in wheels]
-    result["jpeg_extension"] = add_prebuilt_extension(prepared / "ext", target / "codescan")
+    result["jpeg_extension"] = add_prebuilt_extension(prepared / "ext", target / "codescan" / EXTENSION_PACKAGE)
     use_path(target)
     origin = codescan_origin()
     if origin is None or not Path(origin).is_relative_to(target):
@@ -294,7 +306,7 @@ def versions(*dists: str) -> dict[str, str | None]:
 def environment(result: Result, plan: Plan) -> None:
     import torch
 
-    from codescan.decode import jpeg_decoder
+    from codescan.decoding.decode import jpeg_decoder
 
     header = nvidia_smi() or ""
     cuda_driver = re.search(r"CUDA Version:\s*([\d.]+)", header)
@@ -353,7 +365,7 @@ def load_prepared(folder: Path) -> Prepared:
 
 def load_checked_bundle(prepared: Prepared) -> Bundle:
     """The carried bundle, refused unless it is the one the reference was computed with."""
-    from codescan.weights import load_bundle
+    from codescan.weights.bundle import load_bundle
 
     bundle = load_bundle(BUNDLE)
     if bundle.digest != prepared.meta["reference"]["digest"]:

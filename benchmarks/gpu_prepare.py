@@ -67,7 +67,8 @@ class Labelled:
 
 def read_corpus(corpus: Path) -> list[Labelled]:
     """Every MANIFEST.csv row the scanner can decode, in manifest order, cut as the scanner cuts it."""
-    from codescan.decode import DecodeFailure, DecodeLimits, decode_file
+    from codescan.decoding.decode import DecodeLimits, decode_file
+    from codescan.inputs.read import DecodeFailure
 
     out = []
     with open(corpus / "MANIFEST.csv", newline="") as fh:
@@ -113,7 +114,8 @@ def reference(home: Path, crops: np.ndarray) -> tuple[dict, np.ndarray, dict[str
     """fp32 embeddings and head scores from codescan's own CPU engine: what a CPU scan reports."""
     os.environ["CODESCAN_HOME"] = str(home)
     from codescan.engines.registry import create_engine
-    from codescan.weights import load_bundle
+
+    from codescan.weights.bundle import load_bundle
 
     bundle = load_bundle(BUNDLE)
     engine = create_engine(bundle, "torch", "fp32")
@@ -139,7 +141,7 @@ def save_crops(crops: np.ndarray, path: Path) -> None:
 
 
 def build_extension(python: str, dest: Path) -> str:
-    """codescan/_jpegregion for the lent machine's Python; returns what happened, in words.
+    """codescan/decoding/_jpegregion for the lent machine's Python; returns what happened, in words.
 
     Built like setuptools would, but by hand: that Python is not a venv here, and only its
     headers and extension suffix are needed. The module links no libjpeg (it binds Pillow's at
@@ -160,7 +162,7 @@ def build_extension(python: str, dest: Path) -> str:
     target = dest / f"_jpegregion{suffix}"
     cc = sysconfig.get_config_var("CC") or "cc"
     cmd = [*cc.split(), "-O3", "-DNDEBUG", "-fwrapv", "-fPIC", "-shared", f"-I{include}",
-           str(REPO / "codescan" / "_jpegregion.c"), "-ldl", "-o", str(target)]
+           str(REPO / "codescan" / "decoding" / "_jpegregion.c"), "-ldl", "-o", str(target)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         return f"not built: {' '.join(cmd)} failed: {done.stderr.strip()[-500:]}"

@@ -16,7 +16,7 @@ from codescan.engines.registry import register as register_spec
 from codescan.engines.specs import EngineSpec
 
 if TYPE_CHECKING:
-    from codescan.weights import Bundle
+    from codescan.weights.bundle import Bundle
 
 NAME = "null"
 # `module` is this module as imported (benchmarks/ on sys.path), so the registry builds it by import.

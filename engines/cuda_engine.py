@@ -24,15 +24,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from codescan.engines.protocol import EngineError
+from codescan.engines.specs import ENGINES
 
-from codescan.model import EncoderConfig, load_encoder
-from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-from .protocol import EngineError
-from .specs import ENGINES
+from codescan.model.encoder import EncoderConfig, load_encoder
+from codescan.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
-    from codescan.weights import Bundle
+    from codescan.weights.bundle import Bundle
 
 DEFAULT_MAX_BATCH = 64
 CUDA_PRECISIONS = ENGINES["cuda"].precisions

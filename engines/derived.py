@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from codescan.fsutil import atomic_write_bytes
+from codescan.engines.protocol import EngineError
 
-from .protocol import EngineError
+from codescan.core.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from codescan.weights import Bundle
+    from codescan.weights.bundle import Bundle
 
 RECORD_FORMAT = 1
 RECORD_SUFFIX = ".record.json"

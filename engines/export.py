@@ -20,8 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from codescan.model import EncoderConfig
-from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from codescan.model.encoder import EncoderConfig
+from codescan.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 GraphPrecision = Literal["fp32", "fp16"]
 OPSET = 17
@@ -86,73 +86,21 @@ class _Builder:
 
 
 def build_encoder_graph(state: dict[str, np.ndarray], cfg: EncoderConfig, precision: GraphPrecision = "fp32"):
-    """The ONNX ModelProto of the encoder, from timm-named weights (see codescan.model)."""
+    """The ONNX ModelProto of the encoder, from timm-named weights (see codescan.model.encoder)."""
     from onnx import checker, helper
 
     g = _Builder(precision)
     T = g.T
-    D, H = cfg.embed_dim, cfg.num_heads
-    hd = D // H
-    grid = cfg.img_size // cfg.patch_size
-    tokens = grid * grid + 1
-
-    # ToTensor + Normalize, in torchvision's order: x / 255, then (x - mean) / std.
-    x = g.cast(INPUT, T.FLOAT)  # (B, 224, 224, 3)
-    x = g.op("Transpose", [x], perm=[0, 3, 1, 2])  # (B, 3, 224, 224)
-    x = g.op("Div", [x, g.const("c255", np.array(255.0, np.float32))])
-    x = g.op("Sub", [x, g.const("mean", np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1))])
-    x = g.op("Div", [x, g.const("std", np.array(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1))])
-
-    # Patch embedding: a stride-16 convolution, then (B, D, 14, 14) -> (B, 196, D).
-    conv_w = state["patch_embed.proj.weight"]
-    conv_b = state["patch_embed.proj.bias"]
-    if precision == "fp16":
-        x = g.op(
-            "Conv",
-            [g.cast(x, T.FLOAT16), g.const("patch_w", conv_w.astype(np.float16)), g.const("patch_b", conv_b.astype(np.float16))],
-            strides=[cfg.patch_size] * 2,
-        )
-        x = g.cast(x, T.FLOAT)
-    else:
-        x = g.op("Conv", [x, g.const("patch_w", conv_w), g.const("patch_b", conv_b)], strides=[cfg.patch_size] * 2)
-    x = g.op("Reshape", [x, g.const("shape_bdn", np.array([0, D, grid * grid], np.int64))])
-    x = g.op("Transpose", [x], perm=[0, 2, 1])  # (B, 196, D)
-
-    # Prepend the class token (broadcast to the batch) and add position embeddings.
-    batch = g.op("Gather", [g.op("Shape", [x]), g.const("zero", np.array([0], np.int64))], axis=0)
-    cls_shape = g.op("Concat", [batch, g.const("one_d", np.array([1, D], np.int64))], axis=0)
-    cls = g.op("Expand", [g.const("cls_token", state["cls_token"]), cls_shape])
-    x = g.op("Concat", [cls, x], axis=1)  # (B, 197, D)
-    x = g.op("Add", [x, g.const("pos_embed", state["pos_embed"])])
-    # The residual stream as a (B*197, D) matrix: every linear layer is then a plain 2-D
-    # MatMul + bias, which runtimes fuse into one GEMM.
-    x = g.op("Reshape", [x, g.const("shape_tokens", np.array([-1, D], np.int64))])
-
-    scale = g.const("attn_scale", np.array(hd**-0.5, np.float32))
-    merge_shape = g.const("shape_merge", np.array([-1, D], np.int64))
-    heads_shape = g.const("shape_qkv", np.array([-1, tokens, 3, H, hd], np.int64))
+    D = cfg.embed_dim
+    tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
+    x = _tokens(g, state, cfg)  # (B*197, D)
+    shapes = _BlockShapes(
+        scale=g.const("attn_scale", np.array((D // cfg.num_heads) ** -0.5, np.float32)),
+        merge=g.const("shape_merge", np.array([-1, D], np.int64)),
+        heads=g.const("shape_qkv", np.array([-1, tokens, 3, cfg.num_heads, D // cfg.num_heads], np.int64)),
+    )
     for i in range(cfg.depth):
-        p = f"blocks.{i}."
-        # Attention: (B*N, D) -> qkv (3, B, H, N, hd) -> softmax(q k^T / sqrt(hd)) v -> (B*N, D)
-        h = g.layer_norm(x, state[p + "norm1.weight"], state[p + "norm1.bias"], cfg.layer_norm_eps, f"b{i}_ln1")
-        qkv = g.linear(h, state[p + "attn.qkv.weight"], state[p + "attn.qkv.bias"], f"b{i}_qkv")
-        qkv = g.op("Transpose", [g.op("Reshape", [qkv, heads_shape])], perm=[2, 0, 3, 1, 4])
-        q, k, v = (g.op("Gather", [qkv, g.const("idx", np.array(j, np.int64))], axis=0) for j in range(3))
-        q = g.op("Mul", [q, scale])
-        kt = g.op("Transpose", [k], perm=[0, 1, 3, 2])
-        if precision == "fp16":
-            logits = g.cast(g.op("MatMul", [g.cast(q, T.FLOAT16), g.cast(kt, T.FLOAT16)]), T.FLOAT)
-            attn = g.op("Softmax", [logits], axis=-1)
-            ctx = g.cast(g.op("MatMul", [g.cast(attn, T.FLOAT16), g.cast(v, T.FLOAT16)]), T.FLOAT)
-        else:
-            attn = g.op("Softmax", [g.op("MatMul", [q, kt])], axis=-1)
-            ctx = g.op("MatMul", [attn, v])  # (B, H, N, hd)
-        ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), merge_shape])  # (B*N, D)
-        x = g.op("Add", [x, g.linear(ctx, state[p + "attn.proj.weight"], state[p + "attn.proj.bias"], f"b{i}_proj")])
-        # MLP
-        h = g.layer_norm(x, state[p + "norm2.weight"], state[p + "norm2.bias"], cfg.layer_norm_eps, f"b{i}_ln2")
-        h = g.gelu(g.linear(h, state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"], f"b{i}_fc1"))
-        x = g.op("Add", [x, g.linear(h, state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"], f"b{i}_fc2")])
+        x = _block(g, x, state, cfg, i, shapes)
 
     # LayerNorm is per token, so normalising only the CLS token gives the same embedding.
     x = g.op("Reshape", [x, g.const("shape_bnd", np.array([-1, tokens, D], np.int64))])
@@ -171,3 +119,73 @@ def build_encoder_graph(state: dict[str, np.ndarray], cfg: EncoderConfig, precis
     model.ir_version = 8  # readable by ONNX Runtime >= 1.10 and TensorRT 10
     checker.check_model(model, full_check=True)
     return model
+
+
+@dataclass(frozen=True)
+class _BlockShapes:
+    """Constants every transformer block shares (one initializer each, not one per block)."""
+
+    scale: str  # 1 / sqrt(head dim)
+    merge: str  # (B, N, H, hd) -> (B*N, D)
+    heads: str  # (B*N, 3D) -> (B, N, 3, H, hd)
+
+
+def _tokens(g: _Builder, state: dict[str, np.ndarray], cfg: EncoderConfig) -> str:
+    """uint8 pixels → the residual stream as a (B*197, D) matrix: every linear layer after it is
+    a plain 2-D MatMul + bias, which runtimes fuse into one GEMM."""
+    T, D = g.T, cfg.embed_dim
+    grid = cfg.img_size // cfg.patch_size
+    # ToTensor + Normalize, in torchvision's order: x / 255, then (x - mean) / std.
+    x = g.cast(INPUT, T.FLOAT)  # (B, 224, 224, 3)
+    x = g.op("Transpose", [x], perm=[0, 3, 1, 2])  # (B, 3, 224, 224)
+    x = g.op("Div", [x, g.const("c255", np.array(255.0, np.float32))])
+    x = g.op("Sub", [x, g.const("mean", np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1))])
+    x = g.op("Div", [x, g.const("std", np.array(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1))])
+
+    # Patch embedding: a stride-16 convolution, then (B, D, 14, 14) -> (B, 196, D).
+    conv_w = state["patch_embed.proj.weight"]
+    conv_b = state["patch_embed.proj.bias"]
+    if g.precision == "fp16":
+        x = g.op(
+            "Conv",
+            [g.cast(x, T.FLOAT16), g.const("patch_w", conv_w.astype(np.float16)), g.const("patch_b", conv_b.astype(np.float16))],
+            strides=[cfg.patch_size] * 2,
+        )
+        x = g.cast(x, T.FLOAT)
+    else:
+        x = g.op("Conv", [x, g.const("patch_w", conv_w), g.const("patch_b", conv_b)], strides=[cfg.patch_size] * 2)
+    x = g.op("Reshape", [x, g.const("shape_bdn", np.array([0, D, grid * grid], np.int64))])
+    x = g.op("Transpose", [x], perm=[0, 2, 1])  # (B, 196, D)
+
+    # Prepend the class token (broadcast to the batch) and add position embeddings.
+    batch = g.op("Gather", [g.op("Shape", [x]), g.const("zero", np.array([0], np.int64))], axis=0)
+    cls_shape = g.op("Concat", [batch, g.const("one_d", np.array([1, D], np.int64))], axis=0)
+    cls = g.op("Expand", [g.const("cls_token", state["cls_token"]), cls_shape])
+    x = g.op("Concat", [cls, x], axis=1)  # (B, 197, D)
+    x = g.op("Add", [x, g.const("pos_embed", state["pos_embed"])])
+    return g.op("Reshape", [x, g.const("shape_tokens", np.array([-1, D], np.int64))])
+
+
+def _block(g: _Builder, x: str, state: dict[str, np.ndarray], cfg: EncoderConfig, i: int, shapes: _BlockShapes) -> str:
+    """Transformer block i on the (B*N, D) residual stream."""
+    T, p = g.T, f"blocks.{i}."
+    # Attention: (B*N, D) -> qkv (3, B, H, N, hd) -> softmax(q k^T / sqrt(hd)) v -> (B*N, D)
+    h = g.layer_norm(x, state[p + "norm1.weight"], state[p + "norm1.bias"], cfg.layer_norm_eps, f"b{i}_ln1")
+    qkv = g.linear(h, state[p + "attn.qkv.weight"], state[p + "attn.qkv.bias"], f"b{i}_qkv")
+    qkv = g.op("Transpose", [g.op("Reshape", [qkv, shapes.heads])], perm=[2, 0, 3, 1, 4])
+    q, k, v = (g.op("Gather", [qkv, g.const("idx", np.array(j, np.int64))], axis=0) for j in range(3))
+    q = g.op("Mul", [q, shapes.scale])
+    kt = g.op("Transpose", [k], perm=[0, 1, 3, 2])
+    if g.precision == "fp16":
+        logits = g.cast(g.op("MatMul", [g.cast(q, T.FLOAT16), g.cast(kt, T.FLOAT16)]), T.FLOAT)
+        attn = g.op("Softmax", [logits], axis=-1)
+        ctx = g.cast(g.op("MatMul", [g.cast(attn, T.FLOAT16), g.cast(v, T.FLOAT16)]), T.FLOAT)
+    else:
+        attn = g.op("Softmax", [g.op("MatMul", [q, kt])], axis=-1)
+        ctx = g.op("MatMul", [attn, v])  # (B, H, N, hd)
+    ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), shapes.merge])  # (B*N, D)
+    x = g.op("Add", [x, g.linear(ctx, state[p + "attn.proj.weight"], state[p + "attn.proj.bias"], f"b{i}_proj")])
+    # MLP
+    h = g.layer_norm(x, state[p + "norm2.weight"], state[p + "norm2.bias"], cfg.layer_norm_eps, f"b{i}_ln2")
+    h = g.gelu(g.linear(h, state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"], f"b{i}_fc1"))
+    return g.op("Add", [x, g.linear(h, state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"], f"b{i}_fc2")])

@@ -19,13 +19,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from .gates_file import GATE_RULE, store_gates
-from .registry import create_engine, installed
-from .specs import GATE_CANDIDATES
+from codescan.engines.gates_file import GATE_RULE, store_gates
+from codescan.engines.registry import create_engine, installed
+from codescan.engines.specs import GATE_CANDIDATES
 
 if TYPE_CHECKING:
-    from codescan.weights import Bundle
+    from codescan.weights.bundle import Bundle
 
 MIN_COSINE = 0.999
 MIN_AGREEMENT = 0.995

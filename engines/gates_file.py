@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import derived
+from codescan.engines import derived
 
 if TYPE_CHECKING:
-    from codescan.weights import Bundle
+    from codescan.weights.bundle import Bundle
 
 GATES_KEY = {"contents": "gate results"}
 # 2: the sample must show ≥ 99% agreement at 95% confidence. Results of rule 1 (which passed 20

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from codescan.engines import derived
+from codescan.engines.export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
 
-from codescan.weights import Bundle
-
-from . import derived
-from .export import GRAPH_VERSION, INPUT, OUTPUT, build_encoder_graph
+from codescan.weights.bundle import Bundle
 
 OrtPrecision = Literal["fp32", "int8"]
 

@@ -18,12 +18,12 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .gates_file import passed_gates
-from .protocol import PRECISIONS, Engine, EngineError
-from .specs import AUTO_ORDER, ENGINES, SPECS, EngineSpec, spec
+from codescan.engines.gates_file import passed_gates
+from codescan.engines.protocol import PRECISIONS, Engine, EngineError
+from codescan.engines.specs import AUTO_ORDER, ENGINES, SPECS, EngineSpec, spec
 
 if TYPE_CHECKING:
-    from codescan.weights import Bundle
+    from codescan.weights.bundle import Bundle
 
 
 def _importable(module: str) -> bool:

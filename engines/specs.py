@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .protocol import EngineError
+from codescan.engines.protocol import EngineError
+
 
 @dataclass(frozen=True)
 class EngineSpec:

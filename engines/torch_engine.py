@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from codescan.model import EncoderConfig, load_encoder
-from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from codescan.model.encoder import EncoderConfig, load_encoder
+from codescan.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
-    from codescan.weights import Bundle
+    from codescan.weights.bundle import Bundle
 
 
 class TorchEngine:

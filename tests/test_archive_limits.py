@@ -29,11 +29,12 @@ from archive_kit import (
     zip_of,
 )
 
-from codescan.archives import MAX_TAR_HEADER, list_members
-from codescan.fetch import MAX_RATIO, read_member
-from codescan.isolated import ReaderError
-from codescan.sources import expand
-from codescan.walk import Entry, WalkOptions
+from codescan.inputs.archives import list_members
+from codescan.inputs.fetch import MAX_RATIO, read_member
+from codescan.inputs.isolated import ReaderError
+from codescan.inputs.sources import expand
+from codescan.inputs.tar import MAX_TAR_HEADER
+from codescan.inputs.walk import Entry, WalkOptions
 
 
 def listed(path: Path) -> list[Entry]:

@@ -31,9 +31,10 @@ from archive_kit import (
 )
 from conftest import run_cli
 
-from codescan.archives import _overlaps, webdataset_key
-from codescan.isolated import ReaderError, isolated
-from codescan.parquet_source import image_column
+from codescan.inputs.isolated import ReaderError, isolated
+from codescan.inputs.members import webdataset_key
+from codescan.inputs.parquet import image_column
+from codescan.inputs.zip import _overlaps
 
 
 def results(stdout: bytes) -> list[dict]:
@@ -242,9 +243,9 @@ def test_a_reader_that_crashes_or_stalls_costs_its_input_only():
 
 def test_tar_member_bytes_are_read_in_place(tmp_path):
     """The worker reads a plain tar's member at its offset: no copy, same bytes."""
-    from codescan.fetch import read_member
-    from codescan.sources import expand
-    from codescan.walk import Entry, WalkOptions
+    from codescan.inputs.fetch import read_member
+    from codescan.inputs.sources import expand
+    from codescan.inputs.walk import Entry, WalkOptions
 
     data = [tiny_jpeg(i) for i in range(3)]
     buf = io.BytesIO()

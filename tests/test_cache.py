@@ -13,11 +13,12 @@ import pytest
 from conftest import run_cli, textured_image
 from provenance_files import COMFY_PROMPT, png
 
-from codescan import examine
-from codescan.cache import CachedVerdict, CacheReader, CacheSpec, CacheWriter
-from codescan.examine import ExamineConfig, Examined, Examiner
-from codescan.pipeline import ScanConfig, Scanner
-from codescan.walk import Entry
+from codescan.decoding import examine
+from codescan.decoding.cache import CachedVerdict, CacheReader, CacheSpec, CacheWriter
+from codescan.decoding.examine import ExamineConfig, Examined, Examiner
+from codescan.inputs.walk import Entry
+from codescan.scan.pipeline import Scanner
+from codescan.scan.plan import ScanConfig
 
 
 class Counting:
@@ -152,7 +153,7 @@ def test_cli_rescan_identical_and_broken_cache_is_a_warning(home, tree, tmp_path
 
 def test_decode_pool_serves_several_calls(tmp_path):
     """Ray's decode actors keep one pool and call it once per batch."""
-    from codescan.feed import DecodePool
+    from codescan.decoding.feed import DecodePool
 
     rng = np.random.default_rng(2)
     paths = []

@@ -19,10 +19,18 @@ import pytest
 from conftest import CODESCAN, textured_image
 from provenance_files import COMFY_PROMPT, png
 
-from codescan import cache as cache_module
-from codescan.cache import BoundedConnection, CachedVerdict, CacheError, CacheReader, CacheSpec, CacheWriter
-from codescan.pipeline import ScanConfig, Scanner
-from codescan.records import Evidence
+from codescan.core.records import Evidence
+from codescan.decoding import cache as cache_module
+from codescan.decoding.cache import (
+    BoundedConnection,
+    CachedVerdict,
+    CacheError,
+    CacheReader,
+    CacheSpec,
+    CacheWriter,
+)
+from codescan.scan.pipeline import Scanner
+from codescan.scan.plan import ScanConfig
 
 LOOP = "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c)"
 FORGED_C2PA = {

@@ -19,7 +19,7 @@ from codescan.train.calibrate import (
 )
 from conftest import run_cli, textured_image
 
-from codescan import weights as W
+from codescan.weights import bundle as W
 
 # ---------------------------------------------------------------- statistics
 

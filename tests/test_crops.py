@@ -8,7 +8,7 @@ import json
 import numpy as np
 from conftest import run_cli, textured_image
 
-from codescan.decode import DecodeLimits
+from codescan.decoding.decode import DecodeLimits
 
 
 def results(stdout: bytes) -> list[dict]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import image_folder, run_cli
 
-from codescan.weights import load_bundle
+from codescan.weights.bundle import load_bundle
 
 
 @pytest.fixture()

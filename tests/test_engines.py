@@ -13,7 +13,7 @@ from codescan.engines.gates_file import gates_path
 from codescan.engines.onnx_engine import cached_model_path
 from conftest import LABELED, run_cli, write_gate
 
-from codescan.weights import load_bundle
+from codescan.weights.bundle import load_bundle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # null_engine, bench_feed
 
@@ -161,9 +161,8 @@ def test_int8_graph_keeps_first_and_last_block_in_float(home):
 @pytest.fixture()
 def null_engine():
     """benchmarks/null_engine.py registered for this test only: the registry is as before afterwards."""
-    from codescan.engines import specs
-
     import null_engine
+    from codescan.engines import specs
 
     null_engine.register()
     yield null_engine
@@ -171,9 +170,10 @@ def null_engine():
 
 
 def test_a_registered_engine_is_built_by_name_only(home, null_engine):
-    from codescan.cli import app
-    from typer.testing import CliRunner
     from codescan.engines import specs
+    from typer.testing import CliRunner
+
+    from codescan.cli.entry import app
 
     bundle = load_bundle("code")
     assert registry.choose(bundle, "null", "auto") == ("null", "fp32")

@@ -11,7 +11,7 @@ from codescan.train import metrics
 from conftest import run_cli, textured_image
 from PIL import Image
 
-from codescan.decode import DecodeLimits, decode_file
+from codescan.decoding.decode import DecodeLimits, decode_file
 
 # ---------------------------------------------------------------- metrics vs scikit-learn
 
@@ -134,7 +134,7 @@ def test_short_axes_are_padded_like_the_centre_crop(tmp_path):
 def test_five_crop_decode_keeps_the_scanner_limits_and_error_codes(tmp_path):
     from codescan.train.crops import decode_five_file
 
-    from codescan.decode import DecodeFailure
+    from codescan.inputs.read import DecodeFailure
 
     good = tmp_path / "g.png"
     textured_image(np.random.default_rng(0), 300, 300).save(good)

@@ -25,10 +25,10 @@ from provenance_files import (
     xmp_source_type,
 )
 
-from codescan.containers import MAX_TEXT, read_metadata
-from codescan.evidence import metadata_evidence
-from codescan.generators import family
-from codescan.provenance import c2pa_reader
+from codescan.evidence.containers import MAX_TEXT, read_metadata
+from codescan.evidence.generators import family
+from codescan.evidence.metadata import metadata_evidence
+from codescan.evidence.provenance import c2pa_reader
 
 
 def kinds(found) -> list[tuple[str, str | None, bool]]:

@@ -20,16 +20,35 @@ import numpy as np
 import pytest
 from conftest import CODESCAN
 from PIL import Image
-from provenance_files import A1111, COMFY_PROMPT, image, jpeg, png, user_comment_unicode, webp
+from provenance_files import (
+    A1111,
+    COMFY_PROMPT,
+    image,
+    jpeg,
+    png,
+    user_comment_unicode,
+    webp,
+)
 
-from codescan import evidence
-from codescan.containers import MAX_TEXT, MAX_TOTAL_TEXT, read_metadata
-from codescan.decode import DecodeLimits, decode_bytes
-from codescan.evidence import MAX_BYTES, MAX_DETAIL, MAX_GENERATOR, MAX_ITEMS, Findings, metadata_evidence
-from codescan.examine import Examined, ExamineConfig, Examiner
-from codescan.records import Evidence
-from codescan.textsafe import strip_controls
-from codescan.walk import Entry
+from codescan.core.records import Evidence
+from codescan.core.textsafe import strip_controls
+from codescan.decoding.decode import DecodeLimits, decode_bytes
+from codescan.decoding.examine import ExamineConfig, Examined, Examiner
+from codescan.evidence.containers import (
+    MAX_TEXT,
+    MAX_TOTAL_TEXT,
+    read_metadata,
+)
+from codescan.evidence.metadata import (
+    MAX_BYTES,
+    MAX_DETAIL,
+    MAX_GENERATOR,
+    MAX_ITEMS,
+    Findings,
+    metadata_evidence,
+)
+from codescan.evidence import metadata as evidence
+from codescan.inputs.walk import Entry
 
 LINEAR_BUDGET_S = 2.0  # the linear parsers take milliseconds here; the quadratic ones took minutes
 
@@ -129,7 +148,7 @@ def test_a_watermark_detector_that_raises_does_not_fail_the_file(tmp_path):
     path.write_bytes(png({"prompt": COMFY_PROMPT}))
     examiner = Examiner(ExamineConfig(evidence="metadata"))
 
-    def broken(data: bytes, limits) -> list[Evidence]:
+    def broken(data: bytes) -> list[Evidence]:
         raise ValueError("odd image shape")
 
     examiner.watermark = broken

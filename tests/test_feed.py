@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from conftest import textured_image
 
-from codescan.examine import Examined, ExamineConfig, Examiner
-from codescan.feed import DecodePool
-from codescan.ring import Ring, RingExhausted
-from codescan.walk import Entry
-from codescan.workers import WorkerPool
+from codescan.decoding.examine import ExamineConfig, Examined, Examiner
+from codescan.decoding.feed import DecodePool
+from codescan.decoding.ring import Ring, RingExhausted
+from codescan.decoding.workers import WorkerPool
+from codescan.inputs.walk import Entry
 
 STALL, CRASH = 13, 27  # the tasks that hang and that kill their worker
 
@@ -127,7 +127,8 @@ def test_a_borrower_that_keeps_more_than_it_declared_is_told(images):
 
 def test_a_scan_gives_back_every_slot_it_borrows(images, home, monkeypatch, tmp_path):
     """Copies, errors and --crops 5 each take their own path back to the ring."""
-    from codescan.pipeline import ScanConfig, Scanner
+    from codescan.scan.pipeline import Scanner
+    from codescan.scan.plan import ScanConfig
 
     rings: list[Ring] = []
     real_init = Ring.__init__
@@ -162,7 +163,7 @@ def _slow_setup():
 def test_workers_that_fail_to_start_stop_the_pool_and_blame_no_task(setup, why):
     """A worker that dies or hangs before it is ready has begun no task: no file may be recorded
     `corrupt` or `decode_timeout` for it. Three in a row end the pool with one error saying why."""
-    from codescan.workers import START_FAILURES, WorkerStartError
+    from codescan.decoding.workers import START_FAILURES, WorkerStartError
 
     pool = Numbers(1, setup, timeout=5.0, window=8, slot_shape=(2, 4, 4, 3), startup=0.5)
     got = []
@@ -184,9 +185,9 @@ def test_a_script_without_the_main_guard_scans_and_its_workers_never_run_it(tmp_
         Image.fromarray(np.full((40, 50, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "from codescan.examine import ExamineConfig, Examined\n"
-        "from codescan.feed import DecodePool\n"
-        "from codescan.walk import walk\n"
+        "from codescan.decoding.examine import ExamineConfig, Examined\n"
+        "from codescan.decoding.feed import DecodePool\n"
+        "from codescan.inputs.walk import walk\n"
         "print('started', flush=True)\n"
         "pool = DecodePool(workers=2, config=ExamineConfig(evidence='none'), timeout=20, window=4)\n"
         f"outcomes = [o for _, o in pool.outcomes(walk([{str(tmp_path)!r}]))]\n"

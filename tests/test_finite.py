@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from conftest import run_cli, textured_image
 
-from codescan import weights as W
-from codescan.heads import OcsvmHead
+from codescan.model.heads import OcsvmHead
+from codescan.weights import bundle as W
 
 NON_FINITE = ["nan", "inf", "-inf", "1e999"]
 
@@ -69,10 +69,9 @@ def test_cli_threshold_must_be_finite(home, image, tmp_path, value):
 
 def test_api_thresholds_must_be_finite(home):
     """The Python API (ScanConfig → ScanPlan → Judge) and HeadSet refuse them too."""
-    from codescan.heads import HeadSet
-    from codescan.judge import Judge
-    from codescan.pipeline import ScanConfig
-    from codescan.plan import ScanPlan
+    from codescan.model.heads import HeadSet
+    from codescan.scan.judge import Judge
+    from codescan.scan.plan import ScanConfig, ScanPlan
 
     for value in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError, match="finite"):
@@ -157,8 +156,8 @@ def test_head_pickle_with_nan_is_refused_at_import(small_checkpoint, tmp_path):
     """`weights import` of an official folder whose LogisticRegression has a NaN coefficient: exit 2, one line."""
     import joblib
 
-    from codescan.headconvert import convert_files
-    from codescan.unpickle import HeadLimits
+    from codescan.weights.headconvert import convert_files
+    from codescan.weights.unpickle import HeadLimits
 
     folder = tmp_path / "CoDE"
     (folder / "sklearn").mkdir(parents=True)
@@ -225,8 +224,8 @@ def test_nan_score_is_an_error_record_never_a_verdict(home, overflowing, image, 
 
 def test_judge_checks_every_box_and_every_judged_head():
     """max() passes over a NaN that is not first: the judge checks each box, for every judged head (Ray's rows too)."""
-    from codescan.examine import ImageFacts
-    from codescan.judge import Judge
+    from codescan.core.records import ImageFacts
+    from codescan.scan.judge import Judge
 
     judge = Judge(judged=("linear", "knn"), thresholds={"linear": 0.0, "knn": 0.0}, show_all=True)
     box = (0, 0, 224, 224)
@@ -242,7 +241,13 @@ def test_judge_checks_every_box_and_every_judged_head():
 
 
 def test_cache_never_stores_nor_reads_a_non_finite_score(tmp_path):
-    from codescan.cache import CachedVerdict, CacheReader, CacheSpec, CacheWriter, _verdict
+    from codescan.decoding.cache import (
+        CachedVerdict,
+        CacheReader,
+        CacheSpec,
+        CacheWriter,
+        _verdict,
+    )
 
     heads = ("linear", "knn")
     row = lambda scores: (224, 224, "PNG", "[0, 0, 224, 224]", scores)  # noqa: E731
@@ -270,8 +275,8 @@ def test_cache_never_stores_nor_reads_a_non_finite_score(tmp_path):
 
 
 def test_json_writers_refuse_nan(tmp_path):
-    from codescan.records import Result
-    from codescan.reporters import JsonReporter, Sink, dumps
+    from codescan.core.records import Result
+    from codescan.output.reporters import JsonReporter, Sink, dumps
 
     for value in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError):

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from conftest import image_folder, run_cli, textured_image
 
-from codescan import weights as W
+from codescan.weights import bundle as W
+from codescan.weights import install as I
 
 ESC = "\x1b]0;owned\x07\x1b[2J"
 
@@ -91,14 +92,14 @@ def test_first_use_pulls_the_default_bundle_and_prints_the_pin(tmp_path, monkeyp
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the fake hub is the only one reached
     served = {"calls": [], "commits": {"main": COMMIT_A}, "root": tmp_path / "hub"}
     said: list[str] = []
-    W.ensure_default("code", said.append, download=fake_hub(small_checkpoint, served))
+    I.ensure_default("code", said.append, download=fake_hub(small_checkpoint, served))
     bundle = W.load_bundle("code")
     assert bundle.revision == COMMIT_A and served["calls"] == [("aimagelab/CoDE", "main")]
     assert any(COMMIT_A in s for s in said)
     for fname, digest in bundle.meta["source"]["files"].items():
         assert any(digest in s and fname in s for s in said), fname
-    W.ensure_default("code", said.append, download=fake_hub(small_checkpoint, served))  # installed: no second pull
-    W.ensure_default("other", said.append, download=fake_hub(small_checkpoint, served))  # only the default name
+    I.ensure_default("code", said.append, download=fake_hub(small_checkpoint, served))  # installed: no second pull
+    I.ensure_default("other", said.append, download=fake_hub(small_checkpoint, served))  # only the default name
     assert len(served["calls"]) == 1
 
 

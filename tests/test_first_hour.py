@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import image_folder, run_cli
 
-from codescan.records import Summary
+from codescan.core.records import Summary
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_resume_of_json_or_csv_says_what_can_be_resumed(home, photos, tmp_path):
 def test_progress_counts_are_all_cumulative_when_resuming():
     from rich.console import Console
 
-    from codescan.progress import ScanProgress
+    from codescan.output.progress import ScanProgress
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, force_interactive=True, width=120)
@@ -71,7 +71,8 @@ def test_progress_counts_are_all_cumulative_when_resuming():
 def test_the_pixel_limit_quoted_is_codescans_own():
     from PIL import Image
 
-    from codescan.decode import DecodeFailure, DecodeLimits, configure_pillow, decode_bytes
+    from codescan.decoding.decode import DecodeLimits, configure_pillow, decode_bytes
+    from codescan.inputs.read import DecodeFailure
 
     limits = DecodeLimits(max_pixels=1000)
     configure_pillow(limits)
@@ -110,7 +111,8 @@ def test_parquet_output_header_and_summary_each_one_pyarrow_call(home, photos, t
 
 def test_onnxruntime_quantiser_advice_stays_off_the_terminal(home, caplog):
     from codescan.engines.onnx_engine import build_model
-    from codescan.weights import load_bundle
+
+    from codescan.weights.bundle import load_bundle
 
     root = logging.getLogger()
     handlers = list(root.handlers)

@@ -20,12 +20,12 @@ import pytest
 from conftest import quiet_fd2, run_cli, textured_image
 from PIL import Image, ImageFile
 
-from codescan import records as codes
-from codescan.decode import DecodeFailure
-from codescan.examine import ExamineConfig, Examined
-from codescan.records import Evidence
-from codescan.walk import Entry
-from codescan.feed import DecodePool
+from codescan.core import records as codes
+from codescan.core.records import Evidence
+from codescan.decoding.examine import ExamineConfig, Examined
+from codescan.decoding.feed import DecodePool
+from codescan.inputs.read import DecodeFailure
+from codescan.inputs.walk import Entry
 
 N_CASES = 2500
 N_CLI = 300

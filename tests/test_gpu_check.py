@@ -137,11 +137,11 @@ def test_an_install_of_this_tree_is_recognised_wherever_its_venv_lives(tmp_path)
     site = tmp_path / "elsewhere" / "site-packages"
     for package, folder in package_dirs(REPO).items():
         target = site.joinpath(*package.split("."))
-        target.mkdir(parents=True)
-        for source in (REPO / folder).glob("*.py"):
-            shutil.copy2(source, target / source.name)
+        for source in (REPO / folder).rglob("*.py"):
+            (target / source.relative_to(REPO / folder)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / source.relative_to(REPO / folder))
     engine = site / "codescan" / "engines" / "cuda_engine.py"
     assert imports_this_tree(engine, REPO)
     assert imports_this_tree(REPO / "engines" / "cuda_engine.py", REPO)  # editable
-    (site / "codescan" / "train" / "loop.py").write_text("# another version\n")
+    (site / "codescan" / "inputs" / "walk.py").write_text("# another version\n")
     assert not imports_this_tree(engine, REPO)

@@ -27,7 +27,7 @@ from codescan.engines import derived, protocol, registry
 from codescan.engines.export import build_encoder_graph
 from conftest import LABELED, run_cli, write_gate
 
-from codescan.weights import load_bundle
+from codescan.weights.bundle import load_bundle
 
 FAKE_TRT = Path(__file__).parent / "fake_tensorrt"
 IMG = 224
@@ -103,7 +103,8 @@ def test_fp16_graph_runs_in_onnxruntime_cpu(graphs, fp16_session, torch_fp32):
 def test_fp16_graph_meets_the_gate_on_labeled_corpus(graphs, fp16_session, torch_fp32, labeled):
     from codescan.engines.gate import MIN_AGREEMENT, MIN_COSINE, compare
 
-    from codescan.decode import Decoded, DecodeFailure, DecodeLimits, decode_file
+    from codescan.decoding.decode import Decoded, DecodeLimits, decode_file
+    from codescan.inputs.read import DecodeFailure
 
     crops = []
     for path in sorted(p for p in LABELED.rglob("*") if p.is_file()):
@@ -270,12 +271,12 @@ def calls(fake, name: str) -> list[tuple]:
     ids=["trt10", "trt11", "trt11-no-flag"],
 )
 def test_builder_makes_a_strongly_typed_plan_from_the_codescan_graph(fake_trt, bundle, version, flag):
-    from codescan.engines import tensorrt_engine as te
+    from codescan.engines import tensorrt_build as tp
 
     fake_trt.configure(version, strongly_typed_flag=flag)
     dev = lazy_device(fake_trt)
     messages: list[str] = []
-    plan, info = te.ensure_plan(bundle, "fp16", 16, fake_trt, dev, log=messages.append)
+    plan, info = tp.ensure_plan(bundle, "fp16", 16, fake_trt, dev, log=messages.append)
     assert info.built and len(fake_trt.BUILDS) == 1 and len(messages) == 1
     build = fake_trt.BUILDS[0]
     if version.startswith("10"):
@@ -287,57 +288,57 @@ def test_builder_makes_a_strongly_typed_plan_from_the_codescan_graph(fake_trt, b
     assert build["strongly_typed"]
     assert "FP16" not in build["builder_flags"] and not calls(fake_trt, "set_flag")
     assert build["onnx_sha256"] == onnx_sha(bundle, "fp16")  # the parser got exactly the codescan graph
-    assert calls(fake_trt, "set_memory_pool_limit") == [("set_memory_pool_limit", fake_trt.MemoryPoolType.WORKSPACE, te.DEFAULT_WORKSPACE)]
+    assert calls(fake_trt, "set_memory_pool_limit") == [("set_memory_pool_limit", fake_trt.MemoryPoolType.WORKSPACE, tp.DEFAULT_WORKSPACE)]
     assert build["profile"] == {"crops": [[1, IMG, IMG, 3], [16, IMG, IMG, 3], [16, IMG, IMG, 3]]}
     assert [t[0] for t in build["inputs"]] == ["crops"] and [t[0] for t in build["outputs"]] == ["embeddings"]
     assert build["inputs"][0][1] == fake_trt.DataType.UINT8 and build["outputs"][0][1] == fake_trt.DataType.FLOAT
 
     # The plan is cached under <bundle>/engines/ with the record of a derived file, holding the full key.
-    plan_path = te.plan_path(bundle, info.key)
+    plan_path = tp.plan_path(bundle, info.key)
     assert info.path == plan_path and plan_path.parent == bundle.path / "engines"
     assert plan_path.read_bytes() == plan
     meta = json.loads(derived.record_path(plan_path).read_text())
     assert meta["sha256"] == hashlib.sha256(plan).hexdigest() and meta["bundle_digest"] == bundle.digest
     assert meta["file"] == f"engines/{plan_path.name}"
     assert meta["key"] == {
-        "cache_format": te.CACHE_FORMAT,
+        "cache_format": tp.CACHE_FORMAT,
         "bundle_digest": bundle.digest,
-        "graph_version": te.GRAPH_VERSION,
+        "graph_version": tp.GRAPH_VERSION,
         "precision": "fp16",
         "tensorrt": version,
         "gpu": "Fake GPU 80GB",
         "compute_capability": "9.0",
         "profile": {"input": "crops", "min": [1, IMG, IMG, 3], "opt": [16, IMG, IMG, 3], "max": [16, IMG, IMG, 3]},
-        "workspace": te.DEFAULT_WORKSPACE,
+        "workspace": tp.DEFAULT_WORKSPACE,
     }
 
     # Second call: loaded from the cache, nothing built.
-    again, info2 = te.ensure_plan(bundle, "fp16", 16, fake_trt, dev, log=messages.append)
+    again, info2 = tp.ensure_plan(bundle, "fp16", 16, fake_trt, dev, log=messages.append)
     assert again == plan and not info2.built and len(fake_trt.BUILDS) == 1
 
 
 def test_fp32_build_uses_the_fp32_graph_and_ieee_fp32(fake_trt, bundle):
-    from codescan.engines import tensorrt_engine as te
+    from codescan.engines import tensorrt_build as tp
 
-    _, info = te.ensure_plan(bundle, "fp32", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
+    _, info = tp.ensure_plan(bundle, "fp32", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
     assert info.built and fake_trt.BUILDS[0]["onnx_sha256"] == onnx_sha(bundle, "fp32")
     assert calls(fake_trt, "clear_flag") == [("clear_flag", "TF32")] and "TF32" not in fake_trt.BUILDS[0]["builder_flags"]
     with pytest.raises(protocol.EngineError, match="fp16 or fp32"):
-        te.ensure_plan(bundle, "int8", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
+        tp.ensure_plan(bundle, "int8", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
 
 
 def test_a_changed_key_or_a_foreign_plan_forces_a_rebuild(fake_trt, bundle):
-    from codescan.engines import tensorrt_engine as te
+    from codescan.engines import tensorrt_build as tp
 
     quiet = {"log": lambda m: None}
     dev = lazy_device(fake_trt)
-    plan, first = te.ensure_plan(bundle, "fp16", 8, fake_trt, dev, **quiet)
+    plan, first = tp.ensure_plan(bundle, "fp16", 8, fake_trt, dev, **quiet)
     assert len(fake_trt.BUILDS) == 1
 
     def builds_after(**changes) -> int:
         before = len(fake_trt.BUILDS)
         b = changes.pop("bundle", bundle)
-        te.ensure_plan(b, "fp16", changes.pop("max_batch", 8), fake_trt, changes.pop("device", dev), **quiet)
+        tp.ensure_plan(b, "fp16", changes.pop("max_batch", 8), fake_trt, changes.pop("device", dev), **quiet)
         return len(fake_trt.BUILDS) - before
 
     assert builds_after() == 0
@@ -352,7 +353,7 @@ def test_a_changed_key_or_a_foreign_plan_forces_a_rebuild(fake_trt, bundle):
     fake_trt.configure()
 
     # A record whose key differs (a foreign or stale plan at this path) is never loaded.
-    plan_path = te.plan_path(bundle, first.key)
+    plan_path = tp.plan_path(bundle, first.key)
     meta_path = derived.record_path(plan_path)
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "key": {**meta["key"], "gpu": "Someone else's GPU"}}))
@@ -362,7 +363,7 @@ def test_a_changed_key_or_a_foreign_plan_forces_a_rebuild(fake_trt, bundle):
     assert builds_after() == 1
     meta_path.unlink()
     assert builds_after() == 1
-    assert te.load_cached_plan(bundle, first.key) is not None
+    assert tp.load_cached_plan(bundle, first.key) is not None
 
 
 def test_scan_uses_the_plan_compile_built(fake_trt, bundle):
@@ -378,13 +379,14 @@ def test_scan_uses_the_plan_compile_built(fake_trt, bundle):
 
 def test_a_plan_tensorrt_refuses_is_rebuilt(fake_trt, bundle):
     from codescan.engines import tensorrt_engine as te
+    from codescan.engines import tensorrt_build as tp
 
     dev = lazy_device(fake_trt)
-    _, info = te.ensure_plan(bundle, "fp16", 8, fake_trt, dev, log=lambda m: None)
+    _, info = tp.ensure_plan(bundle, "fp16", 8, fake_trt, dev, log=lambda m: None)
     # Valid record and hash, but bytes the runtime cannot deserialize (e.g. a damaged write
     # that was then re-hashed): the engine rebuilds instead of failing or loading garbage.
-    plan_path = te.plan_path(bundle, info.key)
-    te.store_plan(bundle, info.key, b"not a plan")
+    plan_path = tp.plan_path(bundle, info.key)
+    tp.store_plan(bundle, info.key, b"not a plan")
     engine = te.TensorRTEngine(bundle, "fp16", 8, device=dev, trt=fake_trt, log=lambda m: None)
     assert len(fake_trt.BUILDS) == 2 and plan_path.read_bytes().startswith(b"FAKE-TRT-PLAN")
     crops = np.random.default_rng(0).integers(0, 256, (3, IMG, IMG, 3), dtype=np.uint8)
@@ -392,11 +394,11 @@ def test_a_plan_tensorrt_refuses_is_rebuilt(fake_trt, bundle):
 
 
 def test_parser_errors_are_one_line_engine_errors(fake_trt):
-    from codescan.engines import tensorrt_engine as te
+    from codescan.engines import tensorrt_build as tp
 
     key = {"workspace": 1 << 20, "precision": "fp16", "profile": {"input": "crops", "min": [1], "opt": [1], "max": [1]}}
     with pytest.raises(protocol.EngineError, match="could not parse the codescan ONNX graph: ModelImporter"):
-        te.build_plan(fake_trt, b"\x00garbage", key)
+        tp.build_plan(fake_trt, b"\x00garbage", key)
 
 
 # ----------------------------------------------------------------------------------------- runner
@@ -515,12 +517,13 @@ def test_auto_choice_here_and_with_a_gpu(fake_trt, home, monkeypatch):
 
 def test_create_engine_builds_tensorrt_with_the_fake(fake_trt, bundle, monkeypatch):
     from codescan.engines import tensorrt_engine as te
+    from codescan.engines import tensorrt_build as tp
 
     dev = lazy_device(fake_trt)
     monkeypatch.setattr(registry, "cuda_available", lambda: True)
     monkeypatch.setattr(te, "default_device", lambda: dev)
     engine = registry.create_engine(bundle, "auto", "fp16")
-    assert isinstance(engine, te.TensorRTEngine) and engine.runner.max_batch == te.DEFAULT_MAX_BATCH
+    assert isinstance(engine, te.TensorRTEngine) and engine.runner.max_batch == tp.DEFAULT_MAX_BATCH
     crops = np.random.default_rng(1).integers(0, 256, (5, IMG, IMG, 3), dtype=np.uint8)
     np.testing.assert_array_equal(engine.embed(crops), fake_trt.fake_embedding(crops, 192))
 
@@ -537,7 +540,7 @@ def test_compile_command_with_the_fake(fake_trt, bundle, monkeypatch):
     from codescan.engines import tensorrt_engine as te
     from typer.testing import CliRunner
 
-    from codescan.cli import app
+    from codescan.cli.entry import app
 
     dev = lazy_device(fake_trt)
     monkeypatch.setattr(te, "default_device", lambda: dev)

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from pickle_asm import Asm
 
-from codescan.unpickle import HeadLimits, UnsafePickleError, estimator_to_head, restricted_load
+from codescan.model.sklearn_heads import UnsafePickleError, estimator_to_head
+from codescan.weights.unpickle import HeadLimits, restricted_load
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy_sklearn13"
 CODESCAN = str(Path(sys.executable).parent / "codescan")
@@ -223,7 +224,8 @@ def test_the_reader_never_imports_joblib_or_sklearn():
         f"""
         import sys
         from pathlib import Path
-        from codescan.unpickle import estimator_to_head, restricted_load
+        from codescan.model.sklearn_heads import estimator_to_head
+        from codescan.weights.unpickle import restricted_load
         for p in sorted(Path({str(FIXTURES)!r}).glob("*.*")):
             if p.suffix in (".sav", ".joblib"):
                 estimator_to_head(restricted_load(p))
@@ -285,7 +287,7 @@ def test_cli_refuses_with_one_line(tmp_path, encoder_files, marker, attack):
 
 def test_cli_reports_a_crashing_reader_in_one_line(tmp_path, encoder_files, monkeypatch):
     """A signal death of the reader (simulated: the child kills itself) is a refusal, not a crash."""
-    import codescan.headconvert as hc
+    import codescan.weights.headconvert as hc
 
     folder = _official_with(tmp_path, encoder_files, (FIXTURES / LINEAR).read_bytes())
     monkeypatch.setattr(hc.sys, "executable", "/bin/sh")
@@ -306,7 +308,8 @@ FUZZ_CHILD = textwrap.dedent(
     """
     import json, os, random, resource, sys, zlib, gzip, bz2, lzma
     from pathlib import Path
-    from codescan.unpickle import UnsafePickleError, estimator_to_head, restricted_load
+    from codescan.model.sklearn_heads import estimator_to_head
+    from codescan.weights.unpickle import UnsafePickleError, restricted_load
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
     seeds = [Path(p).read_bytes() for p in sys.argv[3:]]
     rng = random.Random(int(sys.argv[2]))

@@ -236,9 +236,9 @@ def test_interrupt_json_format(tmp_path, bigdir, env):
 
 STORM = r"""
 import os, signal, sys, threading, time
-from codescan.examine import Examined, ExamineConfig
-from codescan.walk import Entry
-from codescan.feed import DecodePool
+from codescan.decoding.examine import Examined, ExamineConfig
+from codescan.inputs.walk import Entry
+from codescan.decoding.feed import DecodePool
 
 hits = 0
 def on_int(signum, frame):  # a Python handler, not SIG_IGN: SIG_IGN would be inherited and hide the bug
@@ -276,9 +276,9 @@ def test_ctrl_c_while_decoders_start(tmp_path):
 CRASH = r"""
 import os, signal, sys, threading, time
 os.environ["CODESCAN_TEST_STALL_MARKER"] = "stall_"  # before the forkserver starts: workers inherit it
-from codescan.examine import Examined, ExamineConfig
-from codescan.walk import Entry
-from codescan.feed import DecodePool
+from codescan.decoding.examine import Examined, ExamineConfig
+from codescan.inputs.walk import Entry
+from codescan.decoding.feed import DecodePool
 
 good, stall = sys.argv[1], sys.argv[2]
 pool = DecodePool(workers=2, config=ExamineConfig(), timeout=60, window=8)

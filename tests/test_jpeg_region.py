@@ -1,6 +1,6 @@
 """Crop-aware JPEG decoding: bit-identical to Pillow's full decode + crop, never kinder to damage.
 
-`codescan._jpegregion` reconstructs only the rows and columns around the crop box, calling the
+`codescan.decoding._jpegregion` reconstructs only the rows and columns around the crop box, calling the
 libjpeg Pillow itself loaded. These tests compare it with Pillow on every JPEG of the labelled
 corpus and on generated JPEGs covering the sampling factors, progressive scans (complete, cut
 after any scan, cut inside a scan), grayscale and sizes around iMCU boundaries; check that a file
@@ -27,9 +27,10 @@ import pytest
 from conftest import LABELED, require, require_corpus, textured_image
 from PIL import Image
 
-from codescan import decode
-from codescan.decode import DecodeFailure, DecodeLimits, decode_bytes
-from codescan.preprocess import plan_crop
+from codescan.decoding import decode
+from codescan.decoding.decode import DecodeLimits, decode_bytes
+from codescan.inputs.read import DecodeFailure
+from codescan.model.preprocess import plan_crop
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +246,7 @@ def test_binding_is_once_per_process(region):
 def test_refuses_a_libjpeg_of_another_abi(region, tmp_path):
     """Struct layouts differ between libjpeg ABIs: a module built for another one must refuse to
     bind (before any decode could corrupt memory), here one built with the other JPEG_LIB_VERSION."""
-    source = Path(__file__).resolve().parents[1] / "codescan" / "_jpegregion.c"
+    source = Path(__file__).resolve().parents[1] / "codescan" / "decoding" / "_jpegregion.c"
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None or not source.exists():
         pytest.skip("needs a C compiler and the source checkout")
@@ -276,10 +277,10 @@ CHILD = """
 import io, json, sys
 import numpy as np
 from PIL import Image
-import codescan._jpegregion as region
+import codescan.decoding._jpegregion as region
 {setup}
-from codescan import decode
-from codescan.preprocess import place_crop, plan_crop
+from codescan.decoding import decode
+from codescan.model.preprocess import place_crop, plan_crop
 differ = 0
 for path in sys.argv[1:]:
     data = open(path, "rb").read()

@@ -18,7 +18,8 @@ from codescan.engines import protocol
 from conftest import textured_image
 from test_gpu_paths import IMG, lazy_device
 
-from codescan.pipeline import ScanConfig, Scanner
+from codescan.scan.pipeline import Scanner
+from codescan.scan.plan import ScanConfig
 
 fake_trt, bundle = gpu.fake_trt, gpu.bundle  # the fixtures of tests/test_gpu_paths.py
 
@@ -268,7 +269,7 @@ def test_scan_through_the_fake_tensorrt_engine(fake_trt, bundle, tree):
 def test_records_behind_a_batch_that_cannot_fill_keep_flowing(home, tmp_path, monkeypatch):
     """One image, then only copies of it and non-images: the batch never fills, and what follows
     it must not pile up in memory until the end of the scan (each copy holds a decoded crop)."""
-    import codescan.pipeline as pipeline
+    import codescan.scan.pipeline as pipeline
 
     good = tmp_path / "a.png"
     textured_image(np.random.default_rng(5), 90, 70).save(good)

@@ -218,8 +218,8 @@ def codescan_embed(home: Path, paths: list[Path], engine_name: str = "torch"):
     from codescan.engines.protocol import EngineError
     from codescan.engines.registry import create_engine
 
-    from codescan.decode import DecodeLimits, decode_file
-    from codescan.weights import load_bundle
+    from codescan.decoding.decode import DecodeLimits, decode_file
+    from codescan.weights.bundle import load_bundle
 
     with _home(home):
         bundle = load_bundle("code")
@@ -293,7 +293,7 @@ def scan(request, official, images) -> dict:
 
 def test_crops_are_bit_identical(images):
     """Crop-then-convert (codescan) == convert-then-CenterCrop (reference), on every mode here."""
-    from codescan.decode import DecodeLimits, decode_file
+    from codescan.decoding.decode import DecodeLimits, decode_file
 
     for path in images:
         got = decode_file(str(path), DecodeLimits())
@@ -305,7 +305,8 @@ def test_crops_are_bit_identical(images):
 def test_crops_match_on_labeled_corpus():
     """Same check on every file of the shared labeled corpus (decode only, no model)."""
     require_corpus(LABELED)
-    from codescan.decode import DecodeLimits, decode_file, has_image_extension
+    from codescan.decoding.decode import DecodeLimits, decode_file
+    from codescan.inputs.read import has_image_extension
 
     files = sorted(p for p in LABELED.rglob("*") if p.is_file() and has_image_extension(p.name))
     assert len(files) >= 500, f"expected the 561-file corpus, found {len(files)}"
@@ -450,7 +451,7 @@ def test_layer_norm_eps_1e12(tmp_path_factory, images):
     assert cfg["layer_norm_eps"] == 1e-12
 
     with _home(home):
-        from codescan.weights import load_bundle
+        from codescan.weights.bundle import load_bundle
 
         meta = load_bundle("code").meta
     assert meta["encoder"]["layer_norm_eps"] == 1e-12

@@ -19,10 +19,10 @@ import pytest
 from archive_kit import tiny_png
 from conftest import run_cli
 
-from codescan.isolated import ReaderError
-from codescan.parquet_source import ROWS_PER_BYTE, list_rows
-from codescan.sources import entries
-from codescan.walk import Entry, WalkOptions
+from codescan.inputs.isolated import ReaderError
+from codescan.inputs.parquet import ROWS_PER_BYTE, list_rows
+from codescan.inputs.sources import entries
+from codescan.inputs.walk import Entry, WalkOptions
 
 MOST = 50  # a listing is cut here: a lying footer must not get near it
 

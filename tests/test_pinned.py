@@ -17,11 +17,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codescan.decode import DecodeFailure
-from codescan.examine import ExamineConfig, Examined, Examiner, Skipped
-from codescan.pinned import LinkRefused, NotRegular, Pin, Replaced, open_pinned, split_beneath
-from codescan.sources import entries
-from codescan.walk import WalkOptions
+from codescan.decoding.examine import ExamineConfig, Examined, Examiner, Skipped
+from codescan.inputs.pinned import (
+    LinkRefused,
+    NotRegular,
+    Pin,
+    Replaced,
+    open_pinned,
+    split_beneath,
+)
+from codescan.inputs.read import DecodeFailure
+from codescan.inputs.sources import entries
+from codescan.inputs.walk import WalkOptions
 
 
 def png(seed: int) -> bytes:
@@ -154,9 +161,9 @@ def test_a_file_uri_is_walked_like_a_local_path(tree):
 
 
 def test_the_thumbnailer_opens_no_link_and_waits_on_no_fifo(tree, tmp_path):
-    from codescan.decode import DecodeLimits
-    from codescan.thumbs import LATER, ThumbTask, make_thumb
-    from codescan.walk import Entry
+    from codescan.decoding.decode import DecodeLimits
+    from codescan.inputs.walk import Entry
+    from codescan.review.thumbs import LATER, ThumbTask, make_thumb
 
     os.mkfifo(tree / "private" / "pipe")
     os.symlink(tree / "private" / "pipe", tree / "ds" / "via-link.png")

@@ -139,11 +139,12 @@ def driver_without_engines(*args: str, env: dict[str, str]):
 
 def test_typed_rows_make_the_local_records(tmp_path):
     """Ray's decode columns and score columns give back exactly the record the local scan makes."""
-    from codescan.examine import ExamineConfig, Examined, Examiner
-    from codescan.judge import Judge
-    from codescan.ray_scan import _decoded_row, record
-    from codescan.walk import Entry
     from provenance_files import png
+
+    from codescan.decoding.examine import ExamineConfig, Examined, Examiner
+    from codescan.inputs.walk import Entry
+    from codescan.scan.judge import Judge
+    from codescan.scan.ray_rows import _decoded_row, record
 
     rng = np.random.default_rng(4)
     textured_image(rng, 250, 230).save(tmp_path / "plain.png")
@@ -180,7 +181,7 @@ def test_missing_ray_extra_is_a_usage_error(home, tmp_path):
 LOCAL_DRIVER = """
 import sys
 import ray
-from codescan.ray_scan import RayOptions, connect
+from codescan.scan.ray_executor import RayOptions, connect
 connect(RayOptions("local"), num_cpus=1)
 print(ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()
@@ -239,7 +240,11 @@ def test_local_instance_refuses_a_client_without_its_token(tmp_path):
 def test_the_token_file_stays_private_and_an_old_ray_is_refused(tmp_path):
     import stat
 
-    from codescan.ray_scan import PrivateInstanceError, auth_token, require_token_auth
+    from codescan.scan.ray_cluster import (
+        PrivateInstanceError,
+        auth_token,
+        require_token_auth,
+    )
 
     def mode(p) -> int:
         return stat.S_IMODE(p.lstat().st_mode)
@@ -266,12 +271,12 @@ def test_the_token_file_stays_private_and_an_old_ray_is_refused(tmp_path):
 def test_engine_resolution_follows_the_cluster_not_the_driver(home, monkeypatch):
     """A CPU-only driver with GPUs in the cluster asks a GPU worker; without GPUs, CPU engines."""
     import ray
-
-    from codescan import ray_scan
     from codescan.engines.protocol import EngineError
-    from codescan.pipeline import ScanConfig
-    from codescan.plan import ScanPlan
-    from codescan.ray_scan import RayOptions, Resolved, resolve_engine
+
+    from codescan.scan import ray_executor as ray_scan
+    from codescan.scan.plan import ScanConfig, ScanPlan
+    from codescan.scan.ray_cluster import RayOptions
+    from codescan.scan.ray_executor import Resolved, resolve_engine
 
     auto = ScanPlan.resolve("code", "auto", "auto", ScanConfig(cache="c.sqlite3"), distributed=True)
     cuda = ScanPlan.resolve("code", "cuda", "auto", ScanConfig(), distributed=True)

@@ -130,7 +130,7 @@ def test_local_scan_keeps_every_ray_folder_private_and_removes_it(home, tmp_path
 
 
 def _session(monkeypatch, xdg: Path | None):
-    from codescan.ray_scan import PrivateSession
+    from codescan.scan.ray_cluster import PrivateSession
 
     if xdg is None:
         monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
@@ -142,7 +142,7 @@ def _session(monkeypatch, xdg: Path | None):
 
 
 def test_only_a_runtime_dir_of_the_users_alone_is_used(monkeypatch, short_dir):
-    from codescan import ray_scan
+    from codescan.scan import ray_cluster as ray_scan
 
     shared = short_dir / "tmp"  # stands for /tmp: shared, sticky
     shared.mkdir()
@@ -188,8 +188,8 @@ def test_only_a_runtime_dir_of_the_users_alone_is_used(monkeypatch, short_dir):
 
 
 def test_no_private_folder_is_one_line_and_exit_2(home, monkeypatch, short_dir):
-    from codescan import ray_scan
-    from codescan.ray_scan import PrivateInstanceError
+    from codescan.scan import ray_cluster as ray_scan
+    from codescan.scan.ray_cluster import PrivateInstanceError
 
     open_tmp, xdg = short_dir / "tmp", short_dir / "run"
     open_tmp.mkdir()
@@ -202,7 +202,7 @@ def test_no_private_folder_is_one_line_and_exit_2(home, monkeypatch, short_dir):
     message = str(caught.value)
     assert "\n" not in message and "$XDG_RUNTIME_DIR" in message and "sticky" in message, message
 
-    code = "import sys, codescan.ray_scan as r; r.FALLBACK_PARENT = sys.argv.pop(1); from codescan.cli import main; main()"
+    code = "import sys, codescan.scan.ray_cluster as r; r.FALLBACK_PARENT = sys.argv.pop(1); from codescan.cli import main; main()"
     (short_dir / "img").mkdir()
     textured_image(np.random.default_rng(0), 40, 40).save(short_dir / "img" / "a.png")
     p = subprocess.run(
@@ -223,8 +223,8 @@ def test_rays_own_lines_go_to_the_driver_log_and_codescans_stay_on_stderr(tmp_pa
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from codescan import messages\n"
-        "from codescan.ray_scan import _stderr_into\n"
+        "from codescan.output import messages\n"
+        "from codescan.scan.ray_cluster import _stderr_into\n"
         f"_stderr_into(Path({str(log)!r}))\n"
         "os.write(2, b'[2026-12-06 core_worker.cc:2465: Task failed]\\n')\n"
         "messages.note('still here')\n"

@@ -276,7 +276,7 @@ def test_eval_outline_matches_eval_json(sandbox):
 def test_every_error_code_is_in_the_output_page():
     """docs/output.md is the one description of the error codes: one the code can emit and the
     page does not explain is a gap in the contract."""
-    from codescan.records import ERROR_CODES
+    from codescan.core.records import ERROR_CODES
 
     listed = set(re.findall(r"^\| `([a-z_]+)` \| (?:error|skipped) \|", OUTPUT_PAGE.read_text(), re.M))
     assert set(ERROR_CODES) == listed, (set(ERROR_CODES) - listed, listed - set(ERROR_CODES))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import require, run_cli, textured_image
 
-from codescan.report import data_script
+from codescan.review.report import data_script
 
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
 SCRIPT_MEMBER = "a</script>b.jpg"
@@ -206,9 +206,10 @@ def test_thumbnails_are_cached_by_content(scanned, tmp_path, private_home):
 
 
 def test_thumbnail_refuses_a_pixel_bomb_and_a_slow_worker_is_replaced(tmp_path):
-    from codescan.decode import DecodeLimits
-    from codescan.thumbs import make_thumbnails
     from PIL import Image
+
+    from codescan.decoding.decode import DecodeLimits
+    from codescan.review.thumbs import make_thumbnails
 
     Image.new("RGB", (2000, 2000)).save(tmp_path / "big.png")
     data = (tmp_path / "big.png").read_bytes()

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from codescan.report import MARKER
+from codescan.review.report import MARKER
 
-ASSETS = Path(__file__).resolve().parents[1] / "codescan" / "report_assets"
+ASSETS = Path(__file__).resolve().parents[1] / "codescan" / "review" / "report_assets"
 ERROR = b"codescan: error: "
 
 

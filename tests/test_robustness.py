@@ -23,9 +23,8 @@ from conftest import ROBUSTNESS, quiet_fd2, require_corpus, run_cli
 from PIL import Image, ImageFile
 from torchvision.transforms import CenterCrop
 
-from codescan import records as codes
-from codescan.decode import DecodeLimits, decode_file
-
+from codescan.core import records as codes
+from codescan.decoding.decode import DecodeLimits, decode_file
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -21,8 +21,8 @@ from conftest import textured_image
 from rich.console import Console
 from terminal import run_in_terminal
 
-from codescan.progress import ScanProgress, columns
-from codescan.records import Summary
+from codescan.core.records import Summary
+from codescan.output.progress import ScanProgress, columns
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BIN = str(Path(sys.executable).parent)

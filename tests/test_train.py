@@ -35,9 +35,10 @@ from codescan.train.threshold import choose_threshold
 from conftest import run_cli, textured_image
 from PIL import Image
 
-from codescan.decode import DecodeLimits, decode_file
-from codescan.model import EncoderConfig, build_encoder, load_encoder
-from codescan.weights import import_official, load_bundle
+from codescan.decoding.decode import DecodeLimits, decode_file
+from codescan.model.encoder import EncoderConfig, build_encoder, load_encoder
+from codescan.weights.bundle import load_bundle
+from codescan.weights.install import import_official
 
 TINY = EncoderConfig(patch_size=32, embed_dim=48, depth=2, num_heads=2, mlp_dim=96, layer_norm_eps=1e-6)
 
@@ -204,7 +205,8 @@ def test_fitted_heads_convert_like_the_official_pickles(tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import OneClassSVM
 
-    from codescan.unpickle import estimator_to_head, restricted_load
+    from codescan.model.sklearn_heads import estimator_to_head
+    from codescan.weights.unpickle import restricted_load
 
     rng = np.random.default_rng(0)
     emb, is_fake = rng.normal(size=(40, 6)).astype(np.float32), np.arange(40) % 2 == 1

@@ -1,4 +1,4 @@
-"""codescan.unpickle: official scikit-learn head pickles read without running them.
+"""codescan.weights.unpickle: official scikit-learn head pickles read without running them.
 
 Three things are pinned here:
 
@@ -25,12 +25,11 @@ import joblib
 import numpy as np
 import pytest
 
-from codescan.heads import KnnHead, LinearHead, OcsvmHead
-from codescan.unpickle import (
+from codescan.model.heads import KnnHead, LinearHead, OcsvmHead
+from codescan.model.sklearn_heads import UnsafePickleError, estimator_to_head
+from codescan.weights.unpickle import (
     HeadLimits,
     RestrictedUnpickler,
-    UnsafePickleError,
-    estimator_to_head,
     open_head_stream,
     restricted_load,
 )
@@ -610,7 +609,7 @@ def test_cli_imports_legacy_heads(tmp_path, encoder_files, expected):
     folder = _official_folder(tmp_path, encoder_files)
     p = _import(folder, tmp_path / "home")
     assert p.returncode == 0, p.stderr
-    from codescan.heads import load_heads
+    from codescan.model.heads import load_heads
 
     heads = load_heads(tmp_path / "home" / "weights" / "code" / "heads.safetensors")
     q = expected["queries"]
@@ -650,7 +649,8 @@ def test_protocol2_plain_pickle_loads(tmp_path):
 
     from sklearn.linear_model import LogisticRegression
 
-    from codescan.unpickle import estimator_to_head, restricted_load
+    from codescan.model.sklearn_heads import estimator_to_head
+    from codescan.weights.unpickle import restricted_load
 
     rng = np.random.default_rng(2)
     x = rng.normal(size=(40, 192))
@@ -665,7 +665,8 @@ def test_protocol2_plain_pickle_loads(tmp_path):
 
 
 def test_codecs_encode_is_limited_to_latin1(tmp_path):
-    from codescan.unpickle import UnsafePickleError, restricted_load
+    from codescan.model.sklearn_heads import UnsafePickleError
+    from codescan.weights.unpickle import restricted_load
 
     payload = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R."
     path = tmp_path / "x.sav"

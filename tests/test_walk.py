@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, textured_image
 
-from codescan.walk import MAX_DEPTH, WalkOptions, read_path_list, walk
+from codescan.inputs.walk import MAX_DEPTH, WalkOptions, read_path_list, walk
 
 
 def touch(p, data=b"x"):
@@ -72,7 +72,7 @@ def test_unreadable_directory(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr("codescan.walk.os.scandir", scandir)
+    monkeypatch.setattr("codescan.inputs.walk.os.scandir", scandir)
     assert displays([str(tmp_path)]) == [
         (str(tmp_path / "locked"), "permission_denied"),
         (str(tmp_path / "open" / "b.png"), None),

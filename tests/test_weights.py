@@ -8,8 +8,9 @@ import pytest
 from conftest import run_cli
 from safetensors.numpy import load_file
 
-from codescan import weights as W
-from codescan.model import EncoderConfig, hf_to_timm
+from codescan.model.encoder import EncoderConfig, hf_to_timm
+from codescan.weights import bundle as W
+from codescan.weights import install as I
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
@@ -22,7 +23,7 @@ def store(tmp_path, monkeypatch):
 
 
 def test_import_records_provenance(store, small_checkpoint):
-    b = W.import_official(small_checkpoint, name="mine")
+    b = I.import_official(small_checkpoint, name="mine")
     meta = json.loads((b.path / "bundle.json").read_text())
     assert meta["license"] == "MIT" and meta["source"]["repo"] == "aimagelab/CoDE"
     assert set(meta["source"]["files"]) == {
@@ -38,7 +39,7 @@ def test_import_records_provenance(store, small_checkpoint):
 
 
 def test_tampered_bundle_is_refused(store, small_checkpoint):
-    b = W.import_official(small_checkpoint)
+    b = I.import_official(small_checkpoint)
     data = bytearray((b.path / "encoder.safetensors").read_bytes())
     data[-5] ^= 0xFF
     (b.path / "encoder.safetensors").write_bytes(bytes(data))
@@ -93,27 +94,27 @@ def fake_hub(src, served: dict):
 
 def test_pull_pins_commit_and_hashes(store, small_checkpoint, tmp_path):
     served = {"calls": [], "commits": {"main": COMMIT_A}, "root": tmp_path / "hub"}
-    b = W.pull(download=fake_hub(small_checkpoint, served))
+    b = I.pull(download=fake_hub(small_checkpoint, served))
     assert b.revision == COMMIT_A and served["calls"] == [("aimagelab/CoDE", "main")]
     pinned = b.meta["source"]["files"]
     # a later pull asks for the pinned commit, not the moving branch
-    W.pull(download=fake_hub(small_checkpoint, served))
+    I.pull(download=fake_hub(small_checkpoint, served))
     assert served["calls"][-1] == ("aimagelab/CoDE", COMMIT_A)
     assert W.load_bundle("code").meta["source"]["files"] == pinned
 
 
 def test_pull_refuses_changed_files(store, small_checkpoint, tmp_path):
     served = {"calls": [], "commits": {"main": COMMIT_A}, "root": tmp_path / "hub"}
-    W.pull(download=fake_hub(small_checkpoint, served))
+    I.pull(download=fake_hub(small_checkpoint, served))
     before = W.load_bundle("code").digest
     shutil.rmtree(tmp_path / "hub")
     served["tamper"] = {"config.json": (small_checkpoint / "config.json").read_bytes() + b" "}
     with pytest.raises(W.WeightsError, match="differ from the pinned commit"):
-        W.pull(download=fake_hub(small_checkpoint, served))
+        I.pull(download=fake_hub(small_checkpoint, served))
     assert W.load_bundle("code").digest == before
     # an explicit revision re-pins on purpose
     served["commits"]["v2"] = COMMIT_B
-    b = W.pull(revision="v2", download=fake_hub(small_checkpoint, served))
+    b = I.pull(revision="v2", download=fake_hub(small_checkpoint, served))
     assert b.revision == COMMIT_B
 
 
@@ -130,7 +131,7 @@ def test_pull_unreachable_hub(store, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(W.WeightsError, match="hub unreachable"):
-        W.pull()
+        I.pull()
 
 
 def test_cli_list_and_info(store, small_checkpoint):
@@ -149,11 +150,11 @@ def test_cli_list_and_info(store, small_checkpoint):
 
 def test_bad_bundle_name(store, small_checkpoint):
     with pytest.raises(W.WeightsError, match="invalid bundle name"):
-        W.import_official(small_checkpoint, name="../escape")
+        I.import_official(small_checkpoint, name="../escape")
 
 
 def test_import_replaces_atomically(store, small_checkpoint):
-    first = W.import_official(small_checkpoint)
-    second = W.import_official(small_checkpoint)
+    first = I.import_official(small_checkpoint)
+    second = I.import_official(small_checkpoint)
     assert first.digest == second.digest
     assert [p.name for p in (store / "weights").iterdir()] == ["code"]

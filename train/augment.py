@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from codescan.preprocess import CROP, place_crop, plan_crop
+from codescan.model.preprocess import CROP, place_crop, plan_crop
 
 ViewKind = Literal["clean", "augmented", "global", "local"]
 Range = tuple[float, float]

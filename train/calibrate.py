@@ -1,10 +1,10 @@
 """Operating points at a target false-positive rate, with exact intervals: the statistics of `codescan calibrate`.
 
-Pure functions on numpy arrays; the command (:mod:`codescan.cli_calibrate`) scores the images.
+Pure functions on numpy arrays; the command (:mod:`codescan.cli.calibrate`) scores the images.
 
 **Rule.** A head's threshold is the *smallest* threshold whose false-positive rate on the real
 images is at most the target, fake meaning score strictly above the threshold (the scanner's one
-verdict rule, :func:`codescan.records.is_fake`). With ``n`` reals, at most
+verdict rule, :func:`codescan.core.records.is_fake`). With ``n`` reals, at most
 ``k = floor(target · n)`` of them may score above it, so the threshold is the ``(n − k)``-th
 smallest real score: every real tied with it is judged real, and any lower threshold would put
 ``k + 1`` reals above it. A threshold cannot split tied scores, so when reals tie at the cut the
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from codescan.records import is_fake as verdict_is_fake
+from codescan.core.records import is_fake as verdict_is_fake
 
 CONFIDENCE = 0.95
 REALS_PER_FALSE_POSITIVE = 10  # fewer than 10 / target reals: under ~10 false positives decide the threshold

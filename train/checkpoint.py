@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from codescan.fsutil import atomic_write_bytes
-from codescan.weights import check_name, store_root
+from codescan.core.fsutil import atomic_write_bytes
+from codescan.weights.store import check_name, store_root
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from codescan.model import EncoderConfig
+from codescan.train.augment import AugmentConfig
+from codescan.train.pool import check_context
 
-from .augment import AugmentConfig
-from .pool import check_context
+from codescan.model.encoder import EncoderConfig
 
 Device = Literal["auto", "cpu", "cuda"]
 Views = Literal[3, 4]

@@ -7,6 +7,9 @@ readable. With --quiet: nothing. Data never goes here; the summary JSON goes to 
 
 from __future__ import annotations
 
+from codescan.train.checkpoint import CHECKPOINT, work_dir
+from codescan.train.loop import EpochEvent, StepEvent
+from codescan.train.run import AnyEvent, PhaseEvent, TrainResult
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -17,11 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from codescan.textsafe import printable
-
-from .checkpoint import CHECKPOINT, work_dir
-from .loop import EpochEvent, StepEvent
-from .run import AnyEvent, PhaseEvent, TrainResult
+from codescan.core.textsafe import printable
 
 
 class TrainConsole:

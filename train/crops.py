@@ -6,7 +6,7 @@ crop that looks generated is enough. Each crop is cut exactly like the centre cr
 resize: along an axis shorter than 224 every crop takes the whole axis, zero-padded the way
 the centre crop is, so a small image's five crops coincide where they cannot differ.
 
-The boxes are :func:`codescan.preprocess.plan_crops`, shared with `scan --crops 5`. Decoding goes through :mod:`codescan.decode`'s safety (size limit before reading, format
+The boxes are :func:`codescan.model.preprocess.plan_crops`, shared with `scan --crops 5`. Decoding goes through :mod:`codescan.decoding.decode`'s safety (size limit before reading, format
 allow-list, pixel limit from the header before any pixel is decoded, typed errors), and
 crop 0 equals ``decode_file(...).crop`` bit for bit.
 """
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codescan.decode import DecodeLimits, decode_bytes, read_limited
+from codescan.decoding.decode import DecodeLimits, decode_bytes
+from codescan.inputs.read import read_limited
 
 N_CROPS = 5
 
@@ -32,7 +33,7 @@ class FiveCrops:
 
 
 def decode_five_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "") -> FiveCrops:
-    """Decode the first frame once and cut the five crops (codescan.decode, as `scan --crops 5`)."""
+    """Decode the first frame once and cut the five crops (codescan.decoding.decode, as `scan --crops 5`)."""
     decoded = decode_bytes(data, limits, name, crops=N_CROPS)
     return FiveCrops(decoded.crops, decoded.width, decoded.height, decoded.format, decoded.boxes)
 

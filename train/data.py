@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from codescan.decode import has_image_extension
+from codescan.inputs.read import has_image_extension
 
 Label = Literal["real", "fake"]
 REAL_GENERATOR = "real"

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from codescan.engines.protocol import Engine
 
-from codescan.decode import DecodeFailure, DecodeLimits, configure_pillow, decode_file
+from codescan.decoding.decode import DecodeLimits, configure_pillow, decode_file
+from codescan.inputs.read import DecodeFailure
 
 
 @dataclass

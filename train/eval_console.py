@@ -6,6 +6,8 @@ the tables on the terminal.
 
 from __future__ import annotations
 
+from codescan.train.evaluate import EvalReport
+from codescan.train.metrics import BinaryMetrics
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
@@ -19,10 +21,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from codescan.textsafe import printable
-
-from .evaluate import EvalReport
-from .metrics import BinaryMetrics
+from codescan.core.textsafe import printable
 
 # Two-line headers and no vertical rules keep the tables narrow.
 _COLUMNS = ("set", "n\nreal", "n\nfake", "acc\nreal", "acc\nfake", "bal\nacc", "AUC", "AP", "TN", "FP", "FN", "TP")

@@ -17,17 +17,16 @@ from typing import Any, Literal
 import numpy as np
 from codescan.engines.protocol import Engine, EngineName, Precision
 from codescan.engines.registry import create_engine
+from codescan.train.crops import five_crops
+from codescan.train.data import Label, Sample, load_samples
+from codescan.train.embed import Embedded, centre_crop, embed_files
+from codescan.train.metrics import BinaryMetrics, binary_metrics
 
-from codescan import __version__
-from codescan.decode import DecodeLimits
-from codescan.heads import HeadSet
-from codescan.records import ErrorCode, HeadChoice, HeadName
-from codescan.weights import load_bundle
-
-from .crops import five_crops
-from .data import Label, Sample, load_samples
-from .embed import Embedded, centre_crop, embed_files
-from .metrics import BinaryMetrics, binary_metrics
+from codescan.core.records import ErrorCode, HeadChoice, HeadName
+from codescan.core.version import __version__
+from codescan.decoding.decode import DecodeLimits
+from codescan.model.heads import HeadSet
+from codescan.weights.bundle import load_bundle
 
 CropCount = Literal[1, 5]
 EVAL_SCHEMA_VERSION = 1

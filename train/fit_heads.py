@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 from codescan.engines.protocol import Engine
+from codescan.train.data import Sample
+from codescan.train.embed import embed_files
+from codescan.train.metrics import binary_metrics
+from codescan.train.threshold import ThresholdChoice, choose_threshold
 
-from codescan.decode import DecodeFailure
-from codescan.heads import Head
-from codescan.records import HeadName
-from codescan.unpickle import estimator_to_head
-
-from .data import Sample
-from .embed import embed_files
-from .metrics import binary_metrics
-from .threshold import ThresholdChoice, choose_threshold
+from codescan.core.records import HeadName
+from codescan.inputs.read import DecodeFailure
+from codescan.model.heads import Head
+from codescan.model.sklearn_heads import estimator_to_head
 
 
 @dataclass(frozen=True)

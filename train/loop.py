@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from codescan.train import checkpoint
+from codescan.train.augment import ViewKind, make_view
+from codescan.train.config import TrainConfig
+from codescan.train.loss import LossTerms, ViewEmbeddings, code_loss
+from codescan.train.optim import Amp, Schedule, autocast, set_lr
+from codescan.train.pool import ImagePool
+from codescan.train.sampling import step_members, view_rng
 
-from codescan.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-from . import checkpoint
-from .augment import ViewKind, make_view
-from .config import TrainConfig
-from .loss import LossTerms, ViewEmbeddings, code_loss
-from .optim import Amp, Schedule, autocast, set_lr
-from .pool import ImagePool
-from .sampling import step_members, view_rng
+from codescan.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from codescan.records import is_fake as verdict_is_fake
+from codescan.core.records import is_fake as verdict_is_fake
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,17 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from codescan.train.data import Sample
 
-from codescan.decode import (
-    DecodeFailure,
-    DecodeLimits,
-    configure_pillow,
-    decode_boxes,
-    read_limited,
-)
-from codescan.preprocess import CROP, plan_crop
-
-from .data import Sample
+from codescan.decoding.decode import DecodeLimits, configure_pillow, decode_boxes
+from codescan.inputs.read import DecodeFailure, read_limited
+from codescan.model.preprocess import CROP, plan_crop
 
 
 def check_context(context: int) -> int:

@@ -11,9 +11,8 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-
-from .evaluate import Scored
-from .metrics import roc_auc, roc_curve
+from codescan.train.evaluate import Scored
+from codescan.train.metrics import roc_auc, roc_curve
 
 MISSING = "--plot needs matplotlib: pip install 'codescan[plot]'"
 

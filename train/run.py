@@ -18,20 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from codescan.train import checkpoint
+from codescan.train.config import SCRATCH, TrainConfig
+from codescan.train.data import Sample, load_samples, split_by_hash
+from codescan.train.fit_heads import HeadValidation, embed_samples, fit_heads, validate
+from codescan.train.loop import EpochEvent, Event, Trainer
+from codescan.train.optim import amp_for, build_optimizer, grad_scaler
+from codescan.train.pool import ImagePool, load_pool
 
-from codescan.decode import DecodeFailure
-from codescan.heads import Head
-from codescan.model import EncoderConfig, build_encoder
-from codescan.records import HeadName
-from codescan.weights import Bundle, bundle_meta, load_bundle, write_bundle
-
-from . import checkpoint
-from .config import SCRATCH, TrainConfig
-from .data import Sample, load_samples, split_by_hash
-from .fit_heads import HeadValidation, embed_samples, fit_heads, validate
-from .loop import EpochEvent, Event, Trainer
-from .optim import amp_for, build_optimizer, grad_scaler
-from .pool import ImagePool, load_pool
+from codescan.core.records import HeadName
+from codescan.inputs.read import DecodeFailure
+from codescan.model.encoder import EncoderConfig, build_encoder
+from codescan.model.heads import Head
+from codescan.weights.bundle import Bundle, bundle_meta, load_bundle, write_bundle
 
 
 class TrainError(ValueError):

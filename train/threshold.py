@@ -47,7 +47,7 @@ def choose_threshold(scores: np.ndarray, is_fake: np.ndarray, natural: float = N
     lo, hi = max(float(distinct[0]) - margin, -_BIGGEST), min(float(distinct[-1]) + margin, _BIGGEST)
     candidates = np.concatenate([[lo] if lo < distinct[0] else [], distinct[:-1] / 2 + distinct[1:] / 2, [hi] if hi > distinct[-1] else []])
     fake_sorted, real_sorted = np.sort(scores[is_fake]), np.sort(scores[~is_fake])
-    # Counted with scan's verdict rule (codescan.records.is_fake: fake strictly above the threshold).
+    # Counted with scan's verdict rule (codescan.core.records.is_fake: fake strictly above the threshold).
     true_fake = n_fake - np.searchsorted(fake_sorted, candidates, side="right")  # (C,) fakes above each candidate
     true_real = np.searchsorted(real_sorted, candidates, side="right")  # (C,) reals at or below
     # Balanced accuracy times 2·n_fake·n_real, in integers: equal rates must tie exactly.

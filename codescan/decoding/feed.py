@@ -1,0 +1,96 @@
+"""The decode feed: files examined in killable workers, their crops handed over in shared memory.
+
+Each worker runs codescan.decoding.examine on its files (read, hash, limits, evidence, decode) and writes a
+decoded file's crops into the file's slot of the shared ring; the parent gets the outcome without
+them and puts back a view of the slot. A file whose worker stalls past ``--decode-timeout`` is a
+``decode_timeout`` error, one whose worker dies is ``corrupt``; either way the other files of its
+chunk are decoded by the next worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from codescan.decoding.decode import Decoded, configure_pillow
+from codescan.decoding.examine import ExamineConfig, Examined, Outcome, listed_outcome
+from codescan.decoding.workers import Run, WorkerPool
+from codescan.inputs.read import DecodeFailure
+from codescan.inputs.walk import Entry
+from codescan.model.preprocess import CROP
+
+_IN_RING = np.empty((0, CROP, CROP, 3), dtype=np.uint8)  # a sent outcome's crops: the rows of its slot
+
+
+def _with_crops(outcome: Examined, crops: np.ndarray) -> Examined:
+    """The outcome with other crop arrays (dataclasses.replace costs more than the rest of the hand-over)."""
+    d = outcome.decoded
+    assert d is not None
+    return Examined(outcome.sha256, outcome.evidence, outcome.new_evidence, Decoded(crops, d.width, d.height, d.format, d.boxes))
+
+
+def _setup(config: ExamineConfig) -> Run:
+    """In the worker: Pillow's limits, the examiner (cache, provenance readers), the test hooks."""
+    from codescan.decoding.examine import Examiner
+
+    configure_pillow(config.limits)
+    examine = Examiner(config)
+    delay = float(os.environ.get("CODESCAN_TEST_DECODE_DELAY", "0") or 0)
+    stall_marker = os.environ.get("CODESCAN_TEST_STALL_MARKER", "").encode()
+
+    def run(entry: Entry, slot: np.ndarray | None) -> tuple[Outcome, int]:
+        if delay or (stall_marker and stall_marker in entry.path):
+            time.sleep(delay or 3600)  # test hook: a decoder that stalls
+        outcome = examine(entry)
+        if not isinstance(outcome, Examined) or outcome.decoded is None:
+            return outcome, 0
+        assert slot is not None
+        crops = outcome.decoded.crops  # (K, 224, 224, 3)
+        slot[: len(crops)] = crops
+        return _with_crops(outcome, _IN_RING), len(crops)
+
+    return run
+
+
+class DecodePool(WorkerPool[Entry, Outcome]):
+    """``pool.outcomes(entries)`` yields ``(entry, outcome)`` in input order."""
+
+    def __init__(
+        self, workers: int, config: ExamineConfig, timeout: float, window: int, hold: int = 0
+    ) -> None:
+        """`hold`: crop sets a borrowing consumer keeps at once (``outcomes(..., borrow=True)``)."""
+        super().__init__(
+            workers, functools.partial(_setup, config), timeout, window,
+            slot_shape=(config.crops, CROP, CROP, 3), hold=hold,
+        )
+
+    def outcomes(self, entries: Iterator[Entry], borrow: bool = False) -> Iterator[tuple[Entry, Outcome]]:
+        """`borrow`: decoded crops are views of shared slots, each given back with `give_back` once
+        used (copied into a batch, or not needed); otherwise they are the consumer's own arrays."""
+        return self.results(entries, borrow)
+
+    def give_back(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Examined) and outcome.decoded is not None:
+            self.release(outcome.decoded.crops)
+
+    def local(self, entry: Entry) -> Outcome | None:
+        return listed_outcome(entry) if entry.error is not None else None  # walk and listing errors
+
+    def heavy(self, entry: Entry) -> bool:
+        return entry.data is not None  # a streamed member carries its bytes
+
+    def timed_out(self, entry: Entry) -> Outcome:
+        return DecodeFailure("decode_timeout", f"decoding took longer than {self.timeout:g}s (--decode-timeout)")
+
+    def crashed(self, entry: Entry) -> Outcome:
+        return DecodeFailure("corrupt", "the decoder crashed on this file")
+
+    def received(self, outcome: Outcome, rows: np.ndarray | None) -> tuple[Outcome, bool]:
+        if rows is None or not isinstance(outcome, Examined) or outcome.decoded is None:
+            return outcome, False
+        crops = rows if self.borrow else rows.copy()  # (K, 224, 224, 3)
+        return _with_crops(outcome, crops), self.borrow

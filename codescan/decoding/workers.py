@@ -1,0 +1,390 @@
+"""Worker processes that can be killed: the only way to bound a stuck C decoder.
+
+A thread stuck inside libtiff or libpng cannot be interrupted, so hostile bytes are read in
+worker processes, each task under a deadline. A worker that misses it is killed (SIGKILL) and
+replaced, and its task gets the pool's timeout result; a worker that dies (a decoder crash, the
+kernel's OOM killer, the address-space limit) gives its task the crash result. Either way the
+other tasks go on: the ones queued behind it are handed to another worker.
+
+The feed is lean because a small JPEG decodes in about a millisecond, less than moving it one
+message at a time costs: tasks travel in chunks (a worker always has the next chunk queued, so it
+never waits for the parent); each result is sent as soon as it is ready, before the next task
+starts (so a stall or crash never takes a finished result with it, and each task's deadline is
+its own), while the parent reads a worker's results in bulk, every few milliseconds, with one
+system call; bulky outputs go through shared memory (ring.py) instead of pickles. A dispatcher
+thread keeps the workers fed while the consumer works and hands results on strictly in input
+order; a window bounds how many tasks are in flight, so memory stays flat and a slow consumer
+holds the input back (back-pressure).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing import reduction
+from multiprocessing.connection import Connection, wait
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from codescan.core.procs import ADDRESS_SPACE_LIMIT, confine, forkserver, kill, spawn
+from codescan.decoding.ring import Ring, map_slots
+
+T = TypeVar("T")  # a task
+R = TypeVar("R")  # its result
+
+_STOP = None
+_READY = "ready"  # a worker's first message: imports and readers loaded, work can start
+STARTUP_SECONDS = 120.0  # a worker that is not ready by then is killed and replaced (a start failure)
+START_FAILURES = 3  # workers in a row that die before they are ready: the pool cannot run here
+MAX_CHUNK = 16  # tasks per message to a worker; it holds at most two chunks
+PAUSE = 0.01  # seconds the dispatcher lets answers gather while every busy worker has a chunk in hand
+
+# In the worker: the per-task function, given the task and its shared slot (None without a ring);
+# it returns the result and how many leading rows of the slot it filled.
+Run = Callable[[Any, "np.ndarray | None"], tuple[Any, int]]
+Setup = Callable[[], Run]  # run once in each worker, after it is confined: imports, readers (picklable)
+
+
+def _worker_main(conn: Connection, setup: Setup, ring: tuple[int, tuple[int, ...]] | None) -> None:
+    slots = None
+    if ring is not None:  # the parent sends the ring's descriptor before anything else
+        fd = reduction.recv_handle(conn)
+        slots = map_slots(fd, *ring)
+        os.close(fd)
+    confine(ADDRESS_SPACE_LIMIT)
+    run = setup()
+    time.sleep(float(os.environ.get("CODESCAN_TEST_WORKER_START_DELAY", "0") or 0))  # test hook: a slow start
+    conn.send(_READY)
+    while True:
+        try:
+            chunk = conn.recv()
+        except (EOFError, OSError):
+            return
+        if chunk is _STOP:
+            return
+        for seq, slot, task in chunk:
+            # Answered before the next task starts: if that one stalls, this one is not lost with it.
+            conn.send((seq, *run(task, None if slots is None or slot < 0 else slots[slot])))
+
+
+@dataclass(slots=True)
+class _Task(Generic[T]):
+    seq: int  # its place in the input
+    task: T
+    slot: int = -1  # its ring slot, -1 without a ring
+
+
+class _Answers:
+    """A worker's answers read in bulk: one read per visit, where ``Connection.recv`` makes three
+    system calls per message (the parent reads raw bytes; the worker writes with Connection.send)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.fd = conn.fileno()
+        self.buf = bytearray()
+
+    def read(self) -> list[Any] | None:
+        """The complete messages that have arrived (call when the pipe is readable); None: the worker is gone."""
+        try:
+            data = os.read(self.fd, 1 << 16)
+        except OSError:
+            return None
+        if not data:
+            return None
+        self.buf += data
+        messages, at = [], 0
+        while len(self.buf) - at >= 4:
+            size = int.from_bytes(self.buf[at : at + 4], "big", signed=True)  # Connection's frame: !i length, pickle
+            if size < 0:  # only messages over 2 GiB use the long form: not an answer
+                return None
+            if len(self.buf) - at - 4 < size:
+                break
+            messages.append(pickle.loads(self.buf[at + 4 : at + 4 + size]))
+            at += 4 + size
+        del self.buf[:at]
+        return messages
+
+
+class WorkerStartError(ChildProcessError):
+    """Workers die before they are ready: the environment, not a task (none had begun one). An
+    OSError, so the CLI reports it in one line, as it does a full disk."""
+
+
+@dataclass
+class _Cursor:
+    """Where the dispatcher is in the input."""
+
+    seq: int = 0  # the next task's place
+    exhausted: bool = False
+
+
+@dataclass
+class _Worker:
+    proc: mp.process.BaseProcess
+    conn: Connection
+    answers: _Answers = field(init=False)
+    queue: deque[_Task] = field(default_factory=deque)  # sent, not answered, in the order it takes them
+    started: float = 0.0  # when the head task's clock started: sent to an idle worker, the previous answer, ready
+    ready: bool = False  # it said it is ready; until then its start, not its task, is being timed
+
+    def __post_init__(self) -> None:
+        self.answers = _Answers(self.conn)
+
+    def limit(self, timeout: float, startup: float) -> float:
+        return self.started + (timeout if self.ready else startup)
+
+    @property
+    def current(self) -> Any:
+        """The task it is working on (the oldest unanswered one), or None when idle."""
+        return self.queue[0].task if self.queue else None
+
+
+class WorkerPool(Generic[T, R]):
+    """``pool.results(tasks)`` yields ``(task, result)`` in input order, each task run in a worker.
+
+    Subclasses say what a task that cannot finish becomes (`timed_out`, `crashed`), which tasks need
+    no worker (`local`), which must travel alone (`heavy`: large payloads never queue behind a task
+    that may stall) and how a result takes its rows from the shared ring (`received`).
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        setup: Setup,
+        timeout: float,
+        window: int,
+        *,
+        slot_shape: tuple[int, ...] | None = None,
+        hold: int = 0,
+        startup: float = STARTUP_SECONDS,
+    ) -> None:
+        """`slot_shape`: one shared uint8 slot of this shape per task in flight; `hold`: how many
+        results with rows the consumer keeps after taking them (borrowed slots, see `release`);
+        `startup`: seconds a worker may take to become ready."""
+        self.n = max(1, workers)
+        self.setup = setup
+        self.timeout = timeout
+        self.startup = startup
+        self.window = max(window, self.n)
+        self.chunk = max(1, min(MAX_CHUNK, self.window // (2 * self.n)))
+        self.slot_shape = slot_shape
+        self.hold = hold
+        self.ctx = forkserver()
+        self.borrow = False
+        self._ring: Ring | None = None
+        self._workers: list[_Worker] = []
+        self._start_failures = 0  # workers in a row that died before they were ready
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def local(self, task: T) -> R | None:
+        """A result known without a worker, or None."""
+        return None
+
+    def heavy(self, task: T) -> bool:
+        return False
+
+    def timed_out(self, task: T) -> R:
+        """The result of a task whose worker missed its deadline."""
+        raise NotImplementedError
+
+    def crashed(self, task: T) -> R:
+        raise NotImplementedError
+
+    def received(self, result: R, rows: np.ndarray | None) -> tuple[R, bool]:
+        """The result as the consumer gets it, given the rows its worker filled; and whether it keeps the slot."""
+        return result, False
+
+    def release(self, rows: np.ndarray) -> None:
+        """Give back the slot of rows a borrowing consumer (``results(..., borrow=True)``) was handed."""
+        assert self._ring is not None
+        self._ring.give(self._ring.slot_of(rows))
+
+    def _spawn(self) -> _Worker:
+        spec = None if self._ring is None else (self._ring.slots, self._ring.slot_shape)
+        proc, conn = spawn(self.ctx, _worker_main, (self.setup, spec))
+        if self._ring is not None:
+            reduction.send_handle(conn, self._ring.fd, proc.pid)  # type: ignore[arg-type]
+        return _Worker(proc=proc, conn=conn)
+
+    def _replace(self, worker: _Worker, retry: deque[_Task]) -> None:
+        """Kill it and start another; the tasks it had not begun go to the next idle worker."""
+        kill(worker.proc, worker.conn)
+        retry.extend(worker.queue)
+        self._workers[self._workers.index(worker)] = self._spawn()
+
+    def results(self, tasks: Iterator[T], borrow: bool = False) -> Iterator[tuple[T, R]]:
+        """`borrow`: results may hold views of shared slots, valid until given back with `release`."""
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        credits = threading.Semaphore(self.window)
+        self.borrow = borrow
+        self._stop.clear()  # reusable: each call starts its workers and close() stops them
+        self._start_failures = 0
+        if self.slot_shape is not None:
+            self._ring = Ring(self.window + self.hold, self.slot_shape)
+        self._workers = [self._spawn() for _ in range(self.n)]
+        self._thread = threading.Thread(target=self._dispatch, args=(tasks, out, credits), daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                items = out.get()
+                if items is _STOP:
+                    return
+                if isinstance(items, BaseException):
+                    raise items
+                for item in items:
+                    credits.release()
+                    yield item
+        finally:
+            self.close()
+
+    def _dispatch(self, tasks: Iterator[T], out: queue.SimpleQueue, credits: threading.Semaphore) -> None:
+        try:
+            self._run(tasks, out, credits)
+        except BaseException as exc:  # noqa: BLE001 - surfaced in the consumer thread
+            out.put(exc)
+        finally:
+            out.put(_STOP)
+
+    def _run(self, tasks: Iterator[T], out: queue.SimpleQueue, credits: threading.Semaphore) -> None:
+        done: dict[int, tuple[T, R]] = {}
+        retry: deque[_Task] = deque()  # tasks a replaced worker had not begun: they hold their credit and slot
+        cursor = _Cursor()
+        next_out = 0
+        while not self._stop.is_set():
+            for worker in self._workers:
+                self._feed(worker, tasks, credits, retry, done, cursor)
+            ready = []
+            while next_out in done:
+                ready.append(done.pop(next_out))
+                next_out += 1
+            if ready:
+                out.put(ready)
+            busy = [w for w in self._workers if w.queue]
+            if not busy:
+                if cursor.exhausted and not retry:
+                    return
+                continue
+            deadline = min(w.limit(self.timeout, self.startup) for w in busy)
+            if all(len(w.queue) > self.chunk for w in busy):  # reading each answer as it comes costs more than it does
+                self._stop.wait(max(0.0, min(PAUSE, deadline - time.monotonic())))
+            answered = wait([w.conn for w in busy], timeout=max(0.0, min(deadline - time.monotonic(), 0.05)))
+            now = time.monotonic()
+            for worker in busy:
+                if worker.conn in answered:
+                    self._read(worker, retry, done)
+                elif now > worker.limit(self.timeout, self.startup) and not worker.conn.poll():  # an answer in the pipe is no stall
+                    if not worker.ready:
+                        self._start_failed(worker, retry, lambda: f"did not start within {self.startup:g}s")
+                        continue
+                    head = worker.queue.popleft()
+                    done[head.seq] = (head.task, self._settle(head, self.timed_out(head.task)))
+                    self._replace(worker, retry)
+
+    def _feed(self, worker: _Worker, tasks: Iterator[T], credits: threading.Semaphore, retry: deque[_Task],
+              done: dict[int, tuple[T, R]], cursor: _Cursor) -> None:
+        """Top the worker up to two chunks, in one message; a heavy task goes alone to an idle worker."""
+        if len(worker.queue) > self.chunk:
+            return
+        chunk: list[_Task] = []
+        while len(worker.queue) + len(chunk) < 2 * self.chunk:
+            if retry:
+                item = retry.popleft()
+            else:
+                if cursor.exhausted:
+                    break
+                idle = not chunk and not any(w.queue for w in self._workers)
+                if not credits.acquire(timeout=0.05 if idle else 0):
+                    break
+                task = next(tasks, None)
+                if task is None:
+                    credits.release()
+                    cursor.exhausted = True
+                    break
+                seq = cursor.seq
+                cursor.seq += 1
+                result = self.local(task)
+                if result is not None:
+                    done[seq] = (task, result)
+                    continue
+                item = _Task(seq, task, -1 if self._ring is None else self._ring.take())
+            if self.heavy(item.task) and (worker.queue or chunk):
+                retry.appendleft(item)
+                break
+            chunk.append(item)
+            if self.heavy(item.task):
+                break
+        if chunk:
+            if not worker.queue:
+                worker.started = time.monotonic()
+            worker.queue.extend(chunk)
+            worker.conn.send([(t.seq, t.slot, t.task) for t in chunk])
+
+    def _read(self, worker: _Worker, retry: deque[_Task], done: dict[int, tuple[T, R]]) -> None:
+        """The answers the worker has sent; a worker that died costs its current task only."""
+        messages = worker.answers.read()
+        if messages is None:
+            if not worker.ready:
+                self._start_failed(worker, retry, lambda: f"exited while starting (exit code {worker.proc.exitcode}); "
+                                   "a script that scans must do so under `if __name__ == \"__main__\":`, "
+                                   "since workers re-import it")
+                return
+            head = worker.queue.popleft()
+            done[head.seq] = (head.task, self._settle(head, self.crashed(head.task)))
+            self._replace(worker, retry)
+            return
+        if messages:
+            worker.started = time.monotonic()
+        for message in messages:
+            if isinstance(message, str):  # _READY: a loaded machine can take seconds to start a worker
+                worker.ready = True
+                self._start_failures = 0
+                continue
+            seq, result, rows = message
+            head = worker.queue.popleft()
+            assert head.seq == seq, "a worker answers its tasks in the order it was given them"
+            done[seq] = (head.task, self._settle(head, result, rows))
+
+    def _start_failed(self, worker: _Worker, retry: deque[_Task], why: Callable[[], str]) -> None:
+        """A worker died or hung while starting: it had begun no task, so none is blamed; its tasks go
+        to the next worker. `why` is asked after the worker is gone (its exit code is known then)."""
+        self._replace(worker, retry)
+        self._start_failures += 1
+        if self._start_failures >= START_FAILURES:
+            raise WorkerStartError(f"{START_FAILURES} worker processes in a row {why()}")
+
+    def _settle(self, item: _Task, result: R, rows: int = 0) -> R:
+        """The result as handed on; its slot goes back now unless the consumer borrows it."""
+        if self._ring is None or item.slot < 0:
+            return result
+        result, keep = self.received(result, self._ring.array[item.slot, :rows] if rows else None)
+        if not keep:
+            self._ring.give(item.slot)
+        return result
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        for worker in self._workers:
+            try:
+                worker.conn.send(_STOP)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 0.5
+        for worker in self._workers:
+            worker.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.proc.is_alive():
+                worker.proc.kill()
+                worker.proc.join(timeout=1)
+            worker.conn.close()
+        self._workers = []
+        if self._ring is not None:
+            self._ring.close()  # the mapping stays while a consumer still holds a view of it

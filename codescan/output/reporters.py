@@ -1,0 +1,396 @@
+"""One writer per output format, and the rules for where bytes go.
+
+JSONL and CSV stream: each record is written and flushed as it arrives, so a killed scan
+leaves complete lines. JSON is one document, written to a temporary file beside the target
+and renamed over it at the end (only for regular files: ``/dev/null``, FIFOs and terminals are
+written in place, never replaced). Undecodable file-name bytes arrive as lone surrogates
+(``\\udcXX``) and are written as that escape text, so output is always valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
+
+from codescan.core.records import HEAD_NAMES, Header, Result, Summary, is_result_record
+from codescan.core.textsafe import csv_cell, printable
+from codescan.output import resume
+from codescan.output.resume import ResumeState
+
+Format = Literal["jsonl", "json", "csv", "parquet"]
+FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet")
+CSV_COLUMNS = (
+    "path", "status", "score", "threshold", "head", "width", "height", "format", "error_code", "error", "sha256",
+    "archive", "member", "member_index", "key",  # empty for plain files: the columns never depend on the inputs
+)
+EVIDENCE_COLUMNS = ("combined", "evidence")  # evidence: "kind=generator; kind" for each item found
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape_surrogates(text: str) -> str:
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def dumps(obj: Any) -> str:
+    # ensure_ascii=False keeps names readable; the surrogate pass turns the only characters
+    # UTF-8 cannot carry into JSON escapes, which decode back to the same surrogates.
+    # allow_nan=False: a NaN or infinity raises instead of becoming a bare NaN (not JSON).
+    return escape_surrogates(json.dumps(obj, ensure_ascii=False, separators=(", ", ": "), allow_nan=False))
+
+
+def _final_mode(path: str) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+class OutputError(OSError):
+    """The output cannot be opened; the message names the user's path, never a temporary file."""
+
+
+class Sink:
+    """Where the data goes: stdout, a special file in place, or a regular file (atomic if asked)."""
+
+    def __init__(self, target: str | None, atomic: bool, append: bool = False, binary: bool = False) -> None:
+        try:
+            self._open(target, atomic, append, binary)
+        except OSError as exc:
+            raise OutputError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from None
+
+    def _open(self, target: str | None, atomic: bool, append: bool, binary: bool) -> None:
+        self.target = target
+        self._tmp: str | None = None
+        if target in (None, "-"):
+            self.stream: IO[str] = io.TextIOWrapper(
+                sys.stdout.buffer, encoding="utf-8", newline="\n", write_through=True
+            )
+            self._owned = False
+            return
+        self._owned = True
+        special = os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode)
+        if atomic and not special:
+            # Replace what the name points at (keep a symlink a symlink) with the mode an
+            # ordinary open() would give, not mkstemp's 0600.
+            self.target = target = os.path.realpath(target)
+            fd, self._tmp = tempfile.mkstemp(prefix=".codescan.", suffix=".tmp", dir=os.path.dirname(target))
+            os.fchmod(fd, _final_mode(target))
+            self.stream = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        elif binary:
+            self.stream = open(target, "ab" if append else "wb")  # type: ignore[assignment]
+        else:
+            self.stream = open(target, "a" if append else "w", encoding="utf-8", newline="\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self, commit: bool = True) -> None:
+        self.stream.flush()
+        if self._tmp is not None:
+            os.fsync(self.stream.fileno())
+        if self._owned:
+            self.stream.close()
+        else:
+            self.stream.detach()
+        if self._tmp is not None:
+            if commit:
+                os.replace(self._tmp, self.target)  # type: ignore[arg-type]
+            else:
+                os.unlink(self._tmp)
+
+
+class Reporter(Protocol):
+    def previous(self) -> ResumeState | None: ...  # what the target already holds, to continue
+    def header(self, header: Header) -> None: ...
+    def result(self, result: Result) -> None: ...
+    def summary(self, summary: Summary, interrupted: bool = False) -> None: ...
+    def close(self, commit: bool = True) -> None: ...
+
+
+class _Fresh:
+    """Reporters whose target starts empty: nothing to continue."""
+
+    def previous(self) -> ResumeState | None:
+        return None
+
+
+class JsonlReporter(_Fresh):
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        self.sink.stream.write(dumps(obj) + "\n")
+        self.sink.flush()
+
+    def header(self, header: Header) -> None:
+        self._line(header.to_dict())
+
+    def result(self, result: Result) -> None:
+        self._line(result.to_dict())
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        self._line({**summary.to_dict(), **({"interrupted": True} if interrupted else {})})
+
+    def close(self, commit: bool = True) -> None:
+        self.sink.close(commit)
+
+
+class ResumedJsonlReporter(JsonlReporter):
+    """`--resume FILE`: keeps the file's complete results and appends only what is new.
+
+    The file is opened at `header`, after the job checked that the old header matches: a torn
+    last line and the old summary are dropped (rewritten atomically), then lines are appended.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.state = resume.load(target)
+
+    def previous(self) -> ResumeState | None:
+        return self.state
+
+    def header(self, header: Header) -> None:
+        if self.state.header is None:
+            self.sink = Sink(self.target, atomic=False)
+            super().header(header)
+            return
+        self._rewrite()
+        self.sink = Sink(self.target, atomic=False, append=True)
+
+    def _rewrite(self) -> None:
+        """Atomically keep only the header and complete results, ready for appending."""
+        sink = Sink(self.target, atomic=True)  # through a symlink it rewrites the target; keeps the mode
+        try:
+            for obj in [self.state.header, *self.state.results]:
+                sink.stream.write(dumps(obj) + "\n")
+        except BaseException:
+            sink.close(commit=False)
+            raise
+        sink.close()
+
+
+class JsonReporter(_Fresh):
+    """Holds records until the end: one JSON document, replaced atomically."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.doc: dict[str, Any] = {"header": None, "results": [], "summary": None}
+
+    def header(self, header: Header) -> None:
+        self.doc["header"] = header.to_dict()
+
+    def result(self, result: Result) -> None:
+        self.doc["results"].append(result.to_dict())
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        self.doc["summary"] = {**summary.to_dict(), **({"interrupted": True} if interrupted else {})}
+
+    def close(self, commit: bool = True) -> None:
+        if commit:
+            self.sink.stream.write(escape_surrogates(json.dumps(self.doc, ensure_ascii=False, indent=2, allow_nan=False)) + "\n")
+        self.sink.close(commit)
+
+
+class CsvReporter(_Fresh):
+    """Fixed columns, then per-head columns (--head all), then the evidence columns (unless --evidence none)."""
+
+    def __init__(self, sink: Sink, heads: list[str] | None = None, evidence: bool = False) -> None:
+        self.sink = sink
+        self.heads = [h for h in HEAD_NAMES if heads and h in heads]
+        self.evidence = evidence
+        self.writer = csv.writer(sink.stream, lineterminator="\n")
+        self.writer.writerow(table_columns(self.heads, evidence))
+        sink.flush()
+
+    def header(self, header: Header) -> None:
+        pass  # CSV has one row shape; run metadata lives in the JSONL/JSON header only
+
+    def result(self, result: Result) -> None:
+        row = ["" if x is None else x for x in table_row(result, self.heads, self.evidence)]
+        self.writer.writerow([_text_cell(x) if isinstance(x, str) else x for x in row])
+        self.sink.flush()
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        pass
+
+    def close(self, commit: bool = True) -> None:
+        self.sink.close(commit)
+
+
+def table_columns(heads: list[str], evidence: bool) -> list[str]:
+    """The columns of the table formats (CSV, Parquet), fixed before the first row."""
+    return [*CSV_COLUMNS, *(c for h in heads for c in (f"score_{h}", f"status_{h}")), *(EVIDENCE_COLUMNS if evidence else ())]
+
+
+def table_row(result: Result, heads: list[str], evidence: bool) -> list[Any]:
+    """One record as the table formats hold it, None for an empty cell."""
+    d = result.to_dict()
+    row: list[Any] = [d.get(c) for c in CSV_COLUMNS]
+    for h in heads:
+        v = (result.heads or {}).get(h)
+        row += [v.score, v.status] if v else [None, None]
+    if evidence:
+        found = result.evidence or ()
+        row += [result.combined, "; ".join(e.kind + (f"={e.generator}" if e.generator else "") for e in found)]
+    return row
+
+
+def _text_cell(text: str) -> str:
+    """CSV text: control characters escaped (a raw CR cannot split a row in a lax reader), and
+    formula-like starts neutralised with a leading ``'`` (OWASP); JSONL keeps the original."""
+    return csv_cell(printable(escape_surrogates(text)))
+
+
+class ParquetReporter(_Fresh):
+    """`--format parquet -o FILE`: the CSV's columns, typed, written to a temporary file beside the
+    target in row groups of `ROWS_PER_GROUP` and renamed over it at the end, so the file is whole
+    or absent. The header and summary records ride along as the file's key-value metadata
+    (``codescan.header``, ``codescan.summary``: ``pq.read_metadata(f).metadata``); the header is
+    also the Arrow schema's (``pq.read_table(f).schema.metadata``), the summary cannot be, being
+    known only after the rows. Text is stored as JSON writes it (undecodable
+    name bytes as ``\\udcXX``), with no spreadsheet escaping: Parquet is read by programs."""
+
+    ROWS_PER_GROUP = 8192
+
+    def __init__(self, sink: Sink, heads: list[str] | None = None, evidence: bool = False) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.sink = sink
+        self.heads = [h for h in HEAD_NAMES if heads and h in heads]
+        self.evidence = evidence
+        numbers = {"score": pa.float64(), "threshold": pa.float64(), "width": pa.int64(), "height": pa.int64(),
+                   "member_index": pa.int64(), **{f"score_{h}": pa.float64() for h in self.heads}}
+        self.schema = pa.schema([(c, numbers.get(c, pa.string())) for c in table_columns(self.heads, evidence)])
+        self.writer: pq.ParquetWriter | None = None  # opened by header(): a writer writes its magic bytes at once
+        self.rows: list[list[Any]] = []
+
+    def header(self, header: Header) -> None:
+        """In the Arrow schema's metadata too, so `pq.read_table(f).schema.metadata` shows it: the
+        header comes before any row, while the writer can still take another schema."""
+        import pyarrow.parquet as pq
+
+        text = dumps(header.to_dict())
+        self.schema = self.schema.with_metadata({"codescan.header": text})
+        self.writer = pq.ParquetWriter(self.sink.stream, self.schema)
+        self.writer.add_key_value_metadata({"codescan.header": text})
+
+    def result(self, result: Result) -> None:
+        row = table_row(result, self.heads, self.evidence)
+        self.rows.append([escape_surrogates(x) if isinstance(x, str) else x for x in row])
+        if len(self.rows) >= self.ROWS_PER_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.rows:
+            columns = list(zip(*self.rows))
+            self.writer.write_table(pa.table([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema))
+            self.rows = []
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        closing = {**summary.to_dict(), **({"interrupted": True} if interrupted else {})}
+        self.writer.add_key_value_metadata({"codescan.summary": dumps(closing)})
+
+    def close(self, commit: bool = True) -> None:
+        if commit:
+            self._flush()
+        if self.writer is not None:
+            self.writer.close()
+        self.sink.close(commit)
+
+
+class ShardsReporter:
+    """`--shards DIR`: header.json and summary.json here; the workers write the part files
+    (``write_shard``), each record exactly as JSONL writes it. A folder that holds shards of the
+    same header is continued."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def previous(self) -> ResumeState | None:
+        head = self.folder / "header.json"
+        if not head.is_file():
+            if any(self.folder.glob("part-*.jsonl")):
+                raise resume.ResumeError(f"{self.folder} holds shards but no header.json; not a codescan shard folder")
+            return None
+        try:
+            header = resume.strict_loads(head.read_text())
+        except ValueError:
+            raise resume.ResumeError(f"{head} is not JSON; not a codescan shard folder") from None
+        results = list(read_shards(self.folder))
+        if not all(is_result_record(r) for r in results):
+            raise resume.ResumeError(f"{self.folder} holds a shard line that is not a codescan record")
+        return ResumeState(header=header, results=results)
+
+    def header(self, header: Header) -> None:
+        from codescan.core.fsutil import atomic_write_bytes
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.folder / "header.json", (dumps(header.to_dict()) + "\n").encode())
+
+    def result(self, result: Result) -> None:
+        pass  # written by the worker that made it
+
+    def summary(self, summary: Summary, interrupted: bool = False) -> None:
+        from codescan.core.fsutil import atomic_write_bytes
+
+        closing = {**summary.to_dict(), **({"interrupted": True} if interrupted else {})}
+        atomic_write_bytes(self.folder / "summary.json", (dumps(closing) + "\n").encode())
+
+    def close(self, commit: bool = True) -> None:
+        pass
+
+
+def write_shard(folder: Path, first: tuple[int, int], records: list[Result]) -> None:
+    """One part file, named by the place of its first record (the input's listing number, the
+    member's index in its archive), written atomically: a shard is whole or absent, and a
+    retried task rewrites the same name with the same content."""
+    from codescan.core.fsutil import atomic_write_bytes
+
+    text = "".join(dumps(r.to_dict()) + "\n" for r in records)
+    atomic_write_bytes(folder / f"part-{first[0]:012d}-{first[1]:012d}.jsonl", text.encode("utf-8"))
+
+
+def read_shards(folder: Path) -> Iterator[dict[str, Any]]:
+    """The result records of a shard folder, in listing order."""
+    for shard in sorted(folder.glob("part-*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            yield resume.strict_loads(line)
+
+
+def make_reporter(
+    fmt: Format, target: str | None, heads: list[str] | None = None, evidence: bool = False, resuming: bool = False
+) -> Reporter:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    if resuming:
+        return ResumedJsonlReporter(target)  # type: ignore[arg-type]
+    if fmt == "parquet":
+        return ParquetReporter(Sink(target, atomic=True, binary=True), heads, evidence)
+    sink = Sink(target, atomic=(fmt == "json"))
+    if fmt == "jsonl":
+        return JsonlReporter(sink)
+    if fmt == "json":
+        return JsonReporter(sink)
+    return CsvReporter(sink, heads, evidence)
+
+
+def guess_format(target: str | None) -> Format | None:
+    if not target or target == "-":
+        return None
+    suffix = Path(target).suffix.lower()
+    return {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(suffix)  # type: ignore[return-value]

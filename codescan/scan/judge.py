@@ -1,0 +1,116 @@
+"""Scores and an outcome → the record: the one place a verdict is made.
+
+A plain, picklable value (the heads asked for, their thresholds, whether every head is shown),
+so the local scan and the workers of a Ray scan make records with the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from codescan.core.records import (
+    HEAD_NAMES,
+    BoxScore,
+    Evidence,
+    HeadName,
+    HeadVerdict,
+    ImageFacts,
+    Origin,
+    Result,
+    error_result,
+    skipped_result,
+    status_for,
+)
+from codescan.decoding.examine import Examined, Outcome
+from codescan.inputs.read import DecodeFailure
+from codescan.model.heads import finite
+
+Scores = dict[str, float]  # every head of the bundle, by name
+BoxScores = tuple[Scores, ...]  # one per box judged (scan --crops), the centre first
+
+
+@dataclass(frozen=True)
+class Judge:
+    judged: tuple[HeadName, ...]  # canonical order; the first sets `status`
+    thresholds: dict[HeadName, float]  # for every judged head, overrides applied
+    show_all: bool  # --head all: the record lists every head
+
+    def __post_init__(self) -> None:
+        for name in self.judged:  # a NaN threshold would make every file "real"; ±inf every file one class
+            finite(self.thresholds[name], f"the {name} threshold")
+
+    def record(
+        self, display: str, outcome: Outcome, scores: BoxScores | None = None, origin: Origin | None = None
+    ) -> Result:
+        """The record of one input: `scores` (per box) for a decoded image, else the ones `outcome` carries."""
+        if isinstance(outcome, Examined):
+            if scores is None:
+                assert outcome.cached is not None, "an image record needs its scores"
+                scores = outcome.cached.scores
+            return self.image(display, outcome.sha256.hex(), outcome.evidence, outcome.facts, scores, origin)
+        if isinstance(outcome, DecodeFailure):
+            return error_result(display, outcome.code, outcome.message, outcome.sha256, outcome.evidence, origin)
+        return skipped_result(display, outcome.code, origin)
+
+    def image(
+        self,
+        display: str,
+        sha256: str,
+        evidence: tuple[Evidence, ...] | None,
+        facts: ImageFacts,
+        scores: BoxScores,
+        origin: Origin | None = None,
+    ) -> Result:
+        """A judged image's record from its facts (local outcomes and Ray's typed rows alike).
+
+        With several boxes (`--crops 5`) each head's score is its maximum over the boxes, as in
+        `eval --crops 5`: one box that looks generated is enough. `crop` is then the box that
+        gave the first judged head its score, and `boxes` lists every box with its scores.
+
+        A score that is not a finite number (an fp16 overflow in the engine, a head whose
+        arithmetic overflows) is no verdict: the record is the error `non_finite_score`.
+        Every box is checked, since max() passes over a NaN that is not first.
+        """
+        bad = non_finite(self.judged, scores)
+        if bad is not None:
+            return error_result(display, "non_finite_score", bad, sha256, evidence, origin)
+        combined = {n: max(per_box[n] for per_box in scores) for n in self.judged}
+        per_head = {n: self._head(n, combined[n]) for n in self.judged}
+        primary = self.judged[0]
+        main = per_head[primary]
+        deciding = max(range(len(scores)), key=lambda i: scores[i][primary])
+        boxes = (
+            tuple(BoxScore(box, {n: per_box[n] for n in self.judged}) for box, per_box in zip(facts.boxes, scores))
+            if len(facts.boxes) > 1
+            else None
+        )
+        return Result(
+            path=display,
+            status=main.status,
+            score=main.score,
+            threshold=self.thresholds[primary],
+            head=primary,
+            width=facts.width,
+            height=facts.height,
+            format=facts.format,
+            crop=facts.boxes[deciding],
+            heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.show_all else None,
+            sha256=sha256,
+            evidence=evidence,
+            origin=origin,
+            boxes=boxes,
+        )
+
+    def _head(self, name: HeadName, score: float) -> HeadVerdict:
+        return HeadVerdict(score=score, status=status_for(score, self.thresholds[name]))
+
+
+def non_finite(heads: tuple[HeadName, ...], scores: BoxScores) -> str | None:
+    """Why these scores can carry no verdict (the first judged head with a NaN or infinite score), or None."""
+    for name in heads:
+        for per_box in scores:
+            value = per_box.get(name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                return f"the {name} head's score is {value!r}, not a finite number (a numeric overflow in the engine or the head): no verdict"
+    return None

@@ -1,0 +1,258 @@
+"""Wires walk → decode pool → batches → engine → heads → records, in walk order.
+
+Decoding runs in worker processes (see workers.py) while the engine embeds the previous
+batch. One batch stays in flight in the engine: batch i+1 is submitted before batch i's
+embeddings are collected (engines.protocol.submitter), so an asynchronous engine (TensorRT)
+uploads batch i+1 while it computes batch i; engines with only ``embed`` simply run it at
+collect time. The window of files in flight is bounded, so memory stays flat however large
+the tree. Records leave in exactly the walk order: an error or skip that follows an image
+waits for that image's batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from codescan.core.records import (
+    Header,
+    Ident,
+    Result,
+)
+from codescan.decoding.cache import CachedVerdict, CacheError, CacheSpec, CacheWriter
+from codescan.decoding.examine import ExamineConfig, Examined, Outcome
+from codescan.decoding.feed import DecodePool
+from codescan.inputs.sources import entries as list_entries
+from codescan.inputs.walk import Entry
+from codescan.model.heads import HeadSet
+from codescan.model.preprocess import PREPROCESS_VERSION, CropCount
+from codescan.scan.judge import BoxScores
+from codescan.scan.plan import ScanConfig, ScanPlan
+
+if TYPE_CHECKING:
+    from codescan.engines.protocol import AsyncEngine, Engine
+
+
+Item = tuple[Entry, Outcome, bool]  # bool: its crop goes to the engine in this item's batch
+# Files in flight per decode worker (a fifth with --crops 5): two chunks queued in it, so it never
+# waits for the parent, and as many again finished, waiting for a slower file ahead of them.
+FILES_PER_WORKER = 48
+
+
+def feed_sizes(batch_size: int, crops: CropCount, workers: int) -> tuple[int, int]:
+    """(files in flight in the decode pool, crop sets the scan holds after taking them).
+
+    The window covers two batches and FILES_PER_WORKER per worker; `pending` holds the crops of
+    at most one batch's images until it is submitted (``--crops 5`` sends five crops per image).
+    """
+    images = -(-batch_size // crops)
+    return max(2 * images, FILES_PER_WORKER // crops * workers), images
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+class Scanner:
+    """The public API: ``Scanner().scan(["photos"])`` yields one Result per file.
+
+    `weights`: a bundle name; None takes the CLI's default (CODESCAN_WEIGHTS, then the stored
+    `codescan weights default`, then ``code``)."""
+
+    def __init__(
+        self,
+        weights: str | None = None,
+        engine: str = "auto",
+        precision: str = "auto",
+        config: ScanConfig = ScanConfig(),
+        warn: Callable[[str], None] = _ignore,
+        plan: ScanPlan | None = None,
+    ) -> None:
+        """`plan`: already resolved (the CLI's); otherwise resolved here from the other arguments."""
+        self.plan = plan or ScanPlan.resolve(weights, engine, precision, config)
+        self.config = self.plan.config
+        self.warn = warn
+        self.bundle = self.plan.bundle
+        self.heads: HeadSet = self.plan.heads
+        self.judge = self.plan.judge
+        self._writer: CacheWriter | None = None
+        self._known: OrderedDict[bytes, BoxScores] = OrderedDict()
+
+    @functools.cached_property
+    def engine(self) -> Engine:
+        """Built at first use (the header asks first), here, where the local scan runs."""
+        from codescan.engines.registry import create_engine
+
+        return create_engine(self.bundle, self.plan.engine, self.plan.precision)
+
+    @property
+    def batch_size(self) -> int:
+        return self.plan.batch_size(self.engine.device)
+
+    def header(self) -> Header:
+        return self.plan.header(self.engine.name, self.engine.device, self.engine.precision)
+
+    def cache_spec(self) -> CacheSpec | None:
+        """Everything that can change a score is in the model key; evidence has its own."""
+        from codescan.evidence.metadata import EVIDENCE_VERSION
+
+        if self.config.cache is None:
+            return None
+        model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/{self.engine.name}/{self.engine.precision}"
+        if self.config.crops != 1:
+            model += f"/crops{self.config.crops}"
+        evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
+        heads = tuple(self.heads.names())
+        return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=heads, crops=self.config.crops)
+
+    def scan(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[Result]:
+        """One Result per discovered input, in walk order; those in `skip` (already done) are passed over."""
+        cfg = self.config
+        batch_size = self.batch_size
+        # Scores of recent contents, so a copy met again in this scan is not embedded twice
+        # even before the cache has it (or with no cache at all). Far larger than what can be
+        # in flight, so a copy's original is still here when the copy's record is made.
+        self._known = OrderedDict()
+        self._capacity = max(4096, 8 * batch_size)
+        entries = (e for e in list_entries(arguments, cfg.walk) if e.ident not in skip)
+        pool = self._decode_pool(self._open_cache(), batch_size)
+        from codescan.engines.protocol import submitter
+
+        engine = submitter(self.engine)
+        # `pending`: outcomes since the last submitted batch (empty, or holding a crop to embed).
+        # `flight`: the submitted batch not yet collected, with the records that follow it
+        # in walk order up to the next crop (they wait for it), and its engine handle.
+        # `queued`: contents whose crop is in `pending` or `flight`; a copy waits for them.
+        pending: list[Item] = []
+        queued: set[bytes] = set()
+        n_crops = 0
+        flight: tuple[list[Item], object] | None = None
+        try:
+            for entry, outcome in pool.outcomes(entries, borrow=True):
+                if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
+                    entry = replace(entry, data=None)
+                embed = (
+                    isinstance(outcome, Examined) and outcome.decoded is not None
+                    and outcome.sha256 not in queued and outcome.sha256 not in self._known
+                )
+                if not embed:
+                    pool.give_back(outcome)  # a copy of content queued or scored: its scores come from that one
+                outcome = self._resolve(outcome)
+                if not pending and not embed:
+                    if flight is None:  # nothing ahead of it: needs no batch, emit it now
+                        yield from self._finish([(entry, outcome, False)])
+                        continue
+                    flight[0].append((entry, outcome, False))
+                    if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
+                        yield from self._finish(*flight, engine=engine, queued=queued)
+                        flight = None
+                    continue
+                pending.append((entry, outcome, embed))
+                if embed:
+                    queued.add(outcome.sha256)  # type: ignore[union-attr]
+                    n_crops += cfg.crops
+                # A batch that cannot fill (copies or errors follow its last crop) goes in early:
+                # what waits behind it stays bounded, as behind `flight`.
+                if n_crops >= batch_size or len(pending) >= 2 * batch_size:  # crops: --crops 5 sends five per image
+                    handle = self._submit(pending, engine, pool)  # batch i+1 goes in before ...
+                    if flight is not None:
+                        yield from self._finish(*flight, engine=engine, queued=queued)  # ... batch i comes out
+                    flight, pending, n_crops = (pending, handle), [], 0
+            handle = self._submit(pending, engine, pool) if n_crops else None
+            if flight is not None:
+                yield from self._finish(*flight, engine=engine, queued=queued)
+            if pending:
+                yield from self._finish(pending, handle, engine=engine, queued=queued)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def _open_cache(self) -> CacheSpec | None:
+        """The cache this scan reads and writes; one that cannot be opened is a warning, not a failure."""
+        spec = self.cache_spec()
+        if spec is not None:
+            try:
+                self._writer = CacheWriter(spec)
+            except CacheError as exc:
+                self.warn(str(exc))
+                return None
+        return spec
+
+    def _decode_pool(self, spec: CacheSpec | None, batch_size: int) -> DecodePool:
+        cfg = self.config
+        window, hold = feed_sizes(batch_size, cfg.crops, cfg.decode_workers)
+        return DecodePool(
+            workers=cfg.decode_workers,
+            config=ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=spec, crops=cfg.crops),
+            timeout=cfg.decode_timeout,
+            window=window,
+            hold=hold,
+        )
+
+    def _resolve(self, outcome: Outcome) -> Outcome:
+        """A decoded copy of content already scored in this scan takes those scores: no second embedding."""
+        if isinstance(outcome, Examined) and outcome.decoded is not None and outcome.sha256 in self._known:
+            cached = outcome.verdict(self._known[outcome.sha256])
+            return Examined(outcome.sha256, outcome.evidence, outcome.new_evidence, cached=cached)
+        return outcome
+
+    def _submit(self, pending: list[Item], engine: AsyncEngine, pool: DecodePool) -> object | None:
+        """The batch is one copy of the crops out of their shared slots, which go back at once."""
+        embedded = [o for _, o, embed in pending if embed]
+        if not embedded:
+            return None
+        batch = np.concatenate([o.decoded.crops for o in embedded])  # type: ignore[union-attr]  # (sum of K, 224, 224, 3)
+        for o in embedded:
+            pool.give_back(o)
+        return engine.submit(batch)
+
+    def _remember(self, sha: bytes, scores: BoxScores) -> None:
+        self._known[sha] = scores
+        self._known.move_to_end(sha)
+        if len(self._known) > self._capacity:
+            self._known.popitem(last=False)
+
+    def _finish(
+        self,
+        items: list[Item],
+        handle: object | None = None,
+        *,
+        engine: AsyncEngine | None = None,
+        queued: set[bytes] | None = None,
+    ) -> Iterator[Result]:
+        """The records of `items`, in order; the crops they sent to the engine come back from `handle`."""
+        fresh: list[tuple[bytes, CachedVerdict]] = []
+        if handle is not None:
+            assert engine is not None and queued is not None
+            emb = engine.collect(handle)  # (sum of K, D): K boxes per image, in order
+            batched = [o for _, o, embed in items if embed]
+            per_row = self.heads.scores(emb)
+            starts = np.cumsum([0] + [len(o.decoded.boxes) for o in batched])  # type: ignore[union-attr]  # crops: given back
+            for o, start, end in zip(batched, starts[:-1], starts[1:]):
+                scores = tuple(per_row[start:end])
+                self._remember(o.sha256, scores)  # type: ignore[union-attr]
+                queued.discard(o.sha256)  # type: ignore[union-attr]
+                fresh.append((o.sha256, o.verdict(scores)))  # type: ignore[union-attr]
+        new_evidence = [
+            (o.sha256, o.evidence) for _, o, _ in items if isinstance(o, Examined) and o.new_evidence and o.evidence is not None
+        ]
+        self._store(fresh, new_evidence)
+        for entry, outcome, _ in items:
+            known = self._known.get(outcome.sha256) if isinstance(outcome, Examined) and outcome.cached is None else None
+            yield self.judge.record(entry.display, outcome, known, entry.origin)
+
+    def _store(self, verdicts: list[tuple[bytes, CachedVerdict]], evidence: list) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.put(verdicts, evidence)
+        except CacheError as exc:
+            self.warn(str(exc))
+            self._writer.close()
+            self._writer = None
