@@ -145,8 +145,6 @@ def scan(
         from codescan.cli.report import check_report_target
 
         check_report_target(report, shards or output)  # before the model loads; checked again at write time
-    if crops != 1 and ray is not None:
-        raise UsageError("--crops 5 is not available with --ray yet: its rows carry one crop per file")
     arguments = scan_arguments(paths, files_from, null)
     config = ScanConfig(
         head=head,  # type: ignore[arg-type]

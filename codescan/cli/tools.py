@@ -68,8 +68,8 @@ def compile_command(
     ] = 64,
 ) -> None:
     """Build the TensorRT engine for this GPU from the bundle (once; cached beside the bundle)."""
-    from codescan.engines.tensorrt_engine import compile_engine
     from codescan.engines.tensorrt_build import TRT_PRECISIONS, import_tensorrt
+    from codescan.engines.tensorrt_engine import compile_engine
     from codescan.weights.bundle import load_bundle
     from codescan.weights.store import chosen_name
 

@@ -25,12 +25,12 @@ from codescan.core.records import (
     Result,
 )
 from codescan.decoding.cache import CachedVerdict, CacheError, CacheSpec, CacheWriter
-from codescan.decoding.examine import ExamineConfig, Examined, Outcome
+from codescan.decoding.examine import Examined, Outcome
 from codescan.decoding.feed import DecodePool
 from codescan.inputs.sources import entries as list_entries
 from codescan.inputs.walk import Entry
 from codescan.model.heads import HeadSet
-from codescan.model.preprocess import PREPROCESS_VERSION, CropCount
+from codescan.model.preprocess import CropCount
 from codescan.scan.judge import BoxScores
 from codescan.scan.plan import ScanConfig, ScanPlan
 
@@ -98,17 +98,7 @@ class Scanner:
         return self.plan.header(self.engine.name, self.engine.device, self.engine.precision)
 
     def cache_spec(self) -> CacheSpec | None:
-        """Everything that can change a score is in the model key; evidence has its own."""
-        from codescan.evidence.metadata import EVIDENCE_VERSION
-
-        if self.config.cache is None:
-            return None
-        model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/{self.engine.name}/{self.engine.precision}"
-        if self.config.crops != 1:
-            model += f"/crops{self.config.crops}"
-        evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
-        heads = tuple(self.heads.names())
-        return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=heads, crops=self.config.crops)
+        return self.plan.cache_spec(self.engine.name, self.engine.precision)
 
     def scan(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[Result]:
         """One Result per discovered input, in walk order; those in `skip` (already done) are passed over."""
@@ -189,7 +179,7 @@ class Scanner:
         window, hold = feed_sizes(batch_size, cfg.crops, cfg.decode_workers)
         return DecodePool(
             workers=cfg.decode_workers,
-            config=ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=spec, crops=cfg.crops),
+            config=self.plan.examine_config(spec),
             timeout=cfg.decode_timeout,
             window=window,
             hold=hold,

@@ -19,6 +19,8 @@ from codescan.model.preprocess import CropCount
 from codescan.scan.judge import Judge
 
 if TYPE_CHECKING:
+    from codescan.decoding.cache import CacheSpec
+    from codescan.decoding.examine import ExamineConfig
     from codescan.model.heads import HeadSet
     from codescan.weights.bundle import Bundle
 
@@ -39,7 +41,11 @@ class ScanPlan:
     def resolve(
         cls, weights: str | None, engine: str, precision: str, config: ScanConfig, distributed: bool = False
     ) -> ScanPlan:
-        """`distributed`: Ray runs the scan, and the scan cache (one machine's) is off."""
+        """`distributed`: Ray runs the scan, and the scan cache (one machine's) is off.
+
+        Cross-option rules are checked here, before the bundle loads: ValueError says which."""
+        if distributed and config.crops != 1:
+            raise ValueError("--crops 5 is not available with --ray yet: its rows carry one crop per file")
         from dataclasses import replace
 
         from codescan.weights.bundle import load_bundle
@@ -70,6 +76,28 @@ class ScanPlan:
     def shown_heads(self) -> list[HeadName] | None:
         """The heads every record lists (`--head all`), else None: CSV's extra columns."""
         return list(self.judge.judged) if self.judge.show_all else None
+
+    def examine_config(self, cache: CacheSpec | None) -> ExamineConfig:
+        """What each decode worker does with a file, the same for both executors (Ray's rows
+        carry the crops its workers cut, so `--crops` reaches them as it reaches local ones)."""
+        from codescan.decoding.examine import ExamineConfig
+
+        return ExamineConfig(limits=self.config.limits, evidence=self.config.evidence, cache=cache, crops=self.config.crops)
+
+    def cache_spec(self, engine: str, precision: str) -> CacheSpec | None:
+        """The scan cache's file and keys once the engine is resolved, or None when it is off.
+        Everything that can change a score is in the model key; evidence has its own."""
+        from codescan.decoding.cache import CacheSpec
+        from codescan.evidence.metadata import EVIDENCE_VERSION
+        from codescan.model.preprocess import PREPROCESS_VERSION
+
+        if self.config.cache is None:
+            return None
+        model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/{engine}/{precision}"
+        if self.config.crops != 1:
+            model += f"/crops{self.config.crops}"
+        evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
+        return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=tuple(self.heads.names()), crops=self.config.crops)
 
     def batch_size(self, device: str) -> int:
         return self.config.batch_size or (GPU_BATCH if device.startswith("cuda") else CPU_BATCH)

@@ -32,8 +32,6 @@ class PrivateInstanceError(ValueError):
 class RayOptions:
     address: str = "local"  # "local": a private instance on this machine; "auto" or host:port / ray://…
     workers: int | None = None  # decode actors; default: the cluster's CPUs (local: the CPUs Ray may use)
-    embedders: int | None = None  # embed actors; default: one per GPU, else one per decode actor
-    batch_size: int | None = None  # None: the plan's batch size for the resolved device
 
 
 def connect(options: RayOptions, num_cpus: int | None = None) -> None:

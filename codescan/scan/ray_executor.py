@@ -192,7 +192,7 @@ def _rows(
     from codescan.weights.store import store_root
 
     cfg = plan.config
-    batch = options.batch_size or plan.batch_size(resolved.device)
+    batch = plan.batch_size(resolved.device)
     todo = [{"units": pickle.dumps(task)} for task in _tasks(units, batch)]
     if not todo:
         return iter(())
@@ -200,7 +200,7 @@ def _rows(
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
     workers = options.workers or cpus
-    embedders = options.embedders or (gpus if resolved.on_gpu else workers)
+    embedders = gpus if resolved.on_gpu else workers  # one per GPU, else one per decode actor
     # CPU share per actor: decode and embed actors together fill the CPUs Ray reports.
     share = min(1.0, cpus / (workers + (0 if resolved.on_gpu else embedders)))
     context = ray.data.DataContext.get_current()
@@ -211,7 +211,7 @@ def _rows(
     ds = ds.map_batches(
         DecodeStage,
         fn_constructor_kwargs={
-            "config": ExamineConfig(limits=cfg.limits, evidence=cfg.evidence, cache=cfg.cache),
+            "config": plan.examine_config(None),  # the scan cache is one machine's: off under Ray (the plan says so too)
             "timeout": cfg.decode_timeout,
             "walk": cfg.walk,
         },
