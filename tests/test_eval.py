@@ -13,6 +13,14 @@ from PIL import Image
 
 from codescan.decoding.decode import DecodeLimits, decode_file
 
+
+def decode_five_file(path: str, limits):
+    """The five crops `scan --crops 5` and `eval --crops 5` judge, decoded as the workers do."""
+    from codescan.decoding.decode import decode_bytes
+    from codescan.inputs.read import read_limited
+
+    return decode_bytes(read_limited(path, limits.max_filesize), limits, path, crops=5)
+
 # ---------------------------------------------------------------- metrics vs scikit-learn
 
 
@@ -75,7 +83,6 @@ def _coordinate_image(width: int, height: int) -> Image.Image:
 
 
 def test_five_crops_are_centre_and_corners(tmp_path):
-    from codescan.train.crops import decode_five_file
 
     w, h = 601, 400
     im = _coordinate_image(w, h)
@@ -102,7 +109,6 @@ def test_five_crops_are_centre_and_corners(tmp_path):
      ((90, 500), "P", "png"), ((224, 224), "RGBA", "webp"), ((513, 260), "CMYK", "tiff")],
 )
 def test_crop_zero_equals_the_scanner_crop_bit_for_bit(tmp_path, size, mode, ext):
-    from codescan.train.crops import decode_five_file
 
     rng = np.random.default_rng(sum(size))
     path = tmp_path / f"img.{ext}"
@@ -116,7 +122,6 @@ def test_crop_zero_equals_the_scanner_crop_bit_for_bit(tmp_path, size, mode, ext
 
 def test_short_axes_are_padded_like_the_centre_crop(tmp_path):
     """A 100×300 image: every crop takes the whole width, padded as the centre crop pads it."""
-    from codescan.train.crops import decode_five_file
 
     im = _coordinate_image(100, 300)
     im.save(tmp_path / "s.png")
@@ -132,7 +137,6 @@ def test_short_axes_are_padded_like_the_centre_crop(tmp_path):
 
 
 def test_five_crop_decode_keeps_the_scanner_limits_and_error_codes(tmp_path):
-    from codescan.train.crops import decode_five_file
 
     from codescan.inputs.read import DecodeFailure
 
@@ -295,3 +299,27 @@ def test_plot_without_matplotlib_is_one_line_error(home, labelled, tmp_path):
     p = subprocess.run([sys.executable, "-P", "-c", code, *argv], capture_output=True, timeout=120)
     assert p.returncode == 2 and p.stdout == b""
     assert p.stderr.decode().strip() == "codescan: error: --plot needs matplotlib: pip install 'codescan[plot]'"
+
+
+def test_embed_files_goes_through_the_scans_decode_pool(tmp_path):
+    """eval, calibrate and head fitting decode as the scan does: in the killable workers, with the
+    scan's examination (a text file named .jpg is an error, a file with no image at all too)."""
+    import numpy as np
+    from PIL import Image
+
+    from codescan.train.embed import embed_files
+
+    class Mean:  # an engine: (N, 224, 224, 3) uint8 -> (N, 3) float32
+        def embed(self, crops: np.ndarray) -> np.ndarray:
+            return crops.reshape(len(crops), -1, 3).mean(1).astype(np.float32)
+
+    Image.fromarray(np.full((300, 260, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 40)
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    paths = [tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "notes.txt"]
+    one = embed_files(paths, Mean(), batch_size=2, workers=1)
+    five = embed_files(paths, Mean(), batch_size=2, workers=1, crops=5)
+    assert one.index.tolist() == five.index.tolist() == [0]
+    assert one.emb.shape == (1, 3) and five.emb.shape == (1, 5, 3)
+    np.testing.assert_allclose(five.emb[:, 0], one.emb)  # box 0 is the centre crop
+    assert {i: f.code for i, f in one.failures.items()} == {1: "corrupt", 2: "not_an_image"}

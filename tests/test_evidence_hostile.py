@@ -34,6 +34,7 @@ from codescan.core.records import Evidence
 from codescan.core.textsafe import strip_controls
 from codescan.decoding.decode import DecodeLimits, decode_bytes
 from codescan.decoding.examine import ExamineConfig, Examined, Examiner
+from codescan.evidence import metadata as evidence
 from codescan.evidence.containers import (
     MAX_TEXT,
     MAX_TOTAL_TEXT,
@@ -47,7 +48,6 @@ from codescan.evidence.metadata import (
     Findings,
     metadata_evidence,
 )
-from codescan.evidence import metadata as evidence
 from codescan.inputs.walk import Entry
 
 LINEAR_BUDGET_S = 2.0  # the linear parsers take milliseconds here; the quadratic ones took minutes

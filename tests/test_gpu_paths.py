@@ -378,8 +378,8 @@ def test_scan_uses_the_plan_compile_built(fake_trt, bundle):
 
 
 def test_a_plan_tensorrt_refuses_is_rebuilt(fake_trt, bundle):
-    from codescan.engines import tensorrt_engine as te
     from codescan.engines import tensorrt_build as tp
+    from codescan.engines import tensorrt_engine as te
 
     dev = lazy_device(fake_trt)
     _, info = tp.ensure_plan(bundle, "fp16", 8, fake_trt, dev, log=lambda m: None)
@@ -516,8 +516,8 @@ def test_auto_choice_here_and_with_a_gpu(fake_trt, home, monkeypatch):
 
 
 def test_create_engine_builds_tensorrt_with_the_fake(fake_trt, bundle, monkeypatch):
-    from codescan.engines import tensorrt_engine as te
     from codescan.engines import tensorrt_build as tp
+    from codescan.engines import tensorrt_engine as te
 
     dev = lazy_device(fake_trt)
     monkeypatch.setattr(registry, "cuda_available", lambda: True)

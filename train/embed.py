@@ -1,12 +1,15 @@
-"""Embeddings of a list of files, through the scanner's own decoder and engine.
+"""Embeddings of a list of files, through the scanner's own decode pool and engine.
 
-Head fitting, threshold choice and evaluation must see exactly the crops `codescan scan`
-judges; a torchvision pipeline of their own would drift from it (resize, EXIF, modes), so
-they reuse ``decode_file`` and an :class:`~codescan.engines.protocol.Engine`.
+Head fitting, threshold choice, evaluation and calibration must see exactly the crops
+`codescan scan` judges, under the same protection: the same killable, confined workers with a
+deadline per file, the same limits, the same crop plan (`--crops 5` too). A decoder of their own
+would drift from the scan (resize, EXIF, modes) and would hang or crash on a file the scan
+survives.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +17,11 @@ from pathlib import Path
 import numpy as np
 from codescan.engines.protocol import Engine
 
-from codescan.decoding.decode import DecodeLimits, configure_pillow, decode_file
+from codescan.decoding.decode import DecodeLimits
 from codescan.inputs.read import DecodeFailure
+from codescan.model.preprocess import CropCount
+
+DECODE_TIMEOUT = 20.0  # seconds per file, the scan's default --decode-timeout
 
 
 @dataclass
@@ -23,13 +29,8 @@ class Embedded:
     """Embeddings of the files that decoded, with the indices (into the input list) they belong to."""
 
     index: np.ndarray  # (N,) int64 positions in the input list
-    emb: np.ndarray  # (N, D) float32, or (N, K, D) for a decoder that gives K crops per file
+    emb: np.ndarray  # (N, D) float32 with one crop per file, (N, K, D) with K crops
     failures: dict[int, DecodeFailure] = field(default_factory=dict)
-
-
-def centre_crop(path: str, limits: DecodeLimits) -> np.ndarray:
-    """(224, 224, 3) uint8: exactly what `scan` judges."""
-    return decode_file(path, limits).crop
 
 
 def embed_files(
@@ -38,36 +39,50 @@ def embed_files(
     batch_size: int = 32,
     limits: DecodeLimits = DecodeLimits(),
     on_batch: Callable[[int], None] | None = None,
-    decode: Callable[[str, DecodeLimits], np.ndarray] = centre_crop,
+    crops: CropCount = 1,
+    workers: int | None = None,
 ) -> Embedded:
-    """Decode and embed `paths`; undecodable files are reported, not raised.
+    """Decode `paths` in the decode pool and embed them; files that cannot be judged are reported,
+    not raised (a file that is no image at all is a `not_an_image` failure here).
 
-    `decode` gives (..., 224, 224, 3) uint8 per file; ``emb`` keeps its leading shape, so the
-    centre crop gives (N, D) and five crops (N, 5, D). `batch_size` counts files.
+    ``emb`` is (N, D) for `crops` 1 and (N, 5, D) for 5. `batch_size` counts files.
     """
-    configure_pillow(limits)
+    from codescan.decoding.examine import ExamineConfig, Examined, Skipped
+    from codescan.decoding.feed import DecodePool
+    from codescan.inputs.walk import Entry
+
+    pool = DecodePool(
+        workers=workers or os.cpu_count() or 1,
+        config=ExamineConfig(limits=limits, evidence="none", cache=None, crops=crops),  # the scan's, less evidence
+        timeout=DECODE_TIMEOUT,
+        window=max(2 * batch_size, 16),
+    )
     index: list[int] = []
     chunks: list[np.ndarray] = []
     failures: dict[int, DecodeFailure] = {}
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        crops = np.stack([c for _, c in pending])  # (B, ..., 224, 224, 3) uint8
-        emb = engine.embed(crops.reshape(-1, *crops.shape[-3:]))  # (B·K, D)
-        chunks.append(emb.reshape(*crops.shape[:-3], -1))  # (B, ..., D)
+        batch = np.stack([c for _, c in pending])  # (B, K, 224, 224, 3) uint8
+        emb = engine.embed(batch.reshape(-1, *batch.shape[-3:]))  # (B·K, D)
+        chunks.append(emb.reshape(len(pending), crops, -1) if crops != 1 else emb)  # (B, K, D) or (B, D)
         index.extend(i for i, _ in pending)
         if on_batch is not None:
             on_batch(len(pending))
         pending.clear()
 
-    for i, path in enumerate(paths):
-        try:
-            pending.append((i, decode(str(path), limits)))
-        except DecodeFailure as failure:
-            failures[i] = failure
+    entries = (Entry(display=os.fsdecode(p), path=os.fsencode(p)) for p in paths)
+    for i, (_, outcome) in enumerate(pool.outcomes(entries)):
+        if isinstance(outcome, Examined) and outcome.decoded is not None:
+            pending.append((i, outcome.decoded.crops))
+        elif isinstance(outcome, Skipped):
+            failures[i] = DecodeFailure(outcome.code, "no image extension and no image content")
+        elif isinstance(outcome, DecodeFailure):
+            failures[i] = outcome
         if len(pending) == batch_size:
             flush()
     if pending:
         flush()
     emb = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     return Embedded(index=np.asarray(index, dtype=np.int64), emb=emb.astype(np.float32, copy=False), failures=failures)
+

@@ -17,9 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from codescan.engines.protocol import Engine, EngineName, Precision
 from codescan.engines.registry import create_engine
-from codescan.train.crops import five_crops
 from codescan.train.data import Label, Sample, load_samples
-from codescan.train.embed import Embedded, centre_crop, embed_files
+from codescan.train.embed import Embedded, embed_files
 from codescan.train.metrics import BinaryMetrics, binary_metrics
 
 from codescan.core.records import ErrorCode, HeadChoice, HeadName
@@ -30,7 +29,7 @@ from codescan.weights.bundle import load_bundle
 
 CropCount = Literal[1, 5]
 EVAL_SCHEMA_VERSION = 1
-DEFAULT_BATCH = 32  # embed_files' default: eval decodes in-process, so no decode pool sets the batch size
+DEFAULT_BATCH = 32  # files per engine call: embed_files' default
 
 Progress = Callable[[int, int], None]  # (files embedded so far, files in the data set)
 
@@ -93,8 +92,7 @@ def _embed(config: EvalConfig, samples: list[Sample], engine: Engine, progress: 
 
     paths = [s.path for s in samples]
     batch = config.batch_size or DEFAULT_BATCH
-    decode = five_crops if config.crops == 5 else centre_crop
-    return embed_files(paths, engine, batch_size=batch, limits=config.limits, on_batch=on_batch, decode=decode)
+    return embed_files(paths, engine, batch_size=batch, limits=config.limits, on_batch=on_batch, crops=config.crops)
 
 
 def _head_scores(heads: HeadSet, name: HeadName, emb: np.ndarray) -> np.ndarray:
