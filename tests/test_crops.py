@@ -16,7 +16,11 @@ def results(stdout: bytes) -> list[dict]:
 
 
 def test_five_crops_score_each_box_and_keep_the_max(home, tmp_path):
-    from codescan.train.crops import decode_five_file
+    from codescan.decoding.decode import decode_bytes
+    from codescan.inputs.read import read_limited
+
+    def decode_five_file(path: str, limits: DecodeLimits):  # as the decode workers cut `--crops 5`
+        return decode_bytes(read_limited(path, limits.max_filesize), limits, path, crops=5)
 
     folder = tmp_path / "imgs"
     folder.mkdir()
