@@ -99,10 +99,10 @@ def judge_gate(cosine_min: float, flips: Mapping[str, int], images: int) -> tupl
         agreement = (images - flipped) / images if images else 0.0
         if agreement < MIN_AGREEMENT:
             reasons.append(f"{head}: {agreement:.2%} identical verdicts < {MIN_AGREEMENT:.1%}")
-        elif agreement_lower_bound(images - flipped, images) < MIN_AGREEMENT_BOUND:
+        elif (bound := agreement_lower_bound(images - flipped, images)) < MIN_AGREEMENT_BOUND:
             reasons.append(
                 f"{head}: {images} images with {flipped} flipped verdict{'s' * (flipped != 1)} show agreement above "
-                f"{agreement_lower_bound(images - flipped, images):.1%} only (95% confidence); {MIN_AGREEMENT_BOUND:.0%} "
+                f"{bound:.1%} only (95% confidence); {MIN_AGREEMENT_BOUND:.0%} "
                 f"needs at least {images_needed(flipped)} images with that many flips ({images_needed(0)} if none flip)"
             )
     return not reasons, reasons

@@ -113,12 +113,3 @@ def _open_at(name: bytes, flags: int, folder: int) -> int:
             raise LinkRefused(exc.errno, "a link (or a file) stands where the listing saw a folder or file") from None
         raise
 
-
-def read_pinned(path: bytes, pin: Pin | None, limit: int) -> tuple[int, bytes]:
-    """(size fstat reports, up to `limit` + 1 bytes) of the file opened as `pin` says."""
-    fd = open_pinned(path, pin)
-    with os.fdopen(fd, "rb") as fh:
-        size = os.fstat(fd).st_size
-        if size > limit:
-            return size, b""
-        return size, fh.read(limit + 1)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
+from codescan.core import strictjson
 from codescan.core.records import HEAD_NAMES, Header, Result, Summary, is_result_record
 from codescan.core.textsafe import csv_cell, printable
 from codescan.output import resume
@@ -328,7 +329,7 @@ class ShardsReporter:
                 raise resume.ResumeError(f"{self.folder} holds shards but no header.json; not a codescan shard folder")
             return None
         try:
-            header = resume.strict_loads(head.read_text())
+            header = strictjson.loads(head.read_text())
         except ValueError:
             raise resume.ResumeError(f"{head} is not JSON; not a codescan shard folder") from None
         results = list(read_shards(self.folder))
@@ -369,7 +370,7 @@ def read_shards(folder: Path) -> Iterator[dict[str, Any]]:
     """The result records of a shard folder, in listing order."""
     for shard in sorted(folder.glob("part-*.jsonl")):
         for line in shard.read_text(encoding="utf-8").splitlines():
-            yield resume.strict_loads(line)
+            yield strictjson.loads(line)
 
 
 def make_reporter(

@@ -8,10 +8,10 @@ so a resumed scan ends with the same records as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from codescan.core import strictjson
 from codescan.core.records import Ident, ident_of, is_result_record
 
 # Header fields that must agree: resuming with other weights, head, thresholds, evidence or crops would mix
@@ -33,15 +33,6 @@ class ResumeState:
         return {ident_of(r) for r in self.results}
 
 
-def _not_json(constant: str) -> None:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def strict_loads(text: str | bytes) -> Any:
-    """json.loads that refuses NaN and ±Infinity, which codescan never writes."""
-    return json.loads(text, parse_constant=_not_json)
-
-
 def load(path: str) -> ResumeState:
     """Read what a previous run left; a missing or empty file means a fresh start."""
     state = ResumeState()
@@ -60,7 +51,7 @@ def load(path: str) -> ResumeState:
         if not line:
             continue
         try:
-            obj = strict_loads(line)
+            obj = strictjson.loads(line)
         except ValueError:
             if number == len(lines):
                 continue  # torn line that happened to end in a newline-less flush

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from codescan.core.fsutil import private_folder_problem, swappable_path_problem
+
 if TYPE_CHECKING:
 
     pass
@@ -339,8 +341,6 @@ def _private_folder(parents: list[tuple[str, str, bool]], tail: int = 0) -> tupl
 def _parent_problem(parent: str, private: bool) -> str | None:
     """Why a private folder made in `parent` would not be safe, or None. `private`: `parent`
     itself must be this user's alone (no group or other access)."""
-    from codescan.core.fsutil import private_folder_problem, swappable_path_problem
-
     if not os.path.isabs(parent):
         return "not an absolute path"
     real = os.path.realpath(parent)
@@ -349,8 +349,6 @@ def _parent_problem(parent: str, private: bool) -> str | None:
 
 def _private_folder_in(parent: str, prefix: str) -> str:
     """A fresh 0700 folder in `parent`, checked once made (OSError if it is not private)."""
-    from codescan.core.fsutil import private_folder_problem
-
     folder = tempfile.mkdtemp(prefix=prefix, dir=os.path.realpath(parent))
     why = private_folder_problem(folder)
     if why is not None:

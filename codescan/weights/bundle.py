@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from codescan.core import strictjson
 from codescan.core.fsutil import atomic_write_bytes
 from codescan.core.records import HEAD_NAMES, HeadName
 from codescan.core.version import __version__
@@ -126,7 +127,7 @@ def load_bundle(name: str, verify: bool = True) -> Bundle:
             "Run `codescan weights pull`, or `codescan weights import DIR` with a downloaded aimagelab/CoDE folder."
         )
     try:
-        meta = json.loads(meta_path.read_text(), parse_constant=_not_json, parse_float=_finite_float)
+        meta = strictjson.loads(meta_path.read_text(), parse_float=_finite_float)
     except (OSError, ValueError) as exc:
         raise WeightsError(f"bundle {name!r}: unreadable bundle.json ({exc})") from None
     if not isinstance(meta, dict):
@@ -140,11 +141,6 @@ def load_bundle(name: str, verify: bool = True) -> Bundle:
     if verify:
         bundle.verify()
     return bundle
-
-
-def _not_json(token: str) -> float:
-    """json.loads takes NaN, Infinity and -Infinity, which are not JSON: a bundle.json holding one is refused."""
-    raise ValueError(f"{token} is not JSON")
 
 
 def _finite_float(text: str) -> float:
