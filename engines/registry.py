@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from codescan.engines.gates_file import passed_gates
@@ -91,6 +92,32 @@ def register(extra: EngineSpec) -> None:
     ENGINES[extra.name] = extra
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """An engine choice with nothing left to `auto`: what the header states and what `build` makes.
+
+    Resolved where the engine will run (a Ray scan asks a GPU worker), since `auto` depends on
+    that machine's GPU and runtimes."""
+
+    engine: str
+    precision: str
+    device: str  # "cpu" or "cuda:N"
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def resolve(bundle: Bundle, engine: str = "auto", precision: str = "auto") -> Resolved:
+    """The one resolution of `--engine`, `--precision` and the device, for every executor."""
+    name, prec = choose(bundle, engine, precision)
+    if not spec(name).gpu:
+        return Resolved(name, prec, "cpu")
+    import torch
+
+    return Resolved(name, prec, f"cuda:{torch.cuda.current_device()}")
+
+
 def build(bundle: Bundle, name: str, precision: str, threads: int | None = None) -> Engine:
     """One resolved engine: `threads` caps CPU threads where several engines share a machine (Ray)."""
     s = spec(name)
@@ -100,4 +127,5 @@ def build(bundle: Bundle, name: str, precision: str, threads: int | None = None)
 
 
 def create_engine(bundle: Bundle, engine: str = "auto", precision: str = "auto", threads: int | None = None) -> Engine:
+    """Resolve and build in one step, where no one needs the resolution itself (tools, benchmarks)."""
     return build(bundle, *choose(bundle, engine, precision), threads)

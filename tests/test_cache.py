@@ -63,7 +63,7 @@ def test_rescan_skips_model_and_copies_are_embedded_once(home, tree, tmp_path):
     second, engine2 = scan(config, tree)
     assert engine2.crops == 0
     assert second == first  # every field, evidence and sha256 included
-    uncached, engine3 = scan(ScanConfig(cache=None, decode_workers=2, batch_size=4), tree)
+    uncached, engine3 = scan(ScanConfig(cache=False, decode_workers=2, batch_size=4), tree)
     assert uncached == first and engine3.crops == 7  # copies are found within a scan without any cache
 
     by_name = {r.path.rsplit("/", 1)[-1]: r for r in first}
@@ -123,7 +123,7 @@ def test_model_key_names_weights_preprocessing_engine_and_precision(home, tmp_pa
     spec = scanner.cache_spec()
     assert spec is not None and spec.evidence is None
     assert spec.model == f"{scanner.bundle.digest}/p1/{scanner.engine.name}/{scanner.engine.precision}"
-    assert Scanner(config=ScanConfig(cache=None)).cache_spec() is None
+    assert Scanner(config=ScanConfig(cache=False)).cache_spec() is None
 
 
 def test_cli_rescan_identical_and_broken_cache_is_a_warning(home, tree, tmp_path):

@@ -256,7 +256,7 @@ def images(tmp_path) -> Path:
 
 def scan(images: Path, cache: Path | None) -> tuple[list, list[str]]:
     warnings: list[str] = []
-    config = ScanConfig(cache=None if cache is None else str(cache), decode_workers=1)
+    config = ScanConfig(cache=False if cache is None else str(cache), decode_workers=1)
     return list(Scanner(config=config, warn=warnings.append).scan([str(images)])), warnings
 
 

@@ -310,6 +310,7 @@ def test_embed_files_goes_through_the_scans_decode_pool(tmp_path):
     from codescan.train.embed import embed_files
 
     class Mean:  # an engine: (N, 224, 224, 3) uint8 -> (N, 3) float32
+        device = "cpu"
         def embed(self, crops: np.ndarray) -> np.ndarray:
             return crops.reshape(len(crops), -1, 3).mean(1).astype(np.float32)
 

@@ -276,11 +276,12 @@ def test_engine_resolution_follows_the_cluster_not_the_driver(home, monkeypatch)
     from codescan.scan import ray_executor as ray_scan
     from codescan.scan.plan import ScanConfig, ScanPlan
     from codescan.scan.ray_cluster import RayOptions
-    from codescan.scan.ray_executor import Resolved, resolve_engine
+    from codescan.engines.registry import Resolved
+    from codescan.scan.ray_executor import resolve_engine
 
-    auto = ScanPlan.resolve("code", "auto", "auto", ScanConfig(cache="c.sqlite3"), distributed=True)
-    cuda = ScanPlan.resolve("code", "cuda", "auto", ScanConfig(), distributed=True)
-    assert auto.config.cache is None  # one machine's cache: off under Ray, decided by the plan
+    auto = ScanPlan.resolve("code", "auto", "auto", ScanConfig(cache="c.sqlite3"), ray=RayOptions())
+    cuda = ScanPlan.resolve("code", "cuda", "auto", ScanConfig(), ray=RayOptions())
+    assert auto.config.cache is False  # one machine's cache: off under Ray, decided by the plan
     monkeypatch.setattr(ray_scan, "connect", lambda options, num_cpus=None: None)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     assert resolve_engine(auto, RayOptions()) == Resolved("onnxruntime", "fp32", "cpu")

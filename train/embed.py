@@ -19,7 +19,7 @@ from codescan.engines.protocol import Engine
 
 from codescan.decoding.decode import DecodeLimits
 from codescan.inputs.read import DecodeFailure
-from codescan.model.preprocess import CropCount
+from codescan.model.preprocess import DEFAULT_CROPS, CropCount
 
 DECODE_TIMEOUT = 20.0  # seconds per file, the scan's default --decode-timeout
 
@@ -36,21 +36,24 @@ class Embedded:
 def embed_files(
     paths: Sequence[str | Path],
     engine: Engine,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     limits: DecodeLimits = DecodeLimits(),
     on_batch: Callable[[int], None] | None = None,
-    crops: CropCount = 1,
+    crops: CropCount = DEFAULT_CROPS,
     workers: int | None = None,
 ) -> Embedded:
     """Decode `paths` in the decode pool and embed them; files that cannot be judged are reported,
     not raised (a file that is no image at all is a `not_an_image` failure here).
 
-    ``emb`` is (N, D) for `crops` 1 and (N, 5, D) for 5. `batch_size` counts files.
+    ``emb`` is (N, D) for `crops` 1 and (N, 5, D) for 5. `batch_size` counts files; None takes the
+    scan's default for the engine's device.
     """
     from codescan.decoding.examine import ExamineConfig, Examined, Skipped
     from codescan.decoding.feed import DecodePool
     from codescan.inputs.walk import Entry
+    from codescan.scan.plan import batch_size_for
 
+    batch_size = batch_size_for(engine.device, batch_size)
     pool = DecodePool(
         workers=workers or os.cpu_count() or 1,
         config=ExamineConfig(limits=limits, evidence="none", cache=None, crops=crops),  # the scan's, less evidence

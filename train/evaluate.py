@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from codescan.engines.protocol import Engine, EngineName, Precision
@@ -21,15 +21,19 @@ from codescan.train.data import Label, Sample, load_samples
 from codescan.train.embed import Embedded, embed_files
 from codescan.train.metrics import BinaryMetrics, binary_metrics
 
-from codescan.core.records import ErrorCode, HeadChoice, HeadName
+from codescan.core.records import (
+    DEFAULT_CROPS,
+    CropCount,
+    ErrorCode,
+    HeadChoice,
+    HeadName,
+)
 from codescan.core.version import __version__
 from codescan.decoding.decode import DecodeLimits
 from codescan.model.heads import HeadSet
 from codescan.weights.bundle import load_bundle
 
-CropCount = Literal[1, 5]
 EVAL_SCHEMA_VERSION = 1
-DEFAULT_BATCH = 32  # files per engine call: embed_files' default
 
 Progress = Callable[[int, int], None]  # (files embedded so far, files in the data set)
 
@@ -43,7 +47,7 @@ class EvalConfig:
     data: Path
     weights: str = "code"
     head: HeadChoice = "all"
-    crops: CropCount = 1
+    crops: CropCount = DEFAULT_CROPS
     engine: EngineName = "auto"
     precision: Precision = "auto"
     batch_size: int | None = None
@@ -91,8 +95,7 @@ def _embed(config: EvalConfig, samples: list[Sample], engine: Engine, progress: 
             progress(done, len(samples))
 
     paths = [s.path for s in samples]
-    batch = config.batch_size or DEFAULT_BATCH
-    return embed_files(paths, engine, batch_size=batch, limits=config.limits, on_batch=on_batch, crops=config.crops)
+    return embed_files(paths, engine, batch_size=config.batch_size, limits=config.limits, on_batch=on_batch, crops=config.crops)
 
 
 def _head_scores(heads: HeadSet, name: HeadName, emb: np.ndarray) -> np.ndarray:

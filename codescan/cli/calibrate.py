@@ -30,14 +30,22 @@ import importlib.util
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from codescan.cli.options import EngineOpt, UsageError, WeightsOpt, err_console
-from codescan.core.records import HeadChoice
+from codescan.cli.options import (
+    BatchSizeOpt,
+    CropsOpt,
+    EngineOpt,
+    PrecisionOpt,
+    QuietOpt,
+    UsageError,
+    WeightsOpt,
+    err_console,
+)
+from codescan.core.records import DEFAULT_CROPS, HeadChoice
 from codescan.core.version import __version__
-from codescan.engines.protocol import Precision
 from codescan.output import messages
 
 CALIBRATE_SCHEMA_VERSION = 1
@@ -108,17 +116,11 @@ def calibrate_command(
         Optional[str], typer.Option(metavar="NAME", help="Variant to install. Default: <weights>-fpr<FPR>, e.g. code-fpr0.01.")
     ] = None,
     weights: WeightsOpt = None,
-    crops: Annotated[
-        Literal[1, 5], typer.Option(help="As scan will judge: 1 = the central 224×224; 5 = centre + four corners, score = max.")
-    ] = 1,
+    crops: CropsOpt = DEFAULT_CROPS,
     engine: EngineOpt = "auto",
-    precision: Annotated[
-        Precision, typer.Option(envvar="CODESCAN_PRECISION", help="auto: fp32 unless a gate passed; calibrate with what you scan with.")
-    ] = "auto",
-    batch_size: Annotated[
-        Optional[int], typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096, help="Images per engine call (default 32).")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or tables.")] = False,
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchSizeOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Choose each head's threshold for a target false-positive rate on your photos; install it as a bundle variant."""
     import json

@@ -53,7 +53,7 @@ from codescan.cli.options import (
     UsageError,
     WeightsOpt,
     WorkersOpt,
-    output_choice,
+    check_output,
     parse_thresholds,
     scan_arguments,
 )
@@ -62,7 +62,6 @@ from codescan.cli.tools import register as register_tools
 from codescan.core.records import Summary
 from codescan.core.version import __version__
 from codescan.output import messages
-from codescan.output.reporters import ShardsReporter
 from codescan.scan import job
 
 app = typer.Typer(
@@ -132,20 +131,10 @@ def scan(
     quiet: QuietOpt = False,
 ) -> None:
     """Scan files and folders; one record per file. Exit 2 if any error, else 1 if any fake (model or evidence), else 0."""
-    from codescan.decoding.cache import default_path
     from codescan.decoding.decode import DecodeLimits
     from codescan.inputs.walk import WalkOptions
-    from codescan.output.reporters import make_reporter
-    from codescan.scan.plan import ScanConfig
+    from codescan.scan.plan import OutputConfig, ScanConfig, ScanPlan, check_options
 
-    output, fmt = output_choice(output, fmt, resume, shards, ray)
-    if report is not None and ((output == "-" and shards is None) or fmt == "csv"):
-        raise UsageError("--report reads the verdicts back: give -o FILE as JSONL, JSON or Parquet (or --resume FILE, --shards DIR)")
-    if report is not None:
-        from codescan.cli.report import check_report_target
-
-        check_report_target(report, shards or output)  # before the model loads; checked again at write time
-    arguments = scan_arguments(paths, files_from, null)
     config = ScanConfig(
         head=head,  # type: ignore[arg-type]
         thresholds=parse_thresholds(threshold or [], head),  # type: ignore[arg-type]
@@ -161,26 +150,31 @@ def scan(
             max_filesize=max_filesize,
         ),
         evidence=evidence,  # type: ignore[arg-type]
-        cache=None if no_cache else (cache or str(default_path())),
+        cache=False if no_cache else (cache or True),
         crops=crops,
         **({"decode_workers": workers} if workers else {}),
     )
-    plan = _plan(weights, engine, precision, config, ray is not None, quiet)
-    reporter = (
-        ShardsReporter(Path(shards))
-        if shards is not None
-        else make_reporter(fmt, output, plan.shown_heads, evidence=evidence != "none", resuming=resume is not None)  # type: ignore[arg-type]
-    )
-    executor = _local(plan) if ray is None else _ray(plan, ray, ray_workers, shards)
-    outcome = _run_job(executor, plan, reporter, arguments, quiet, target=resume or shards or "")
+    asked = OutputConfig(target=output, format=fmt, resume=resume, shards=shards, report=report)
+    ray_options = _ray_options(ray, ray_workers)
+    _, out = check_options(config, asked, ray_options)  # the rules, before anything is read or loaded
+    assert out is not None
+    check_output(out.target)
+    if out.report is not None:
+        from codescan.cli.report import check_report_target
+
+        check_report_target(out.report, out.shards or out.target)  # before the model loads; checked again at write time
+    arguments = scan_arguments(paths, files_from, null)
+    weights = _ensure_weights(weights, quiet)
+    plan = ScanPlan.resolve(weights, engine, precision, config, asked, ray_options)
+    outcome = _run_job(plan, arguments, quiet)
     if not quiet:
         messages.summary(outcome.summary, outcome.scanned, outcome.interrupted)
         if not outcome.interrupted and _found_nothing(outcome.summary) and not config.walk.archives:
             _hint_archives(arguments)
-    if report is not None and not outcome.interrupted:
+    if out.report is not None and not outcome.interrupted:
         from codescan.cli.report import make_report
 
-        if make_report([Path(shards or output)], Path(report), quiet=quiet):
+        if make_report([Path(out.shards or out.target)], Path(out.report), quiet=quiet):
             raise typer.Exit(2)
     raise typer.Exit(outcome.exit_code)
 
@@ -203,38 +197,31 @@ def _hint_archives(arguments: list) -> None:
         messages.note(f"{shut} of them {what}, not opened when met in a folder: add --archives to scan inside")
 
 
-def _plan(weights: str | None, engine: str, precision: str, config, distributed: bool, quiet: bool):
-    from codescan.scan.plan import ScanPlan
+def _ensure_weights(weights: str | None, quiet: bool) -> str:
+    """The bundle's name, fetched first when it is the default and not yet installed."""
     from codescan.weights.install import ensure_default
     from codescan.weights.store import chosen_name
 
     weights = chosen_name(weights)
-    ensure_default(weights, messages.note)
     if quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return ScanPlan.resolve(weights, engine, precision, config, distributed=distributed)
+    ensure_default(weights, messages.note)
+    return weights
 
 
-def _local(plan):
-    from codescan.scan.pipeline import Scanner
-
-    return Scanner(plan=plan, warn=messages.warn)
-
-
-def _ray(plan, address: str, workers: int | None, shards: str | None):
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise UsageError("--ray needs the ray extra: pip install 'codescan[ray]'")
+def _ray_options(address: str | None, workers: int | None):
+    if address is None:
+        return None
     from codescan.scan.ray_cluster import RayOptions
-    from codescan.scan.ray_executor import RayExecutor
 
-    return RayExecutor(plan, RayOptions(address=address, workers=workers), None if shards is None else Path(shards))
+    return RayOptions(address=address, workers=workers)
 
 
-def _run_job(executor, plan, reporter, arguments: list, quiet: bool, target: str) -> job.JobResult:
+def _run_job(plan, arguments: list, quiet: bool) -> job.JobResult:
     from codescan.output.progress import ScanProgress
+    from codescan.scan.executors import make_executor
 
+    executor = make_executor(plan, messages.warn)
     header = executor.header().with_inputs(arguments)  # resolves the engine where it will run
     if plan.precision == "auto" and header.precision != "fp32":
         from codescan.engines.gates_file import gate_note
@@ -245,7 +232,7 @@ def _run_job(executor, plan, reporter, arguments: list, quiet: bool, target: str
     progress = ScanProgress(quiet)
     try:
         with progress:
-            return _job(executor, plan, reporter, arguments, progress, header, target)
+            return _job(executor, plan, arguments, progress, header)
     except BaseException:
         log = getattr(executor, "log", None)  # Ray's own lines went to a file, off the terminal
         if log is not None and log.is_file() and log.stat().st_size:
@@ -253,12 +240,13 @@ def _run_job(executor, plan, reporter, arguments: list, quiet: bool, target: str
         raise
 
 
-def _job(executor, plan, reporter, arguments: list, progress, header, target: str) -> job.JobResult:
+def _job(executor, plan, arguments: list, progress, header) -> job.JobResult:
     from codescan.inputs.sources import entries
 
+    out = plan.output
     return job.run(
             executor,
-            reporter,
+            plan.reporter(),
             header,
             arguments,
             Summary.for_evidence(plan.config.evidence),
@@ -266,7 +254,7 @@ def _job(executor, plan, reporter, arguments: list, progress, header, target: st
                 lambda: entries(arguments, plan.config.walk, counting=True), done
             ),
             on_result=progress.advance,
-            target=target,
+            target=out.resume or out.shards or "",
         )
 
 

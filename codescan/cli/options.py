@@ -11,12 +11,12 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from codescan.core.records import HEAD_NAMES, EvidenceLevel, HeadChoice
+from codescan.core.records import HEAD_NAMES, CropCount, EvidenceLevel, HeadChoice
 from codescan.engines.protocol import EngineName, Precision
 from codescan.output import messages
 from codescan.output.reporters import Format
@@ -59,30 +59,6 @@ def parse_thresholds(values: list[str], head: str) -> dict[str, float]:
     return out
 
 
-def output_choice(output: str, fmt: str | None, resume: str | None, shards: str | None, ray: str | None) -> tuple[str, str]:
-    """Where the records go and in which format, checked before the model loads."""
-    from codescan.output.reporters import FORMATS, guess_format
-
-    if resume is not None:
-        if output not in ("-", resume) or (fmt or "jsonl") != "jsonl":
-            raise UsageError("--resume FILE writes JSONL to FILE itself; drop -o/--format")
-        output, fmt = resume, "jsonl"
-    fmt = fmt or guess_format(output) or "jsonl"
-    if fmt not in FORMATS:
-        raise UsageError(f"--format: choose from {', '.join(FORMATS)}")
-    if fmt == "parquet":
-        import importlib.util
-
-        if output == "-":
-            raise UsageError("--format parquet writes a file: give -o FILE.parquet")
-        if importlib.util.find_spec("pyarrow") is None:
-            raise UsageError("--format parquet needs pyarrow: pip install 'codescan[parquet]'")
-    if shards is not None and (ray is None or resume is not None or output != "-" or fmt != "jsonl"):
-        raise UsageError("--shards DIR needs --ray and replaces -o/--format/--resume")
-    _check_output(output)
-    return output, fmt
-
-
 def scan_arguments(paths: list[str] | None, files_from: str | None, null: bool) -> list[str | bytes]:
     from codescan.inputs.walk import read_path_list
 
@@ -96,7 +72,7 @@ def scan_arguments(paths: list[str] | None, files_from: str | None, null: bool) 
     return arguments
 
 
-def _check_output(output: str) -> None:
+def check_output(output: str) -> None:
     """Fail before the model loads when the output cannot be written (naming the user's path)."""
     if output == "-":
         if STDOUT_CLOSED.is_set():
@@ -202,7 +178,7 @@ ShardsOpt = Annotated[
     ),
 ]
 CropsOpt = Annotated[
-    Literal[1, 5],
+    CropCount,
     typer.Option(
         envvar="CODESCAN_CROPS",
         help="1: the central 224×224, as the reference; 5: centre + four corners, each head's score the max.",

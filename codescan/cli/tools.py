@@ -11,9 +11,18 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from codescan.cli.options import EXIT_INTERRUPTED, UsageError, WeightsOpt, err_console
-from codescan.core.records import HeadChoice
-from codescan.engines.protocol import EngineName, Precision
+from codescan.cli.options import (
+    EXIT_INTERRUPTED,
+    BatchSizeOpt,
+    CropsOpt,
+    EngineOpt,
+    PrecisionOpt,
+    QuietOpt,
+    UsageError,
+    WeightsOpt,
+    err_console,
+)
+from codescan.core.records import DEFAULT_CROPS, HeadChoice
 from codescan.output import messages
 
 
@@ -94,18 +103,14 @@ def eval_command(
     ],
     weights: WeightsOpt = None,
     head: Annotated[HeadChoice, typer.Option(help="Head to measure; all = every head in the bundle.")] = "all",
-    crops: Annotated[
-        Literal[1, 5], typer.Option(help="1: the central 224×224, as scan judges; 5: centre + four corners, score = max.")
-    ] = 1,
-    engine: Annotated[EngineName, typer.Option(envvar="CODESCAN_ENGINE", help="auto: GPU if usable, else CPU.")] = "auto",
-    precision: Annotated[Precision, typer.Option(envvar="CODESCAN_PRECISION", help="auto: fp32 unless a gate passed; fp32 = the reference.")] = "auto",
-    batch_size: Annotated[
-        Optional[int], typer.Option(envvar="CODESCAN_BATCH_SIZE", min=1, max=4096, help="Images per engine call (default 32).")
-    ] = None,
+    crops: CropsOpt = DEFAULT_CROPS,
+    engine: EngineOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchSizeOpt = None,
     plot: Annotated[
         Optional[Path], typer.Option(help="Also draw ROC curves per generator into this PNG (needs matplotlib: the plot extra).")
     ] = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or tables.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Measure a bundle on labelled images, overall and per generator: tables on stderr, JSON on stdout."""
     import json
@@ -265,7 +270,7 @@ def train_command(
         str, typer.Option(envvar="CODESCAN_TRAIN_OUT", help="Bundle to install the result as; also names the work folder.")
     ] = "trained",
     resume: Annotated[bool, typer.Option(help="Continue the run checkpointed under --out, with its settings.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", envvar="CODESCAN_QUIET", help="No progress or summary.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a CoDE encoder and its heads on labelled images; install them as a bundle for scan."""
     import importlib.util

@@ -35,7 +35,13 @@ from codescan.inputs.read import (
     read_limited,
     sniff,
 )
-from codescan.model.preprocess import CROP, CropCount, place_crop, plan_crops
+from codescan.model.preprocess import (
+    CROP,
+    DEFAULT_CROPS,
+    CropCount,
+    place_crop,
+    plan_crops,
+)
 
 
 def _bind_region_decoder() -> tuple[ModuleType | None, str]:
@@ -222,7 +228,7 @@ def decode_boxes(
         raise _classify(exc, data, _extension(name)) from None
 
 
-def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "", crops: CropCount = 1) -> Decoded:
+def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "", crops: CropCount = DEFAULT_CROPS) -> Decoded:
     """Decode the first frame and cut the reference crop (with 5, the corners too); raise
     DecodeFailure on any problem."""
     decoded = decode_boxes(data, limits, lambda w, h: [p.box for p in plan_crops(w, h, crops)], name)

@@ -27,7 +27,7 @@ from codescan.inputs.read import (
     sniff,
 )
 from codescan.inputs.walk import Entry
-from codescan.model.preprocess import CropCount
+from codescan.model.preprocess import DEFAULT_CROPS, CropCount
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class ExamineConfig:
     limits: DecodeLimits = DecodeLimits()
     evidence: EvidenceLevel = "metadata"
     cache: CacheSpec | None = None
-    crops: CropCount = 1
+    crops: CropCount = DEFAULT_CROPS
 
 
 @dataclass(frozen=True, slots=True)

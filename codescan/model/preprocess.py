@@ -9,15 +9,15 @@ pixels inside the box and still match the reference bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
+
+from codescan.core.records import DEFAULT_CROPS, CropCount
 
 CROP = 224
 PREPROCESS_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CropCount = Literal[1, 5]  # 1: the reference's centre crop; 5: centre + four corners, the score their max
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ def _edge(size: int, crop: int, at_end: bool) -> AxisPlan:
     return AxisPlan(src_start=size - crop if at_end else 0, length=crop, dst_start=0)
 
 
-def plan_crops(width: int, height: int, count: CropCount = 1, crop: int = CROP) -> tuple[CropPlan, ...]:
+def plan_crops(width: int, height: int, count: CropCount = DEFAULT_CROPS, crop: int = CROP) -> tuple[CropPlan, ...]:
     """The boxes judged: the centre first (the reference's crop), then with 5 the corners
     top-left, top-right, bottom-left, bottom-right, each cut like the centre crop (no resize; an
     axis shorter than 224 is taken whole and zero-padded), so a small image's crops coincide."""

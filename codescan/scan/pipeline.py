@@ -85,10 +85,11 @@ class Scanner:
 
     @functools.cached_property
     def engine(self) -> Engine:
-        """Built at first use (the header asks first), here, where the local scan runs."""
-        from codescan.engines.registry import create_engine
+        """Resolved and built at first use (the header asks first), here, where the local scan runs."""
+        from codescan.engines.registry import build, resolve
 
-        return create_engine(self.bundle, self.plan.engine, self.plan.precision)
+        resolved = resolve(self.bundle, self.plan.engine, self.plan.precision)
+        return build(self.bundle, resolved.engine, resolved.precision)
 
     @property
     def batch_size(self) -> int:

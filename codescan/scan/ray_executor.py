@@ -42,6 +42,7 @@ from codescan.core.records import (
     Result,
 )
 from codescan.decoding.examine import ExamineConfig
+from codescan.engines.registry import Resolved
 from codescan.inputs.pinned import Pin
 from codescan.inputs.walk import Entry, WalkOptions
 from codescan.scan.judge import Judge
@@ -135,19 +136,18 @@ class EmbedStage:
         self,
         home: str,
         weights: str,
-        engine: str,
-        precision: str,
+        resolved: Resolved,
         threads: int | None,
         judge: Judge,
         shards: str | None = None,
     ) -> None:
         os.environ["CODESCAN_HOME"] = home
-        from codescan.engines.registry import create_engine
+        from codescan.engines.registry import build
         from codescan.weights.bundle import load_bundle
 
         bundle = load_bundle(weights)
         self.heads = bundle.head_set()
-        self.engine = create_engine(bundle, engine, precision, threads)  # type: ignore[arg-type]
+        self.engine = build(bundle, resolved.engine, resolved.precision, threads)
         self.judge = judge
         self.shards = shards
 
@@ -224,8 +224,7 @@ def _rows(
         fn_constructor_kwargs={
             "home": str(store_root()),
             "weights": plan.bundle.name,
-            "engine": resolved.engine,
-            "precision": resolved.precision,
+            "resolved": resolved,
             "threads": None if resolved.on_gpu else max(1, int(share)),
             "judge": plan.judge,
             "shards": None if shards is None else str(shards.absolute()),
@@ -260,32 +259,13 @@ def _tasks(units: list[Unit | None], files: int) -> Iterator[list[tuple[int, Uni
         yield run
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """The engine the workers will run, resolved where it will run."""
-
-    engine: str
-    precision: str
-    device: str
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.device.startswith("cuda")
-
-
 def _probe(home: str, weights: str, engine: str, precision: str) -> Resolved:
     """Runs on a GPU worker: what `auto` (or the engine asked for) resolves to there."""
     os.environ["CODESCAN_HOME"] = home
-    from codescan.engines.registry import choose
-    from codescan.engines.specs import spec
+    from codescan.engines.registry import resolve
     from codescan.weights.bundle import load_bundle
 
-    name, prec = choose(load_bundle(weights), engine, precision)
-    if not spec(name).gpu:
-        return Resolved(name, prec, "cpu")
-    import torch
-
-    return Resolved(name, prec, f"cuda:{torch.cuda.current_device()}")
+    return resolve(load_bundle(weights), engine, precision)
 
 
 def resolve_engine(plan: ScanPlan, options: RayOptions) -> Resolved:
@@ -294,7 +274,7 @@ def resolve_engine(plan: ScanPlan, options: RayOptions) -> Resolved:
     cluster the CPU engines are chosen here. Nothing is built on the driver."""
     import ray
 
-    from codescan.engines.registry import choose
+    from codescan.engines.registry import resolve
     from codescan.engines.specs import spec
     from codescan.weights.store import store_root
 
@@ -303,8 +283,7 @@ def resolve_engine(plan: ScanPlan, options: RayOptions) -> Resolved:
     if wants_gpu and int(ray.cluster_resources().get("GPU", 0)) > 0:
         probe = ray.remote(num_gpus=1, num_cpus=0)(_probe)
         return ray.get(probe.remote(str(store_root()), plan.bundle.name, plan.engine, plan.precision))
-    name, prec = choose(plan.bundle, plan.engine, plan.precision)
-    return Resolved(name, prec, "cpu")
+    return resolve(plan.bundle, plan.engine, plan.precision)
 
 
 @dataclass(frozen=True)
