@@ -1,0 +1,196 @@
+"""Records kept on file: every scan mode must write them again, byte for byte but for the scores'
+last bits (#25 moved the code that makes them; #26 scores a batch at once).
+
+The scans run on files this test writes (PNG, TIFF, GIF, BMP in several modes and sizes, a copy, text,
+a truncated and an empty image, a PNG carrying generator parameters, a zip and a tar), with the
+exact engine (tests/exact_engine.py: the same embeddings on every machine) and heads whose
+numbers come from a seeded generator, so the records in tests/fixtures/records/ hold anywhere.
+Scores may differ by 1e-12 (the BLAS of another machine, a batch formulation); every other
+byte of every line must be the same, `seconds` and the codescan version aside. Ray's records
+equal the local scan's (tests/test_ray.py), so they equal these too.
+
+After a change that is meant to change records, rewrite them with
+``CODESCAN_WRITE_RECORDS=1 pytest tests/test_records_stable.py`` and say why in CHANGELOG.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import textured_image
+from PIL import Image
+
+STORED = Path(__file__).parent / "fixtures" / "records"
+WRITE = os.environ.get("CODESCAN_WRITE_RECORDS") == "1"
+TOLERANCE = 1e-12
+MODES: dict[str, dict] = {
+    "all-heads-archives": {"head": "all", "archives": True},
+    "crops5": {"head": "all", "crops": 5},
+    "linear": {"head": "linear"},
+}
+NUMBER = r"-?[0-9][0-9.eE+-]*"
+SCORE = re.compile(rf'("score": )({NUMBER})')
+BOX_SCORES = re.compile(r'"scores": \{[^}]*\}')
+# The bundle's digest covers bundle.json (codescan's version, transformers' config fields), not the scan.
+VOLATILE = re.compile(rf'"seconds": {NUMBER}|"codescan": "[^"]*"|"weights": \{{[^}}]*\}}')
+
+
+def _png(image: Image.Image, **text: str) -> bytes:
+    """PNG bytes that are the same on every machine: stored (uncompressed) deflate blocks, so no
+    zlib version can change them, and with them the sha256 in the records."""
+    rgb = np.asarray(image.convert("RGB"))
+    raw = b"".join(b"\0" + row.tobytes() for row in rgb)
+    blocks = [raw[i : i + 65535] for i in range(0, len(raw), 65535)]
+    deflate = b"".join(
+        bytes([i == len(blocks) - 1]) + struct.pack("<HH", len(b), 0xFFFF ^ len(b)) + b for i, b in enumerate(blocks)
+    )
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", rgb.shape[1], rgb.shape[0], 8, 2, 0, 0, 0))]
+    chunks += [(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")) for key, value in text.items()]
+    chunks += [(b"IDAT", b"\x78\x01" + deflate + struct.pack(">I", zlib.adler32(raw))), (b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks
+    )
+
+
+def _tree(root: Path) -> Path:
+    rng = np.random.default_rng(25)
+    tree = root / "tree"
+    (tree / "nested").mkdir(parents=True)
+    sizes = [(100, 80), (224, 224), (300, 260), (500, 90), (231, 229), (64, 400), (260, 300), (225, 223)]
+    for i, (w, h) in enumerate(sizes):
+        (tree / f"rgb{i}.png").write_bytes(_png(textured_image(rng, w, h)))
+    textured_image(rng, 240, 240).convert("L").save(tree / "nested" / "gray.tif")
+    textured_image(rng, 260, 230).convert("RGBA").save(tree / "nested" / "rgba.tif")
+    textured_image(rng, 250, 250).convert("P").save(tree / "nested" / "palette.gif")
+    textured_image(rng, 230, 260).save(tree / "nested" / "plain.bmp")
+    sd = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model: sd15"
+    (tree / "generated.png").write_bytes(_png(textured_image(rng, 256, 256), parameters=sd))
+    (tree / "copy.png").write_bytes((tree / "rgb2.png").read_bytes())
+    (tree / "notes.txt").write_text("not an image\n")
+    (tree / "empty.png").write_bytes(b"")
+    (tree / "truncated.png").write_bytes((tree / "rgb3.png").read_bytes()[:300])
+    members = {f"m{i}.png": _png(textured_image(rng, 240 + 9 * i, 236)) for i in range(3)}
+    with zipfile.ZipFile(tree / "set.zip", "w") as z:
+        for name, data in members.items():
+            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
+    with tarfile.open(tree / "set.tar", "w") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            t.addfile(info, io.BytesIO(data))
+    return tree
+
+
+def _bundle(home: Path) -> None:
+    """The small checkpoint's encoder (unused by the exact engine) with heads of fixed numbers."""
+    from codescan.model.heads import KnnHead, LinearHead, OcsvmHead
+    from codescan.weights.bundle import bundle_meta, load_bundle, write_bundle
+
+    base = load_bundle("code")
+    rng = np.random.default_rng(26)
+    heads = {
+        "linear": LinearHead(coef=rng.standard_normal(192) * 0.3, intercept=0.05),
+        "knn": KnnHead(bank=rng.standard_normal((20, 192)) * 0.1, labels=np.arange(20) % 2),
+        "ocsvm": OcsvmHead(
+            support_vectors=rng.standard_normal((8, 192)) * 0.1, dual_coef=rng.random(8), intercept=-1.5,
+            gamma=1 / 192, coef0=1.0, degree=3,
+        ),
+    }
+    meta = bundle_meta("golden", base.encoder_config, {"linear": 0.0, "knn": 0.0, "ocsvm": 0.0}, {"kind": "test"}, "test")
+    write_bundle("golden", base.encoder_state(), heads, meta)
+
+
+def _scan(out: Path, mode: dict, resume: bool = False) -> None:
+    import exact_engine
+    from codescan.core.records import Summary
+    from codescan.inputs.walk import WalkOptions
+    from codescan.scan import job
+    from codescan.scan.executors import make_executor
+    from codescan.scan.plan import OutputConfig, ScanConfig, ScanPlan
+
+    exact_engine.register()
+    config = ScanConfig(
+        head=mode["head"], crops=mode.get("crops", 1), cache=False, decode_workers=2, batch_size=4,
+        walk=WalkOptions(archives=mode.get("archives", False)),
+    )
+    output = OutputConfig(target=str(out), resume=str(out) if resume else None)
+    plan = ScanPlan.resolve("golden", "exact", "fp32", config, output)
+    executor = make_executor(plan, warn=lambda message: None)
+    arguments: list[str | bytes] = ["tree"]
+    header = executor.header().with_inputs(arguments)
+    target = str(out) if resume else ""
+    job.run(executor, plan.reporter(), header, arguments, Summary.for_evidence(config.evidence), target=target)
+
+
+def _split(line: str) -> tuple[str, list[float]]:
+    """The line with its scores masked (compared byte for byte), and the scores (compared within TOLERANCE)."""
+    scores = [float(m.group(2)) for m in SCORE.finditer(line)]
+    for block in BOX_SCORES.findall(line):
+        scores += [float(x) for x in re.findall(rf": ({NUMBER})", block)]
+    masked = BOX_SCORES.sub('"scores": #', SCORE.sub(r"\1#", line))
+    return VOLATILE.sub("#", masked), scores
+
+
+def _same(name: str, got: Path) -> None:
+    stored = (STORED / f"{name}.jsonl").read_text().splitlines()
+    lines = got.read_text().splitlines()
+    assert len(lines) == len(stored), f"{name}: {len(lines)} lines, {len(stored)} stored"
+    for n, (new, old) in enumerate(zip(lines, stored)):
+        (new_text, new_scores), (old_text, old_scores) = _split(new), _split(old)
+        assert new_text == old_text, f"{name} line {n + 1} differs:\n  now    {new}\n  stored {old}"
+        assert len(new_scores) == len(old_scores)
+        assert np.allclose(new_scores, old_scores, rtol=0, atol=TOLERANCE), f"{name} line {n + 1}: {new_scores} vs {old_scores}"
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory, session_home) -> Path:
+    root = tmp_path_factory.mktemp("records")
+    old = os.environ.get("CODESCAN_HOME"), os.getcwd()
+    os.environ["CODESCAN_HOME"] = str(session_home)
+    os.chdir(root)  # relative arguments: paths and the inputs fingerprint do not name the temp folder
+    try:
+        _tree(root)
+        _bundle(session_home)
+        for name, mode in MODES.items():
+            _scan(root / f"{name}.jsonl", mode)
+        lines = (root / "all-heads-archives.jsonl").read_text().splitlines(keepends=True)
+        (root / "resumed.jsonl").write_text("".join(lines[:9]))  # header and 8 records, no summary: a killed scan
+        _scan(root / "resumed.jsonl", MODES["all-heads-archives"], resume=True)
+    finally:
+        os.chdir(old[1])
+        if old[0] is None:
+            os.environ.pop("CODESCAN_HOME")
+        else:
+            os.environ["CODESCAN_HOME"] = old[0]
+    if WRITE:
+        STORED.mkdir(parents=True, exist_ok=True)
+        for name in MODES:
+            (STORED / f"{name}.jsonl").write_bytes((root / f"{name}.jsonl").read_bytes())
+    return root
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_records_as_stored(scans, name):
+    _same(name, scans / f"{name}.jsonl")
+
+
+def test_a_resumed_scan_writes_the_stored_records(scans):
+    _same("all-heads-archives", scans / "resumed.jsonl")
+
+
+def test_the_stored_records_cover_what_they_claim():
+    """Every kind of record is on file, so a test above that passes has compared something."""
+    text = (STORED / "all-heads-archives.jsonl").read_text()
+    for needle in ('"status": "real"', '"status": "fake"', '"status": "error"', '"status": "skipped"', "set.zip", "set.tar",
+                   '"evidence": [', '"heads": {', '"type": "summary"'):
+        assert needle in text, needle
+    assert '"boxes": [' in (STORED / "crops5.jsonl").read_text()
