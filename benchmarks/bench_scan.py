@@ -156,7 +156,7 @@ def stages(folder: Path, home: Path, engine: str, precision: str) -> dict[str, f
     model_s = time.perf_counter() - t
     heads = bundle.head_set()
     t = time.perf_counter()
-    heads.judge("linear", emb)
+    heads.score_rows(emb)
     heads_s = time.perf_counter() - t
     scanner = Scanner(engine=engine, precision=precision)
     results = list(scanner.scan([str(folder)]))

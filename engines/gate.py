@@ -23,6 +23,8 @@ from codescan.engines.gates_file import GATE_RULE, store_gates
 from codescan.engines.registry import create_engine, installed
 from codescan.engines.specs import GATE_CANDIDATES
 
+from codescan.core.records import status_for
+
 if TYPE_CHECKING:
     from codescan.weights.bundle import Bundle
 
@@ -117,9 +119,11 @@ def compare(bundle: Bundle, engine: str, precision: str, ref: np.ndarray, emb: n
     heads = bundle.head_set()
     cos = cosine(ref, emb)
     flips = {}
-    for name in heads.names():
-        a = [v.status for v in heads.judge(name, ref)]
-        b = [v.status for v in heads.judge(name, emb)]
+    ref_scores, scores = heads.score_rows(ref), heads.score_rows(emb)  # (N, H) each
+    for col, name in enumerate(heads.names()):
+        t = heads.threshold(name)
+        a = [status_for(s, t) for s in ref_scores[:, col].tolist()]
+        b = [status_for(s, t) for s in scores[:, col].tolist()]
         flips[name] = sum(x != y for x, y in zip(a, b))
     n = len(cos)
     passed, reasons = judge_gate(float(cos.min()), flips, n)

@@ -305,9 +305,8 @@ def test_embed_files_goes_through_the_scans_decode_pool(tmp_path):
     """eval, calibrate and head fitting decode as the scan does: in the killable workers, with the
     scan's examination (a text file named .jpg is an error, a file with no image at all too)."""
     import numpy as np
-    from PIL import Image
-
     from codescan.train.embed import embed_files
+    from PIL import Image
 
     class Mean:  # an engine: (N, 224, 224, 3) uint8 -> (N, 3) float32
         device = "cpu"

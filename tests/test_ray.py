@@ -272,11 +272,11 @@ def test_engine_resolution_follows_the_cluster_not_the_driver(home, monkeypatch)
     """A CPU-only driver with GPUs in the cluster asks a GPU worker; without GPUs, CPU engines."""
     import ray
     from codescan.engines.protocol import EngineError
+    from codescan.engines.registry import Resolved
 
     from codescan.scan import ray_executor as ray_scan
     from codescan.scan.plan import ScanConfig, ScanPlan
     from codescan.scan.ray_cluster import RayOptions
-    from codescan.engines.registry import Resolved
     from codescan.scan.ray_executor import resolve_engine
 
     auto = ScanPlan.resolve("code", "auto", "auto", ScanConfig(cache="c.sqlite3"), ray=RayOptions())

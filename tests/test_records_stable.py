@@ -111,6 +111,7 @@ def _bundle(home: Path) -> None:
 
 def _scan(out: Path, mode: dict, resume: bool = False) -> None:
     import exact_engine
+
     from codescan.core.records import Summary
     from codescan.inputs.walk import WalkOptions
     from codescan.scan import job
@@ -194,3 +195,64 @@ def test_the_stored_records_cover_what_they_claim():
                    '"evidence": [', '"heads": {', '"type": "summary"'):
         assert needle in text, needle
     assert '"boxes": [' in (STORED / "crops5.jsonl").read_text()
+
+
+@pytest.mark.parametrize("bank", [24, 1000])
+def test_a_rows_scores_are_the_same_bits_in_any_batch(bank):
+    """Heads score a batch at once (#26), and a row's score does not move with the batch's size
+    or with its batch mates: 1, 7 and 64 rows, first or last, alone or among others."""
+    from codescan.model.heads import HeadSet, KnnHead, LinearHead, OcsvmHead
+
+    rng = np.random.default_rng(bank)
+    heads = HeadSet(heads={
+        "linear": LinearHead(coef=rng.standard_normal(192), intercept=0.1),
+        "knn": KnnHead(bank=rng.standard_normal((bank, 192)), labels=np.arange(bank) % 2),
+        "ocsvm": OcsvmHead(rng.standard_normal((bank // 2, 192)) * 0.1, rng.random(bank // 2), -1.0, 1 / 192, 1.0, 3),
+    })
+    emb = rng.standard_normal((64, 192)).astype(np.float32)
+    full = heads.score_rows(emb)  # (64, 3)
+    assert full.shape == (64, 3) and np.all(np.isfinite(full))
+    assert np.array_equal(heads.score_rows(emb[:7]), full[:7])
+    for i in (0, 6, 31, 63):
+        assert np.array_equal(heads.score_rows(emb[i : i + 1]), full[i : i + 1])
+    others = rng.standard_normal((64, 192)).astype(np.float32)
+    mixed = np.concatenate([others[:40], emb[5:6], others[40:]])
+    assert np.array_equal(heads.score_rows(mixed)[40], full[5])
+    buffer = np.empty(192 + 8, np.float32)
+    for shift in range(0, 8, 3):  # the row at another memory alignment
+        moved = buffer[shift : shift + 192].reshape(1, 192)
+        moved[:] = emb[9]
+        assert np.array_equal(heads.score_rows(moved), full[9:10])
+
+
+def test_a_file_scored_alone_or_among_others_in_a_scan(tmp_path, home, monkeypatch):
+    """Through the scan itself: the same file's record alone (batch of 1) and among 30 others (batches of 7)."""
+    import exact_engine
+    from codescan.scan.pipeline import Scanner
+    from codescan.scan.plan import ScanConfig
+
+    exact_engine.register()
+    rng = np.random.default_rng(5)
+    crowd = tmp_path / "crowd"
+    crowd.mkdir()
+    for i in range(30):
+        (crowd / f"{i:02d}.png").write_bytes(_png(textured_image(rng, 240, 250)))
+    (crowd / "15.png").replace(tmp_path / "alone.png")
+    (crowd / "15.png").write_bytes((tmp_path / "alone.png").read_bytes())
+
+    def score(target: Path, batch: int) -> dict:
+        config = ScanConfig(head="all", batch_size=batch, decode_workers=1)
+        results = Scanner(engine="exact", precision="fp32", config=config).scan([str(target)])
+        return next(r for r in results if r.path.endswith("15.png") or r.path.endswith("alone.png")).heads
+
+    alone, among = score(tmp_path / "alone.png", 1), score(crowd, 7)
+    assert alone == among and len(alone) == 3  # dataclass equality: every head's float, bit for bit
+
+
+def test_the_scan_cache_key_names_the_scoring(home):
+    """Scores changed in their last bits with batched scoring: verdicts cached before are not reused."""
+    from codescan.model.heads import SCORING_VERSION
+    from codescan.scan.plan import ScanConfig, ScanPlan
+
+    plan = ScanPlan.resolve("code", "auto", "auto", ScanConfig(cache="c.sqlite3"))
+    assert f"/s{SCORING_VERSION}/" in plan.cache_spec("onnxruntime", "fp32").model and SCORING_VERSION >= 2

@@ -209,17 +209,22 @@ def test_every_engine_is_one_registry_entry():
 
 
 def test_one_verdict_rule_at_the_threshold_everywhere():
-    """scan (Judge, HeadSet.judge, and so the gate) and eval agree at the boundary: equal is real."""
+    """scan (Judge), the gate (status_for) and eval agree at the boundary: equal is real."""
     import numpy as np
     from codescan.train.metrics import binary_metrics
 
-    from codescan.core.records import is_fake
+    from codescan.core.records import ImageFacts, is_fake, status_for
     from codescan.model.heads import HeadSet, LinearHead
+    from codescan.scan.judge import Judge
 
     head = LinearHead(coef=np.array([1.0, 0.0]), intercept=0.0)
     emb = np.array([[0.5, 0.0], [0.5000001, 0.0], [0.4999999, 0.0]])
-    statuses = [v.status for v in HeadSet(heads={"linear": head}).judge("linear", emb, threshold=0.5)]
+    judge = Judge(judged=("linear",), thresholds={"linear": 0.5}, show_all=False)
+    facts = ImageFacts(224, 224, "PNG", ((0, 0, 224, 224),))
+    scores = HeadSet(heads={"linear": head}).scores(emb)
+    statuses = [judge.image("x.png", "00", None, facts, (s,)).status for s in scores]
     assert statuses == ["real", "fake", "real"] == ["fake" if is_fake(s, 0.5) else "real" for s in emb[:, 0]]
+    assert statuses == [status_for(s["linear"], 0.5) for s in scores]
     m = binary_metrics(np.array([False, True, False]), emb[:, 0], 0.5)
     assert (m.confusion.tn, m.confusion.tp, m.confusion.fp) == (2, 1, 0)
 

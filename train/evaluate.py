@@ -30,7 +30,7 @@ from codescan.core.records import (
 )
 from codescan.core.version import __version__
 from codescan.decoding.decode import DecodeLimits
-from codescan.model.heads import HeadSet
+from codescan.model.heads import HeadSet, over_boxes
 from codescan.weights.bundle import load_bundle
 
 EVAL_SCHEMA_VERSION = 1
@@ -98,12 +98,14 @@ def _embed(config: EvalConfig, samples: list[Sample], engine: Engine, progress: 
     return embed_files(paths, engine, batch_size=config.batch_size, limits=config.limits, on_batch=on_batch, crops=config.crops)
 
 
-def _head_scores(heads: HeadSet, name: HeadName, emb: np.ndarray) -> np.ndarray:
-    """(N,) scores from (N, D) embeddings, or the maximum over crops from (N, crops, D)."""
-    if emb.ndim == 2:
-        return heads.heads[name].score(emb)
-    n, crops, dim = emb.shape
-    return heads.heads[name].score(emb.reshape(n * crops, dim)).reshape(n, crops).max(axis=1)
+def file_scores(heads: HeadSet, names: list[HeadName], emb: np.ndarray) -> dict[HeadName, np.ndarray]:
+    """Each file's score per head from (N, D) or (N, crops, D) embeddings, made as scan makes it:
+    the heads' scores per box (`HeadSet.scores`), then the maximum over boxes (`over_boxes`)."""
+    boxes = emb.reshape(len(emb), -1, emb.shape[-1])  # (N, K, D)
+    k = boxes.shape[1]
+    rows = heads.scores(boxes.reshape(-1, boxes.shape[-1]))  # N·K dicts
+    combined = [over_boxes(rows[i * k : (i + 1) * k], names)[0] for i in range(len(boxes))]
+    return {n: np.array([c[n] for c in combined], dtype=np.float64) for n in names}
 
 
 def score_samples(config: EvalConfig, progress: Progress | None = None) -> Scored:
@@ -119,7 +121,7 @@ def score_samples(config: EvalConfig, progress: Progress | None = None) -> Score
         Undecodable(str(samples[i].path), samples[i].label, samples[i].generator, f.code, f.message)
         for i, f in sorted(embedded.failures.items())
     ]
-    scores = {n: _head_scores(heads, n, embedded.emb) for n in names}
+    scores = file_scores(heads, names, embedded.emb)
     for name, values in scores.items():
         bad = int((~np.isfinite(values)).sum())
         if bad:  # a NaN would count as "real" in every metric below: no metrics rather than wrong ones

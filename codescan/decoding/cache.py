@@ -61,7 +61,7 @@ class CacheSpec:
     """What a decode worker needs to look things up (picklable)."""
 
     path: str
-    model: str  # e.g. "<weights digest>/p1/onnxruntime/fp32"
+    model: str  # e.g. "<weights digest>/p1/s2/onnxruntime/fp32"
     evidence: str | None  # e.g. "metadata/v1"; None when evidence is off
     heads: tuple[str, ...]  # every head of the bundle: a verdict row must score exactly these
     crops: int = DEFAULT_CROPS  # boxes judged per image (scan --crops); also in `model`, so modes never mix

@@ -24,7 +24,7 @@ from codescan.core.records import (
 )
 from codescan.decoding.examine import Examined, Outcome
 from codescan.inputs.read import DecodeFailure
-from codescan.model.heads import finite
+from codescan.model.heads import finite, over_boxes
 
 Scores = dict[str, float]  # every head of the bundle, by name
 BoxScores = tuple[Scores, ...]  # one per box judged (scan --crops), the centre first
@@ -75,11 +75,10 @@ class Judge:
         bad = non_finite(self.judged, scores)
         if bad is not None:
             return error_result(display, "non_finite_score", bad, sha256, evidence, origin)
-        combined = {n: max(per_box[n] for per_box in scores) for n in self.judged}
+        combined, deciding = over_boxes(scores, self.judged)
         per_head = {n: self._head(n, combined[n]) for n in self.judged}
         primary = self.judged[0]
         main = per_head[primary]
-        deciding = max(range(len(scores)), key=lambda i: scores[i][primary])
         boxes = (
             tuple(BoxScore(box, {n: per_box[n] for n in self.judged}) for box, per_box in zip(facts.boxes, scores))
             if len(facts.boxes) > 1

@@ -164,11 +164,12 @@ class ScanPlan:
         Everything that can change a score is in the model key; evidence has its own."""
         from codescan.decoding.cache import CacheSpec
         from codescan.evidence.metadata import EVIDENCE_VERSION
+        from codescan.model.heads import SCORING_VERSION
         from codescan.model.preprocess import PREPROCESS_VERSION
 
         if not isinstance(self.config.cache, str):
             return None
-        model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/{engine}/{precision}"
+        model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/s{SCORING_VERSION}/{engine}/{precision}"
         if self.config.crops != DEFAULT_CROPS:
             model += f"/crops{self.config.crops}"
         evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
