@@ -9,6 +9,7 @@ ViT-Tiny), so every head still runs and every record is complete.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,7 +38,9 @@ class NullEngine:
         return np.zeros((len(crops), self.dim), dtype=np.float32)
 
 
-def create(bundle: Bundle, precision: str, threads: int | None) -> NullEngine:
+def create(
+    bundle: Bundle, precision: str, threads: int | None = None, warn: Callable[[str], None] | None = None
+) -> NullEngine:
     """The registry's constructor; `precision` is always fp32 and `threads` are not used: no work."""
     return NullEngine(bundle.encoder_config.embed_dim)
 

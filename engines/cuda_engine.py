@@ -21,6 +21,7 @@ problem or mismatch the engine falls back to eager execution.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -159,6 +160,8 @@ def _disable_tf32(torch: Any) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def create(bundle: Bundle, precision: str, threads: int | None = None) -> CudaEngine:
+def create(
+    bundle: Bundle, precision: str, threads: int | None = None, warn: Callable[[str], None] | None = None
+) -> CudaEngine:
     """The registry's factory (threads: not used, the GPU does the work)."""
     return CudaEngine(bundle.encoder_config, bundle.encoder_state(), precision=precision)

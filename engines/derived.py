@@ -1,8 +1,11 @@
-"""Files derived from a bundle and cached in its folder, verified like the weights.
+"""Files derived from a bundle and stored in its folder, verified like the weights.
+
+The word is "derived", never "cache": in codescan the cache is the scan cache (verdicts by
+content), and the thumbnail cache is always named so.
 
 bundle.json pins the encoder and heads, but a file built from them decides verdicts just as
-much: one changed initializer in a cached ONNX graph changes every score. So each derived file
-(ONNX graphs, TensorRT plans, gates.json) is written with a record beside it,
+much: one changed initializer in a stored ONNX graph changes every score. So each derived file
+(ONNX graphs, TensorRT engine files, gates.json) is written with a record beside it,
 ``<file>.record.json``, and read only when the record still vouches for it: same bundle
 digest, same path in the bundle (a record cannot be moved to another file or bundle), same key
 (what the file was built from) and the sha256 of the bytes read. The bytes hashed are the
@@ -59,7 +62,7 @@ def write(bundle: Bundle, path: Path, data: bytes, key: Mapping[str, Any]) -> No
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
-    """The record beside `path` as written, unchecked: for listing what is cached, never for trusting it."""
+    """The record beside `path` as written, unchecked: for listing what is stored, never for trusting it."""
     try:
         record = json.loads(record_path(path).read_text())
     except (OSError, ValueError):

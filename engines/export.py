@@ -25,7 +25,7 @@ from codescan.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 GraphPrecision = Literal["fp32", "fp16"]
 OPSET = 17
-GRAPH_VERSION = 3  # bump when the graph changes: cached engines are keyed by it
+GRAPH_VERSION = 3  # bump when the graph changes: derived graphs and engine files are keyed by it
 INPUT = "crops"
 OUTPUT = "embeddings"
 

@@ -1,6 +1,6 @@
 """ONNX Runtime on CPU: the default engine. Imports neither torch nor transformers.
 
-The graph comes from :mod:`codescan.engines.export` and is cached beside the bundle, keyed by
+The graph comes from :mod:`codescan.engines.export` and is stored beside the bundle, keyed by
 everything that makes it valid (bundle digest, precision, graph version), so a changed bundle
 can never reuse a stale file. It is verified against its record (:mod:`codescan.engines.derived`)
 at every load and rebuilt when it fails: the session is created from the bytes that were hashed.
@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +25,7 @@ from codescan.weights.bundle import Bundle
 OrtPrecision = Literal["fp32", "int8"]
 
 
-def cached_model_path(bundle: Bundle, precision: OrtPrecision) -> Path:
+def graph_path(bundle: Bundle, precision: OrtPrecision) -> Path:
     return bundle.path / "engines" / f"onnx-{precision}-g{GRAPH_VERSION}-{bundle.digest[:16]}.onnx"
 
 
@@ -34,9 +34,9 @@ def _model_key(precision: OrtPrecision) -> dict[str, str | int]:
 
 
 def load_model(bundle: Bundle, precision: OrtPrecision) -> bytes:
-    """The ONNX graph for this bundle and precision, as its record vouches for it: cached, or
-    (missing, changed, unrecorded) built again and cached."""
-    path, key = cached_model_path(bundle, precision), _model_key(precision)
+    """The ONNX graph for this bundle and precision, as its record vouches for it: stored, or
+    (missing, changed, unrecorded) built again and stored."""
+    path, key = graph_path(bundle, precision), _model_key(precision)
     model = derived.read(bundle, path, key)
     if model is None:
         model = build_model(bundle, precision)
@@ -104,6 +104,8 @@ class OnnxEngine:
         return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(crops, dtype=np.uint8)})[0]
 
 
-def create(bundle: Bundle, precision: str, threads: int | None = None) -> OnnxEngine:
+def create(
+    bundle: Bundle, precision: str, threads: int | None = None, warn: Callable[[str], None] | None = None
+) -> OnnxEngine:
     """The registry's factory."""
     return OnnxEngine(bundle, precision, threads)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,12 +119,15 @@ def resolve(bundle: Bundle, engine: str = "auto", precision: str = "auto") -> Re
     return Resolved(name, prec, f"cuda:{torch.cuda.current_device()}")
 
 
-def build(bundle: Bundle, name: str, precision: str, threads: int | None = None) -> Engine:
-    """One resolved engine: `threads` caps CPU threads where several engines share a machine (Ray)."""
+def build(
+    bundle: Bundle, name: str, precision: str, threads: int | None = None, warn: Callable[[str], None] | None = None
+) -> Engine:
+    """One resolved engine: `threads` caps CPU threads where several engines share a machine (Ray);
+    `warn` takes what the engine says while it is made (a TensorRT engine file being rebuilt)."""
     s = spec(name)
     if precision not in s.precisions:
         raise EngineError(f"{name} supports precision {' or '.join(s.precisions)}, not {precision!r}")
-    return importlib.import_module(s.module).create(bundle, precision, threads)
+    return importlib.import_module(s.module).create(bundle, precision, threads, warn)
 
 
 def create_engine(bundle: Bundle, engine: str = "auto", precision: str = "auto", threads: int | None = None) -> Engine:

@@ -1,6 +1,21 @@
-"""Serialized TensorRT engines (TensorRT calls them plans; codescan keeps "plan" for the scan
-plan): built once per GPU and bundle, stored beside the bundle under a key of everything that
-makes them valid, and verified when read back."""
+"""Serialized TensorRT engines, "engine files" here: TensorRT calls them plans, and codescan keeps
+"plan" for the scan plan and "cache" for the scan cache.
+
+Build. The graph is :func:`codescan.engines.export.build_encoder_graph` (uint8 crops in,
+float32 embeddings out, normalisation folded in). The network is created strongly typed, so
+precision comes from the graph's own types (the ``fp16`` graph runs matmuls and the patch
+convolution in half, LayerNorm/softmax/GELU/residuals in float32) and no precision builder flag
+is ever set: that is the only mode TensorRT 11 has, and in 10.x it is requested with
+``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``. One optimisation profile covers
+batches 1..max_batch on the input ``crops`` (opt = max = max_batch).
+
+Store. An engine file is only valid for the TensorRT version, GPU model and compute capability
+that built it, so it lives in ``<bundle>/engines/`` (``*.plan``, TensorRT's suffix) under a name
+derived from a key holding all of that plus the bundle digest, graph version, precision and
+profile. It is written with the record every derived file has (:mod:`codescan.engines.derived`:
+bundle digest, path, the key and the file's sha256); one whose record is missing, differs from
+the expected key or does not match its bytes is rebuilt, never loaded.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +36,7 @@ if TYPE_CHECKING:
     from codescan.weights.bundle import Bundle
 
 
-CACHE_FORMAT = 2  # bump when the key or the record changes
+KEY_FORMAT = 2  # bump when the key or the record changes
 
 
 DEFAULT_MAX_BATCH = 64
@@ -36,8 +51,8 @@ TRT_PRECISIONS = ENGINES["tensorrt"].precisions
 INSTALL_HINT = "pip install 'codescan[tensorrt]'"
 
 
-class PlanError(EngineError):
-    """A cached plan that cannot be used here (corrupt, foreign, wrong I/O); it gets rebuilt."""
+class EngineFileError(EngineError):
+    """A stored engine file that cannot be used here (corrupt, foreign, wrong I/O); it gets rebuilt."""
 
 
 def import_tensorrt():
@@ -75,13 +90,13 @@ def _input_shape(batch: int, img_size: int) -> list[int]:
     return [batch, img_size, img_size, 3]
 
 
-def cache_key(
+def engine_key(
     bundle: Bundle, precision: str, max_batch: int, trt_version: str, gpu: tuple[str, str], workspace: int
 ) -> dict[str, Any]:
-    """Everything a plan's validity depends on."""
+    """Everything an engine file's validity depends on."""
     img = bundle.encoder_config.img_size
     return {
-        "cache_format": CACHE_FORMAT,
+        "cache_format": KEY_FORMAT,
         "bundle_digest": bundle.digest,
         "graph_version": GRAPH_VERSION,
         "precision": precision,
@@ -102,28 +117,28 @@ def _key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def plan_path(bundle: Bundle, key: dict[str, Any]) -> Path:
+def engine_file_path(bundle: Bundle, key: dict[str, Any]) -> Path:
     """Readable prefix, then a hash of the whole key."""
     stem = f"trt-{key['precision']}-b{key['profile']['max'][0]}-g{key['graph_version']}-{_key_hash(key)[:16]}"
     return bundle.path / "engines" / f"{stem}.plan"
 
 
-def load_cached_plan(bundle: Bundle, key: dict[str, Any]) -> bytes | None:
-    """The cached plan for exactly this key, or None (missing, foreign, stale or changed)."""
-    return derived.read(bundle, plan_path(bundle, key), key)
+def load_engine_file(bundle: Bundle, key: dict[str, Any]) -> bytes | None:
+    """The stored engine file for exactly this key, or None (missing, foreign, stale or changed)."""
+    return derived.read(bundle, engine_file_path(bundle, key), key)
 
 
-def store_plan(bundle: Bundle, key: dict[str, Any], plan: bytes) -> Path:
-    path = plan_path(bundle, key)
-    derived.write(bundle, path, plan, key)
+def store_engine_file(bundle: Bundle, key: dict[str, Any], serialized: bytes) -> Path:
+    path = engine_file_path(bundle, key)
+    derived.write(bundle, path, serialized, key)
     return path
 
 
 def compiled_max_batch(bundle: Bundle, key: dict[str, Any]) -> int | None:
-    """The largest max_batch among cached plans valid for `key` apart from its profile.
+    """The largest max_batch among stored engine files valid for `key` apart from its profile.
 
     Lets `codescan scan` use whatever `codescan compile --max-batch N` built for this GPU. The
-    records only pick the size; the plan of that size is verified when it is loaded.
+    records only pick the size; the engine file of that size is verified when it is loaded.
     """
     best = None
     folder = bundle.path / "engines"
@@ -134,19 +149,19 @@ def compiled_max_batch(bundle: Bundle, key: dict[str, Any]) -> int | None:
             n = int(other["profile"]["max"][0])
         except (ValueError, KeyError, TypeError, IndexError):
             continue
-        if other == cache_key_with_batch(key, n):
+        if other == engine_key_with_batch(key, n):
             best = n if best is None else max(best, n)
     return best
 
 
-def cache_key_with_batch(key: dict[str, Any], max_batch: int) -> dict[str, Any]:
+def engine_key_with_batch(key: dict[str, Any], max_batch: int) -> dict[str, Any]:
     profile = key["profile"]
     img = profile["min"][1]
     return {**key, "profile": {**profile, "opt": _input_shape(max_batch, img), "max": _input_shape(max_batch, img)}}
 
 
-def build_plan(trt: Any, onnx_bytes: bytes, key: dict[str, Any]) -> bytes:
-    """Parse the ONNX graph into a strongly typed network and build a serialized plan."""
+def build_engine_file(trt: Any, onnx_bytes: bytes, key: dict[str, Any]) -> bytes:
+    """Parse the ONNX graph into a strongly typed network and build a serialized engine."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # Strongly typed: tensor types come from the graph. TensorRT 10 needs the flag; 11 is always
@@ -170,24 +185,24 @@ def build_plan(trt: Any, onnx_bytes: bytes, key: dict[str, Any]) -> bytes:
     profile.set_shape(p["input"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
     if config.add_optimization_profile(profile) < 0:
         raise EngineError("TensorRT rejected the optimisation profile for input 'crops'")
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
         raise EngineError("TensorRT failed to build the engine (see the TensorRT messages above)")
-    return memoryview(plan).tobytes()
+    return memoryview(serialized).tobytes()
 
 
 @dataclass(frozen=True)
-class PlanInfo:
+class EngineFileInfo:
     path: Path
     key: dict[str, Any]
-    built: bool  # False: loaded from the cache
+    built: bool  # False: a stored one was loaded
 
 
 def _log_stderr(message: str) -> None:
     print(f"codescan: {message}", file=sys.stderr, flush=True)
 
 
-def ensure_plan(
+def ensure_engine_file(
     bundle: Bundle,
     precision: str,
     max_batch: int | None,
@@ -196,23 +211,23 @@ def ensure_plan(
     workspace: int = DEFAULT_WORKSPACE,
     rebuild: bool = False,
     log: Callable[[str], None] = _log_stderr,
-) -> tuple[bytes, PlanInfo]:
-    """The plan for this bundle, precision, profile, TensorRT version and GPU: cached or built."""
+) -> tuple[bytes, EngineFileInfo]:
+    """The engine file for this bundle, precision, profile, TensorRT version and GPU: stored or built."""
     if precision not in TRT_PRECISIONS:
         raise EngineError(f"tensorrt supports precision {' or '.join(TRT_PRECISIONS)}, not {precision!r}")
     gpu = device.describe()
-    key = cache_key(bundle, precision, max_batch or DEFAULT_MAX_BATCH, trt.__version__, gpu, workspace)
+    key = engine_key(bundle, precision, max_batch or DEFAULT_MAX_BATCH, trt.__version__, gpu, workspace)
     if max_batch is None:
-        key = cache_key_with_batch(key, compiled_max_batch(bundle, key) or DEFAULT_MAX_BATCH)
+        key = engine_key_with_batch(key, compiled_max_batch(bundle, key) or DEFAULT_MAX_BATCH)
     elif not 1 <= max_batch <= 4096:
         raise EngineError(f"max batch must be between 1 and 4096, not {max_batch}")
-    plan = None if rebuild else load_cached_plan(bundle, key)
-    if plan is not None:
-        return plan, PlanInfo(plan_path(bundle, key), key, built=False)
+    serialized = None if rebuild else load_engine_file(bundle, key)
+    if serialized is not None:
+        return serialized, EngineFileInfo(engine_file_path(bundle, key), key, built=False)
     log(
         f"building the TensorRT {precision} engine for {gpu[0]} (sm {gpu[1]}, TensorRT {trt.__version__}, "
-        f"batch 1..{key['profile']['max'][0]}); once per GPU, cached in {plan_path(bundle, key).parent}"
+        f"batch 1..{key['profile']['max'][0]}); once per GPU, stored in {engine_file_path(bundle, key).parent}"
     )
     onnx_bytes = build_encoder_graph(bundle.encoder_state(), bundle.encoder_config, precision).SerializeToString()  # type: ignore[arg-type]
-    plan = build_plan(trt, onnx_bytes, key)
-    return plan, PlanInfo(store_plan(bundle, key, plan), key, built=True)
+    serialized = build_engine_file(trt, onnx_bytes, key)
+    return serialized, EngineFileInfo(store_engine_file(bundle, key, serialized), key, built=True)

@@ -1,21 +1,10 @@
-"""TensorRT on a CUDA GPU: a plan built once per GPU from the bundle's ONNX graph, then cached.
+"""TensorRT on a CUDA GPU: an engine file built once per GPU from the bundle's ONNX graph, then stored.
 
-Build. The graph is :func:`codescan.engines.export.build_encoder_graph` (uint8 crops in,
-float32 embeddings out, normalisation folded in). The network is created strongly typed, so
-precision comes from the graph's own types (the ``fp16`` graph runs matmuls and the patch
-convolution in half, LayerNorm/softmax/GELU/residuals in float32) and no precision builder flag
-is ever set: that is the only mode TensorRT 11 has, and in 10.x it is requested with
-``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``. One optimisation profile covers
-batches 1..max_batch on the input ``crops`` (opt = max = max_batch).
+Building the engine file (what TensorRT calls a plan: strongly typed from the bundle's ONNX
+graph, one optimisation profile) and storing it beside the bundle under a key of everything its
+validity depends on is :mod:`codescan.engines.tensorrt_build`; this module loads and runs it.
 
-Cache. Plans are only valid for the TensorRT version, GPU model and compute capability that
-built them, so the plan lives in ``<bundle>/engines/`` under a name derived from a key holding
-all of that plus the bundle digest, graph version, precision and profile. It is written with
-the record every derived file has (:mod:`codescan.engines.derived`: bundle digest, path, the
-key and the plan's sha256); a plan whose record is missing, differs from the expected key or
-does not match the plan bytes is rebuilt, never loaded.
-
-Run. A plan runner with two slots (pinned host input, device input, device output, pinned host
+Run. An engine runner with two slots (pinned host input, device input, device output, pinned host
 output, two events each) and two streams: while the engine runs batch i on the compute stream,
 the copy stream uploads batch i+1 from the other pinned buffer. That happens inside one
 ``embed`` call, and across calls through ``submit``/``collect`` (up to two batches in flight),
@@ -40,10 +29,10 @@ from codescan.engines.tensorrt_build import (
     DEFAULT_WORKSPACE,
     INSTALL_HINT,
     Device,
-    PlanError,
-    PlanInfo,
+    EngineFileError,
+    EngineFileInfo,
     _log_stderr,
-    ensure_plan,
+    ensure_engine_file,
     import_tensorrt,
 )
 
@@ -108,12 +97,6 @@ def default_device() -> Device:
     return CudaDevice()
 
 
-# ---------------------------------------------------------------------------------------- cache
-
-
-# ---------------------------------------------------------------------------------------- build
-
-
 # ------------------------------------------------------------------------------------------ run
 
 
@@ -137,17 +120,17 @@ class _Ticket:
     collected: bool = False
 
 
-class PlanRunner:
-    """Deserialises a plan and runs it, double buffered, through a Device."""
+class EngineRunner:
+    """Deserialises an engine file and runs it, double buffered, through a Device."""
 
-    def __init__(self, trt: Any, plan: bytes, device: Device, max_batch: int, embed_dim: int, img_size: int = 224) -> None:
+    def __init__(self, trt: Any, serialized: bytes, device: Device, max_batch: int, embed_dim: int, img_size: int = 224) -> None:
         self.trt, self.device = trt, device
         self.max_batch, self.embed_dim, self.img_size = max_batch, embed_dim, img_size
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        self.engine = self.runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
-            raise PlanError("TensorRT could not deserialize the cached plan")
+            raise EngineFileError("TensorRT could not deserialize the stored engine file")
         self._check_io()
         self.context = self.engine.create_execution_context()
         if self.context is None:
@@ -175,13 +158,13 @@ class PlanRunner:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         expected = {INPUT: (trt.TensorIOMode.INPUT, trt.DataType.UINT8), OUTPUT: (trt.TensorIOMode.OUTPUT, trt.DataType.FLOAT)}
         if sorted(names) != sorted(expected):
-            raise PlanError(f"plan has I/O tensors {names}, expected {sorted(expected)}")
+            raise EngineFileError(f"engine file has I/O tensors {names}, expected {sorted(expected)}")
         for name, (mode, dtype) in expected.items():
             if engine.get_tensor_mode(name) != mode or engine.get_tensor_dtype(name) != dtype:
-                raise PlanError(f"plan tensor {name!r} has the wrong direction or type")
+                raise EngineFileError(f"engine file tensor {name!r} has the wrong direction or type")
         out_shape = tuple(engine.get_tensor_shape(OUTPUT))
         if len(out_shape) != 2 or out_shape[1] != self.embed_dim:
-            raise PlanError(f"plan output shape {out_shape} does not end in {self.embed_dim}")
+            raise EngineFileError(f"engine file output shape {out_shape} does not end in {self.embed_dim}")
 
     def submit(self, crops: np.ndarray) -> _Ticket:
         """Enqueue one batch (upload, inference, download) and return at once; see collect().
@@ -275,27 +258,27 @@ def load_runner(
     trt: Any = None,
     workspace: int = DEFAULT_WORKSPACE,
     log: Callable[[str], None] = _log_stderr,
-) -> tuple[PlanRunner, PlanInfo]:
-    """A runner on the cached (or freshly built) plan; a plan this TensorRT refuses is rebuilt once.
+) -> tuple[EngineRunner, EngineFileInfo]:
+    """A runner on the stored (or freshly built) engine file; one this TensorRT refuses is rebuilt once.
 
-    Deserialising is the only proof that a plan works on this GPU, so `compile` goes through
+    Deserialising is the only proof that an engine file works on this GPU, so `compile` goes through
     here too before it reports success. `trt` and `device` default to the real module and GPU 0.
     """
     trt = trt if trt is not None else import_tensorrt()
     device = device if device is not None else default_device()
     cfg = bundle.encoder_config
-    plan, info = ensure_plan(bundle, precision, max_batch, trt, device, workspace, log=log)
+    serialized, info = ensure_engine_file(bundle, precision, max_batch, trt, device, workspace, log=log)
     n = info.key["profile"]["max"][0]
     try:
-        return PlanRunner(trt, plan, device, n, cfg.embed_dim, cfg.img_size), info
-    except PlanError as exc:
-        log(f"cached TensorRT plan unusable ({exc}); rebuilding")
-        plan, info = ensure_plan(bundle, precision, n, trt, device, workspace, rebuild=True, log=log)
-        return PlanRunner(trt, plan, device, n, cfg.embed_dim, cfg.img_size), info
+        return EngineRunner(trt, serialized, device, n, cfg.embed_dim, cfg.img_size), info
+    except EngineFileError as exc:
+        log(f"stored TensorRT engine file unusable ({exc}); rebuilding")
+        serialized, info = ensure_engine_file(bundle, precision, n, trt, device, workspace, rebuild=True, log=log)
+        return EngineRunner(trt, serialized, device, n, cfg.embed_dim, cfg.img_size), info
 
 
 class TensorRTEngine:
-    """The Engine protocol on TensorRT: plan cached per GPU, double-buffered runner."""
+    """The Engine protocol on TensorRT: an engine file stored per GPU, a double-buffered runner."""
 
     name = "tensorrt"
 
@@ -311,7 +294,7 @@ class TensorRTEngine:
         log: Callable[[str], None] = _log_stderr,
     ) -> None:
         self.precision = precision
-        self.runner, self.plan = load_runner(
+        self.runner, self.file = load_runner(
             bundle, precision, max_batch, device=device, trt=trt, workspace=workspace, log=log
         )
         self.device = self.runner.device.name
@@ -320,7 +303,7 @@ class TensorRTEngine:
         return self.runner.embed(crops)
 
     def submit(self, crops: np.ndarray) -> Any:
-        """Queue a batch (≤ max batch overlaps; see PlanRunner.submit); collect() returns it."""
+        """Queue a batch (≤ max batch overlaps; see EngineRunner.submit); collect() returns it."""
         return self.runner.submit(crops)
 
     def collect(self, handle: Any) -> np.ndarray:
@@ -336,11 +319,14 @@ def compile_engine(
     trt: Any = None,
     workspace: int = DEFAULT_WORKSPACE,
     log: Callable[[str], None] = _log_stderr,
-) -> PlanInfo:
-    """`codescan compile`: export, build and cache the plan (a no-op when a valid one is cached)."""
+) -> EngineFileInfo:
+    """`codescan compile`: export, build and store the engine file (a no-op when a valid one is stored)."""
     return load_runner(bundle, precision, max_batch, device=device, trt=trt, workspace=workspace, log=log)[1]
 
 
-def create(bundle: Bundle, precision: str, threads: int | None = None) -> TensorRTEngine:
-    """The registry's factory (threads: not used, the GPU does the work)."""
-    return TensorRTEngine(bundle, precision)
+def create(
+    bundle: Bundle, precision: str, threads: int | None = None, warn: Callable[[str], None] | None = None
+) -> TensorRTEngine:
+    """The registry's factory (threads: not used, the GPU does the work). `warn` takes what is said
+    while the engine file is built or rebuilt: the scan's own warning line, not a print of ours."""
+    return TensorRTEngine(bundle, precision, log=warn or _log_stderr)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +40,8 @@ class TorchEngine:
             return feats[:, 0].float().numpy().copy()  # (B, D) CLS token
 
 
-def create(bundle: Bundle, precision: str, threads: int | None = None) -> TorchEngine:
+def create(
+    bundle: Bundle, precision: str, threads: int | None = None, warn: Callable[[str], None] | None = None
+) -> TorchEngine:
     """The registry's factory (threads: torch's own default)."""
     return TorchEngine(bundle.encoder_config, bundle.encoder_state(), precision=precision)

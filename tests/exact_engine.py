@@ -9,6 +9,7 @@ anywhere. Registered like the benchmarks' null engine: built only by name, never
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +36,9 @@ class ExactEngine:
         return blocks.reshape(b, 192).astype(np.float32) / SCALE - np.float32(0.5)
 
 
-def create(bundle: Bundle, precision: str, threads: int | None) -> ExactEngine:
+def create(
+    bundle: Bundle, precision: str, threads: int | None = None, warn: Callable[[str], None] | None = None
+) -> ExactEngine:
     return ExactEngine()
 
 

@@ -10,7 +10,7 @@ import pytest
 from codescan.engines import protocol, registry
 from codescan.engines.gate import compare
 from codescan.engines.gates_file import gates_path
-from codescan.engines.onnx_engine import cached_model_path
+from codescan.engines.onnx_engine import graph_path
 from conftest import LABELED, run_cli, write_gate
 
 from codescan.weights.bundle import load_bundle
@@ -136,9 +136,9 @@ def test_gate_command_records_results(home, tmp_path):
 def test_onnx_cache_is_keyed_by_bundle_digest(home):
     bundle = load_bundle("code")
     registry.create_engine(bundle, "onnxruntime", "fp32")
-    path = cached_model_path(bundle, "fp32")
+    path = graph_path(bundle, "fp32")
     assert path.is_file() and bundle.digest[:16] in path.name
-    assert cached_model_path(bundle, "int8") != path
+    assert graph_path(bundle, "int8") != path
 
 
 def test_int8_graph_keeps_first_and_last_block_in_float(home):

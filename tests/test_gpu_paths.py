@@ -245,7 +245,7 @@ def lazy_device(fake, **kw) -> LazyHostDevice:
 
 @pytest.fixture()
 def bundle(session_home, tmp_path, monkeypatch):
-    """A private copy of the session bundle, so plans written here touch no other test."""
+    """A private copy of the session bundle, so engine files written here touch no other test."""
     import shutil
 
     shutil.copytree(session_home / "weights" / "code", tmp_path / "weights" / "code")
@@ -270,13 +270,13 @@ def calls(fake, name: str) -> list[tuple]:
     [("10.13.3.9", True), ("11.0.0.7", True), ("11.0.0.7", False)],
     ids=["trt10", "trt11", "trt11-no-flag"],
 )
-def test_builder_makes_a_strongly_typed_plan_from_the_codescan_graph(fake_trt, bundle, version, flag):
+def test_builder_makes_a_strongly_typed_engine_file_from_the_codescan_graph(fake_trt, bundle, version, flag):
     from codescan.engines import tensorrt_build as tp
 
     fake_trt.configure(version, strongly_typed_flag=flag)
     dev = lazy_device(fake_trt)
     messages: list[str] = []
-    plan, info = tp.ensure_plan(bundle, "fp16", 16, fake_trt, dev, log=messages.append)
+    serialized, info = tp.ensure_engine_file(bundle, "fp16", 16, fake_trt, dev, log=messages.append)
     assert info.built and len(fake_trt.BUILDS) == 1 and len(messages) == 1
     build = fake_trt.BUILDS[0]
     if version.startswith("10"):
@@ -293,15 +293,15 @@ def test_builder_makes_a_strongly_typed_plan_from_the_codescan_graph(fake_trt, b
     assert [t[0] for t in build["inputs"]] == ["crops"] and [t[0] for t in build["outputs"]] == ["embeddings"]
     assert build["inputs"][0][1] == fake_trt.DataType.UINT8 and build["outputs"][0][1] == fake_trt.DataType.FLOAT
 
-    # The plan is cached under <bundle>/engines/ with the record of a derived file, holding the full key.
-    plan_path = tp.plan_path(bundle, info.key)
-    assert info.path == plan_path and plan_path.parent == bundle.path / "engines"
-    assert plan_path.read_bytes() == plan
-    meta = json.loads(derived.record_path(plan_path).read_text())
-    assert meta["sha256"] == hashlib.sha256(plan).hexdigest() and meta["bundle_digest"] == bundle.digest
-    assert meta["file"] == f"engines/{plan_path.name}"
+    # The engine file is stored under <bundle>/engines/ with the record of a derived file, holding the full key.
+    engine_file_path = tp.engine_file_path(bundle, info.key)
+    assert info.path == engine_file_path and engine_file_path.parent == bundle.path / "engines"
+    assert engine_file_path.read_bytes() == serialized
+    meta = json.loads(derived.record_path(engine_file_path).read_text())
+    assert meta["sha256"] == hashlib.sha256(serialized).hexdigest() and meta["bundle_digest"] == bundle.digest
+    assert meta["file"] == f"engines/{engine_file_path.name}"
     assert meta["key"] == {
-        "cache_format": tp.CACHE_FORMAT,
+        "cache_format": tp.KEY_FORMAT,
         "bundle_digest": bundle.digest,
         "graph_version": tp.GRAPH_VERSION,
         "precision": "fp16",
@@ -313,32 +313,32 @@ def test_builder_makes_a_strongly_typed_plan_from_the_codescan_graph(fake_trt, b
     }
 
     # Second call: loaded from the cache, nothing built.
-    again, info2 = tp.ensure_plan(bundle, "fp16", 16, fake_trt, dev, log=messages.append)
-    assert again == plan and not info2.built and len(fake_trt.BUILDS) == 1
+    again, info2 = tp.ensure_engine_file(bundle, "fp16", 16, fake_trt, dev, log=messages.append)
+    assert again == serialized and not info2.built and len(fake_trt.BUILDS) == 1
 
 
 def test_fp32_build_uses_the_fp32_graph_and_ieee_fp32(fake_trt, bundle):
     from codescan.engines import tensorrt_build as tp
 
-    _, info = tp.ensure_plan(bundle, "fp32", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
+    _, info = tp.ensure_engine_file(bundle, "fp32", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
     assert info.built and fake_trt.BUILDS[0]["onnx_sha256"] == onnx_sha(bundle, "fp32")
     assert calls(fake_trt, "clear_flag") == [("clear_flag", "TF32")] and "TF32" not in fake_trt.BUILDS[0]["builder_flags"]
     with pytest.raises(protocol.EngineError, match="fp16 or fp32"):
-        tp.ensure_plan(bundle, "int8", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
+        tp.ensure_engine_file(bundle, "int8", 8, fake_trt, lazy_device(fake_trt), log=lambda m: None)
 
 
-def test_a_changed_key_or_a_foreign_plan_forces_a_rebuild(fake_trt, bundle):
+def test_a_changed_key_or_a_foreign_engine_file_forces_a_rebuild(fake_trt, bundle):
     from codescan.engines import tensorrt_build as tp
 
     quiet = {"log": lambda m: None}
     dev = lazy_device(fake_trt)
-    plan, first = tp.ensure_plan(bundle, "fp16", 8, fake_trt, dev, **quiet)
+    serialized, first = tp.ensure_engine_file(bundle, "fp16", 8, fake_trt, dev, **quiet)
     assert len(fake_trt.BUILDS) == 1
 
     def builds_after(**changes) -> int:
         before = len(fake_trt.BUILDS)
         b = changes.pop("bundle", bundle)
-        tp.ensure_plan(b, "fp16", changes.pop("max_batch", 8), fake_trt, changes.pop("device", dev), **quiet)
+        tp.ensure_engine_file(b, "fp16", changes.pop("max_batch", 8), fake_trt, changes.pop("device", dev), **quiet)
         return len(fake_trt.BUILDS) - before
 
     assert builds_after() == 0
@@ -352,43 +352,43 @@ def test_a_changed_key_or_a_foreign_plan_forces_a_rebuild(fake_trt, bundle):
     assert builds_after() == 0  # ... and that one is cached now
     fake_trt.configure()
 
-    # A record whose key differs (a foreign or stale plan at this path) is never loaded.
-    plan_path = tp.plan_path(bundle, first.key)
-    meta_path = derived.record_path(plan_path)
+    # A record whose key differs (a foreign or stale engine file at this path) is never loaded.
+    engine_file_path = tp.engine_file_path(bundle, first.key)
+    meta_path = derived.record_path(engine_file_path)
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "key": {**meta["key"], "gpu": "Someone else's GPU"}}))
     assert builds_after() == 1
-    # A plan whose bytes do not match its record is rebuilt too, and so is a missing record.
-    plan_path.write_bytes(plan_path.read_bytes()[:-1] + b"!")
+    # An engine file whose bytes do not match its record is rebuilt too, and so is a missing record.
+    engine_file_path.write_bytes(engine_file_path.read_bytes()[:-1] + b"!")
     assert builds_after() == 1
     meta_path.unlink()
     assert builds_after() == 1
-    assert tp.load_cached_plan(bundle, first.key) is not None
+    assert tp.load_engine_file(bundle, first.key) is not None
 
 
-def test_scan_uses_the_plan_compile_built(fake_trt, bundle):
+def test_scan_uses_the_engine_file_compile_built(fake_trt, bundle):
     from codescan.engines import tensorrt_engine as te
 
     dev = lazy_device(fake_trt)
     info = te.compile_engine(bundle, "fp16", 128, device=dev, trt=fake_trt, log=lambda m: None)
     assert info.built and len(fake_trt.BUILDS) == 1
     engine = te.TensorRTEngine(bundle, "fp16", device=dev, trt=fake_trt, log=lambda m: None)  # no max_batch given
-    assert len(fake_trt.BUILDS) == 1 and engine.plan.path == info.path and engine.runner.max_batch == 128
+    assert len(fake_trt.BUILDS) == 1 and engine.file.path == info.path and engine.runner.max_batch == 128
     assert (engine.name, engine.device, engine.precision) == ("tensorrt", "cuda:0", "fp16")
 
 
-def test_a_plan_tensorrt_refuses_is_rebuilt(fake_trt, bundle):
+def test_an_engine_file_tensorrt_refuses_is_rebuilt(fake_trt, bundle):
     from codescan.engines import tensorrt_build as tp
     from codescan.engines import tensorrt_engine as te
 
     dev = lazy_device(fake_trt)
-    _, info = tp.ensure_plan(bundle, "fp16", 8, fake_trt, dev, log=lambda m: None)
+    _, info = tp.ensure_engine_file(bundle, "fp16", 8, fake_trt, dev, log=lambda m: None)
     # Valid record and hash, but bytes the runtime cannot deserialize (e.g. a damaged write
     # that was then re-hashed): the engine rebuilds instead of failing or loading garbage.
-    plan_path = tp.plan_path(bundle, info.key)
-    tp.store_plan(bundle, info.key, b"not a plan")
+    engine_file_path = tp.engine_file_path(bundle, info.key)
+    tp.store_engine_file(bundle, info.key, b"not an engine file")
     engine = te.TensorRTEngine(bundle, "fp16", 8, device=dev, trt=fake_trt, log=lambda m: None)
-    assert len(fake_trt.BUILDS) == 2 and plan_path.read_bytes().startswith(b"FAKE-TRT-PLAN")
+    assert len(fake_trt.BUILDS) == 2 and engine_file_path.read_bytes().startswith(b"FAKE-TRT-PLAN")
     crops = np.random.default_rng(0).integers(0, 256, (3, IMG, IMG, 3), dtype=np.uint8)
     np.testing.assert_array_equal(engine.embed(crops), fake_trt.fake_embedding(crops, 192))
 
@@ -398,7 +398,7 @@ def test_parser_errors_are_one_line_engine_errors(fake_trt):
 
     key = {"workspace": 1 << 20, "precision": "fp16", "profile": {"input": "crops", "min": [1], "opt": [1], "max": [1]}}
     with pytest.raises(protocol.EngineError, match="could not parse the codescan ONNX graph: ModelImporter"):
-        tp.build_plan(fake_trt, b"\x00garbage", key)
+        tp.build_engine_file(fake_trt, b"\x00garbage", key)
 
 
 # ----------------------------------------------------------------------------------------- runner
@@ -526,6 +526,14 @@ def test_create_engine_builds_tensorrt_with_the_fake(fake_trt, bundle, monkeypat
     assert isinstance(engine, te.TensorRTEngine) and engine.runner.max_batch == tp.DEFAULT_MAX_BATCH
     crops = np.random.default_rng(1).integers(0, 256, (5, IMG, IMG, 3), dtype=np.uint8)
     np.testing.assert_array_equal(engine.embed(crops), fake_trt.fake_embedding(crops, 192))
+    # What TensorRT has to say while a scan builds its engine goes to the scan's own warning callback.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    said: list[str] = []
+    resolved = registry.resolve(bundle, "auto", "fp32")
+    registry.build(bundle, resolved.engine, resolved.precision, warn=said.append)
+    assert resolved == registry.Resolved("tensorrt", "fp32", "cuda:0") and said and "building the TensorRT fp32" in said[0], said
 
 
 def test_compile_without_tensorrt_is_a_one_line_error(home):

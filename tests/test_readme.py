@@ -72,7 +72,7 @@ def world(tmp_path_factory, small_checkpoint) -> Path:
     import pyarrow.parquet as pq
 
     root = tmp_path_factory.mktemp("world")
-    home, store, cwd = root / "home", root / "store", root / "work"
+    home, cwd = root / "home", root / "work"
     rng = np.random.default_rng(3)
     for folder, n in ((home / "Pictures", 4), (cwd / "photos", 6)):
         folder.mkdir(parents=True)

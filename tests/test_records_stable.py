@@ -228,6 +228,7 @@ def test_a_rows_scores_are_the_same_bits_in_any_batch(bank):
 def test_a_file_scored_alone_or_among_others_in_a_scan(tmp_path, home, monkeypatch):
     """Through the scan itself: the same file's record alone (batch of 1) and among 30 others (batches of 7)."""
     import exact_engine
+
     from codescan.scan.pipeline import Scanner
     from codescan.scan.plan import ScanConfig
 

@@ -89,7 +89,7 @@ class Scanner:
         from codescan.engines.registry import build, resolve
 
         resolved = resolve(self.bundle, self.plan.engine, self.plan.precision)
-        return build(self.bundle, resolved.engine, resolved.precision)
+        return build(self.bundle, resolved.engine, resolved.precision, warn=self.warn)
 
     @property
     def batch_size(self) -> int:

@@ -76,7 +76,7 @@ class Bundle:
 
     @property
     def digest(self) -> str:
-        """One sha256 naming the exact encoder + heads, for headers and engine cache keys."""
+        """One sha256 naming the exact encoder + heads, for headers, the scan cache's keys and derived files' keys."""
         files = self.meta["files"]
         return hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
 
