@@ -118,11 +118,11 @@ def test_examiner_reads_cache_instead_of_decoding(tmp_path, monkeypatch):
     writer.close()
 
 
-def test_model_key_names_weights_preprocessing_engine_and_precision(home, tmp_path):
+def test_model_key_names_weights_preprocessing_scoring_engine_and_precision(home, tmp_path):
     scanner = Scanner(config=ScanConfig(cache=str(tmp_path / "c.sqlite3"), evidence="none"))
     spec = scanner.cache_spec()
     assert spec is not None and spec.evidence is None
-    assert spec.model == f"{scanner.bundle.digest}/p1/{scanner.engine.name}/{scanner.engine.precision}"
+    assert spec.model == f"{scanner.bundle.digest}/p1/s2/{scanner.engine.name}/{scanner.engine.precision}"
     assert Scanner(config=ScanConfig(cache=False)).cache_spec() is None
 
 
