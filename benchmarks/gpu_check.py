@@ -1,4 +1,4 @@
-"""One-shot check on a lent GPU machine: the fp16/fp32 precision gate, model throughput, scan rate.
+"""One-shot check on a lent GPU machine: the fp16/fp32 precision gate, model throughput, scan rate, training.
 
 Such a machine is lent for minutes, has no network, and gets a copy of the working tree plus the
 folder benchmarks/gpu_prepare.py built beforehand (.gpucheck/: a stand-in weights bundle, labelled
@@ -74,6 +74,9 @@ class Plan:
     images_per_repeat: int  # per throughput repeat, rounded to whole batches
     parity_crops: int | None  # None: every carried crop
     scan_engine: tuple[str, str]
+    train_batch: int  # the training smoke: images per step, steps in all (half before the checkpoint)
+    train_steps: int
+    train_gate: tuple[tuple[str, str], ...]  # the trained bundle's gate: candidates, where installed
 
 
 def make_plan(dry_run: bool, count: int | None) -> Plan:
@@ -82,10 +85,12 @@ def make_plan(dry_run: bool, count: int | None) -> Plan:
         return Plan(
             dry_run=True, device="cpu", count=count or 64, workers=cores, batches=(1, 2), throughput_precision="fp32",
             repeats=2, images_per_repeat=1, parity_crops=8, scan_engine=("onnxruntime", "fp32"),
+            train_batch=4, train_steps=4, train_gate=(("onnxruntime", "int8"),),
         )  # fmt: skip
     return Plan(
         dry_run=False, device="cuda", count=count or 10_000, workers=cores, batches=(64, 256, 1024), throughput_precision="fp16",
         repeats=5, images_per_repeat=8192, parity_crops=None, scan_engine=("cuda", "fp16"),
+        train_batch=32, train_steps=20, train_gate=(("tensorrt", "fp16"), ("cuda", "fp16")),
     )  # fmt: skip
 
 
@@ -347,6 +352,8 @@ class Prepared:
     embeddings: np.ndarray  # (N, D) CPU fp32
     scores: dict[str, np.ndarray]  # head -> (N,) CPU fp32 scores
     paths: np.ndarray  # (N,) corpus paths, to name disagreements
+    fake: np.ndarray  # (N,) bool
+    generators: np.ndarray  # (N,) str: the generator, or the real photos' source
 
 
 def load_prepared(folder: Path) -> Prepared:
@@ -357,7 +364,7 @@ def load_prepared(folder: Path) -> Prepared:
         crops = np.asarray(im.convert("RGB")).reshape(-1, CROP, CROP, 3)
     with np.load(folder / "reference.npz") as ref:
         scores = {k.removeprefix("score_"): ref[k] for k in ref.files if k.startswith("score_")}
-        prepared = Prepared(meta, crops, ref["embeddings"], scores, ref["paths"])
+        prepared = Prepared(meta, crops, ref["embeddings"], scores, ref["paths"], ref["fake"], ref["generators"])
     if len(prepared.crops) != len(prepared.embeddings):
         raise ValueError(f"{folder}: {len(prepared.crops)} crops but {len(prepared.embeddings)} reference embeddings")
     return prepared
@@ -374,8 +381,8 @@ def load_checked_bundle(prepared: Prepared) -> Bundle:
 
 
 def head_scores(heads: HeadSet, emb: np.ndarray) -> dict[str, np.ndarray]:
-    rows = heads.scores(emb)
-    return {name: np.array([r[name] for r in rows], dtype=np.float64) for name in heads.names()}
+    rows = heads.score_rows(emb)  # (N, H)
+    return {name: rows[:, i] for i, name in enumerate(heads.names())}
 
 
 def release() -> None:
@@ -705,6 +712,80 @@ def end_to_end(result: Result, save: Save, plan: Plan, folder: Path) -> None:
         raise RuntimeError(f"scan reported {files} files and {errors} errors, not {plan.count} and 0")
 
 
+# ------------------------------------------------------------------------------------ training
+
+
+def training_folder(prepared: Prepared, dest: Path) -> Path:
+    """The carried crops as `codescan train` reads data: real/*.png and fake/<generator>/*.png."""
+    from PIL import Image
+
+    for i, (crop, fake, generator) in enumerate(zip(prepared.crops, prepared.fake, prepared.generators)):
+        folder = dest / "fake" / str(generator) if fake else dest / "real"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop).save(folder / f"{i:04d}.png", compress_level=1)
+    return dest
+
+
+def train_smoke(result: Result, save: Save, plan: Plan, folder: Path) -> str | None:
+    """`codescan train` on this device from the carried bundle: AMP, a checkpoint after the first
+    epoch, a resumed run that finishes, the compile step (TensorRT where it imports), then the gate
+    of the trained bundle at the reduced precision. Training speed on a few hundred crops is no
+    benchmark; the step shows the GPU path works end to end."""
+    import importlib.util
+
+    missing = [m for m in ("timm", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"codescan train needs {', '.join(missing)}, not installed on this machine"
+    import torch
+    from codescan.engines.gate import run_gate
+    from codescan.engines.registry import installed
+    from codescan.train.config import TrainConfig
+    from codescan.train.loop import EpochEvent
+    from codescan.train.optim import amp_for
+    from codescan.train.run import train_bundle
+
+    prepared = load_prepared(folder)
+    load_checked_bundle(prepared)
+    with tempfile.TemporaryDirectory(prefix="gpucheck-train-") as tmp:
+        data = training_folder(prepared, Path(tmp) / "data")
+        config = TrainConfig(
+            data=str(data), out="gpucheck-train", init=BUNDLE, epochs=2, batch_size=plan.train_batch,
+            steps_per_epoch=plan.train_steps // 2, device=plan.device, val_fraction=0.25,
+        )  # fmt: skip
+        result.update(images=len(prepared.crops), steps=plan.train_steps, batch=plan.train_batch, init=BUNDLE,
+                      amp=amp_for(torch.device(plan.device)))  # fmt: skip
+
+        class Stop(Exception):
+            pass
+
+        def stop_after_first_epoch(event: object) -> None:
+            if isinstance(event, EpochEvent) and event.epoch == 1:
+                raise Stop
+
+        started = time.perf_counter()
+        try:
+            train_bundle(config, on_event=stop_after_first_epoch)
+            raise RuntimeError("the first run was to stop after its first epoch, and did not")
+        except Stop:
+            result["first_run_s"] = round(time.perf_counter() - started, 2)
+        save()
+        said: list[str] = []
+        started = time.perf_counter()
+        trained = train_bundle(config, resume=True, on_event=lambda event: said.append(getattr(event, "text", "")))
+        result.update(
+            resumed_run_s=round(time.perf_counter() - started, 2),
+            img_s=round(trained.img_s, 1),
+            bundle_digest=trained.bundle.digest,
+            compile=[line for line in said if "TensorRT" in line] or None,
+            validation={n: v.to_dict() for n, v in trained.validation.items()},
+        )
+        save()
+    candidates = [(e, p) for e, p in plan.train_gate if installed(e)]
+    gates = run_gate(trained.bundle, prepared.crops[: plan.parity_crops], candidates)
+    result["gate"] = [{k: getattr(g, k) for k in ("engine", "precision", "images", "cosine_min", "agreement", "passed")} for g in gates]
+    return None
+
+
 # ------------------------------------------------------------------------------------ summary
 
 
@@ -735,6 +816,13 @@ def _fmt_e2e(r: Result) -> str:
             f"after model load){gpu}, host PSS peak {r['host_pss_peak_mib']:.0f} MiB")  # fmt: skip
 
 
+def _fmt_train(r: Result) -> str:
+    gates = "; ".join(f"{g['engine']} {g['precision']} {'passed' if g['passed'] else 'failed'} (cos min {g['cosine_min']:.5f})"
+                      for g in r.get("gate", [])) or "no candidate installed"  # fmt: skip
+    return (f"{r['steps']} steps of {r['batch']} from {r['init']}, AMP {r['amp']}: stopped after epoch 1 in {r['first_run_s']} s, "
+            f"resumed to the end in {r['resumed_run_s']} s ({r['img_s']} img/s); {'; '.join(r.get('compile') or [])}; gate: {gates}")
+
+
 def _fmt_environment(r: Result) -> str:
     torch = r.get("packages", {}).get("torch")
     return (f"{r.get('gpu', 'no GPU')}, CUDA {r.get('torch_cuda')} (driver API {r.get('cuda_driver_api')}), torch {torch}, "
@@ -751,6 +839,7 @@ FORMATS: dict[str, Callable[[Result], str]] = {
     "parity": _fmt_parity,
     "throughput": _fmt_throughput,
     "end_to_end": _fmt_e2e,
+    "train": _fmt_train,
 }
 
 
@@ -807,6 +896,7 @@ def main(argv: list[str] | None = None) -> int:
         report.run("parity", lambda r, s: parity(r, s, plan, prepared))
         report.run("throughput", lambda r, s: throughput(r, s, plan, prepared))
         report.run("end_to_end", lambda r, s: end_to_end(r, s, plan, prepared))
+        report.run("train", lambda r, s: train_smoke(r, s, plan, prepared))
     report.finish()
     print("\n".join(summary_lines(report.doc)), flush=True)
     print(f"report: {report.path}", flush=True)

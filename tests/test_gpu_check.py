@@ -20,7 +20,7 @@ import pytest
 from conftest import textured_image
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ["install", "environment", "parity", "throughput", "end_to_end"]
+STEPS = ["install", "environment", "parity", "throughput", "end_to_end", "train"]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -100,13 +100,18 @@ def test_dry_run_reports_every_step(prepared, tmp_path):
     assert e2e["files_per_s"] > 0 and e2e["host_pss_peak_mib"] > 0
     assert "end_to_end   ok" in done.stdout and (tmp_path / "out" / "gpu_check.log").read_text() == done.stdout
 
+    train = steps["train"]  # stopped after its first epoch, resumed to the end, compiled where it can, gated
+    assert train["steps"] == 4 and train["amp"] == "off" and train["first_run_s"] > 0 and train["resumed_run_s"] > 0
+    assert train["compile"] and "no TensorRT engine built" in train["compile"][0]
+    assert [(g["engine"], g["precision"]) for g in train["gate"]] == [("onnxruntime", "int8")]
+
 
 def test_failed_steps_are_recorded_and_exit_zero(tmp_path):
     """Without the prepared folder every data step fails, says why, and the script still exits 0."""
     done, report = run_check(tmp_path / "out", tmp_path / "missing")
     assert done.returncode == 0, done.stdout + done.stderr
     statuses = [entry["status"] for entry in report["steps"].values()]
-    assert statuses == ["skipped", "ok", "failed", "failed", "failed"]  # STEPS' order
+    assert statuses == ["skipped", "ok", "failed", "failed", "failed", "failed"]  # STEPS' order
     assert "prepared.json" in report["steps"]["parity"]["error"] and "unreadable" in report["weights"]
 
 
