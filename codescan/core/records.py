@@ -192,10 +192,11 @@ class Result:
             out["heads"] = {n: {"score": h.score, "status": h.status} for n, h in self.heads.items()}
         if self.sha256 is not None:
             out["sha256"] = self.sha256
-        if self.evidence is not None and (self.evidence or self.combined is not None):
+        combined = self.combined
+        if self.evidence is not None and (self.evidence or combined is not None):
             out["evidence"] = [e.to_dict() for e in self.evidence]
-        if self.combined is not None:
-            out["combined"] = self.combined
+        if combined is not None:
+            out["combined"] = combined
         return out
 
 

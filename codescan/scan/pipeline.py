@@ -225,11 +225,13 @@ class Scanner:
             batched = [o for _, o, embed in items if embed]
             per_row = self.heads.scores(emb)
             starts = np.cumsum([0] + [len(o.decoded.boxes) for o in batched])  # type: ignore[union-attr]  # crops: given back
+            caching = self._writer is not None
             for o, start, end in zip(batched, starts[:-1], starts[1:]):
                 scores = tuple(per_row[start:end])
                 self._remember(o.sha256, scores)  # type: ignore[union-attr]
                 queued.discard(o.sha256)  # type: ignore[union-attr]
-                fresh.append((o.sha256, o.verdict(scores)))  # type: ignore[union-attr]
+                if caching:
+                    fresh.append((o.sha256, o.verdict(scores)))  # type: ignore[union-attr]
         new_evidence = [
             (o.sha256, o.evidence) for _, o, _ in items if isinstance(o, Examined) and o.new_evidence and o.evidence is not None
         ]
