@@ -40,14 +40,18 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def escape_surrogates(text: str) -> str:
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text if text.isascii() else _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# ensure_ascii=False keeps names readable; the surrogate pass turns the only characters UTF-8
+# cannot carry into JSON escapes, which decode back to the same surrogates. allow_nan=False: a
+# NaN or infinity raises instead of becoming a bare NaN (not JSON). One encoder for every line:
+# json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 
 
 def dumps(obj: Any) -> str:
-    # ensure_ascii=False keeps names readable; the surrogate pass turns the only characters
-    # UTF-8 cannot carry into JSON escapes, which decode back to the same surrogates.
-    # allow_nan=False: a NaN or infinity raises instead of becoming a bare NaN (not JSON).
-    return escape_surrogates(json.dumps(obj, ensure_ascii=False, separators=(", ", ": "), allow_nan=False))
+    return escape_surrogates(_ENCODER.encode(obj))
 
 
 def _final_mode(path: str) -> int:
