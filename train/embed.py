@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 from codescan.engines.protocol import Engine
 
+from codescan.core import defaults
 from codescan.decoding.decode import DecodeLimits
 from codescan.inputs.read import DecodeFailure
-from codescan.model.preprocess import DEFAULT_CROPS, CropCount
-
-DECODE_TIMEOUT = 20.0  # seconds per file, the scan's default --decode-timeout
+from codescan.model.preprocess import CropCount
 
 
 @dataclass
@@ -39,7 +38,7 @@ def embed_files(
     batch_size: int | None = None,
     limits: DecodeLimits = DecodeLimits(),
     on_batch: Callable[[int], None] | None = None,
-    crops: CropCount = DEFAULT_CROPS,
+    crops: CropCount = defaults.CROPS,
     workers: int | None = None,
 ) -> Embedded:
     """Decode `paths` in the decode pool and embed them; files that cannot be judged are reported,
@@ -57,7 +56,7 @@ def embed_files(
     pool = DecodePool(
         workers=workers or os.cpu_count() or 1,
         config=ExamineConfig(limits=limits, evidence="none", cache=None, crops=crops),  # the scan's, less evidence
-        timeout=DECODE_TIMEOUT,
+        timeout=defaults.DECODE_TIMEOUT,
         window=max(2 * batch_size, 16),
     )
     index: list[int] = []

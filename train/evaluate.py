@@ -21,8 +21,8 @@ from codescan.train.data import Label, Sample, load_samples
 from codescan.train.embed import Embedded, embed_files
 from codescan.train.metrics import BinaryMetrics, binary_metrics
 
+from codescan.core import defaults
 from codescan.core.records import (
-    DEFAULT_CROPS,
     CropCount,
     ErrorCode,
     HeadChoice,
@@ -47,9 +47,9 @@ class EvalConfig:
     data: Path
     weights: str = "code"
     head: HeadChoice = "all"
-    crops: CropCount = DEFAULT_CROPS
-    engine: EngineName = "auto"
-    precision: Precision = "auto"
+    crops: CropCount = defaults.CROPS
+    engine: EngineName = defaults.ENGINE
+    precision: Precision = defaults.PRECISION
     batch_size: int | None = None
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 

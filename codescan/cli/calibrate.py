@@ -44,7 +44,8 @@ from codescan.cli.options import (
     WeightsOpt,
     err_console,
 )
-from codescan.core.records import DEFAULT_CROPS, HeadChoice
+from codescan.core import defaults
+from codescan.core.records import HeadChoice
 from codescan.core.version import __version__
 from codescan.output import messages
 
@@ -116,9 +117,9 @@ def calibrate_command(
         Optional[str], typer.Option(metavar="NAME", help="Variant to install. Default: <weights>-fpr<FPR>, e.g. code-fpr0.01.")
     ] = None,
     weights: WeightsOpt = None,
-    crops: CropsOpt = DEFAULT_CROPS,
-    engine: EngineOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    crops: CropsOpt = defaults.CROPS,
+    engine: EngineOpt = defaults.ENGINE,
+    precision: PrecisionOpt = defaults.PRECISION,
     batch_size: BatchSizeOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -59,6 +59,7 @@ from codescan.cli.options import (
 )
 from codescan.cli.report import register as register_report
 from codescan.cli.tools import register as register_tools
+from codescan.core import defaults
 from codescan.core.records import Summary
 from codescan.core.version import __version__
 from codescan.output import messages
@@ -105,11 +106,11 @@ def scan(
     output: OutputOpt = "-",
     resume: ResumeOpt = None,
     fmt: FmtOpt = None,
-    head: HeadOpt = "linear",
+    head: HeadOpt = defaults.HEAD,
     threshold: ThresholdOpt = None,
-    crops: CropsOpt = 1,
-    engine: EngineOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    crops: CropsOpt = defaults.CROPS,
+    engine: EngineOpt = defaults.ENGINE,
+    precision: PrecisionOpt = defaults.PRECISION,
     batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = None,
     exclude: ExcludeOpt = None,
@@ -117,11 +118,11 @@ def scan(
     archives: ArchivesOpt = False,
     column: ColumnOpt = None,
     id_column: IdColumnOpt = None,
-    max_filesize: MaxFilesizeOpt = 256 * 1024 * 1024,
-    max_pixels: MaxPixelsOpt = 89_478_485,
-    decode_timeout: DecodeTimeoutOpt = 20.0,
+    max_filesize: MaxFilesizeOpt = defaults.MAX_FILESIZE,
+    max_pixels: MaxPixelsOpt = defaults.MAX_PIXELS,
+    decode_timeout: DecodeTimeoutOpt = defaults.DECODE_TIMEOUT,
     weights: WeightsOpt = None,
-    evidence: EvidenceOpt = "metadata",
+    evidence: EvidenceOpt = defaults.EVIDENCE,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     ray: RayOpt = None,

@@ -22,7 +22,8 @@ from codescan.cli.options import (
     WeightsOpt,
     err_console,
 )
-from codescan.core.records import DEFAULT_CROPS, HeadChoice
+from codescan.core import defaults
+from codescan.core.records import HeadChoice
 from codescan.output import messages
 
 
@@ -49,7 +50,7 @@ def gate(
     from codescan.weights.store import chosen_name
 
     bundle = load_bundle(chosen_name(weights))
-    pool = DecodePool(workers=os.cpu_count() or 1, config=ExamineConfig(evidence="none"), timeout=20.0, window=64)
+    pool = DecodePool(workers=os.cpu_count() or 1, config=ExamineConfig(evidence="none"), timeout=defaults.DECODE_TIMEOUT, window=64)
     crops = [o.decoded.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Examined) and o.decoded]
     if not crops:
         raise UsageError("no decodable images under the given paths")
@@ -103,9 +104,9 @@ def eval_command(
     ],
     weights: WeightsOpt = None,
     head: Annotated[HeadChoice, typer.Option(help="Head to measure; all = every head in the bundle.")] = "all",
-    crops: CropsOpt = DEFAULT_CROPS,
-    engine: EngineOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    crops: CropsOpt = defaults.CROPS,
+    engine: EngineOpt = defaults.ENGINE,
+    precision: PrecisionOpt = defaults.PRECISION,
     batch_size: BatchSizeOpt = None,
     plot: Annotated[
         Optional[Path], typer.Option(help="Also draw ROC curves per generator into this PNG (needs matplotlib: the plot extra).")

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from codescan.core import defaults
+
 SCHEMA_VERSION = 3  # 2: evidence, combined, sha256; 3: archive members and Parquet rows (archive, member, member_index, key)
 
 Status = Literal["real", "fake", "error", "skipped"]
@@ -37,7 +39,6 @@ ERROR_CODES: tuple[ErrorCode, ...] = ErrorCode.__args__  # type: ignore[attr-def
 
 EvidenceLevel = Literal["none", "metadata", "all"]
 CropCount = Literal[1, 5]  # 1: the reference's centre crop; 5: centre + four corners, the score their max
-DEFAULT_CROPS: CropCount = 1  # the reference; also what a header written before `crops` existed means
 
 
 def is_fake(score: Any, threshold: Any) -> Any:
@@ -291,7 +292,7 @@ class Header:
     thresholds: dict[str, float] = field(default_factory=dict)
     evidence: EvidenceLevel = "none"
     inputs: dict[str, Any] | None = None  # {"count", "sha256"} of the PATH arguments; never the paths
-    crops: int = DEFAULT_CROPS  # boxes judged per image (scan --crops)
+    crops: int = defaults.CROPS  # boxes judged per image (scan --crops)
 
     def with_inputs(self, arguments: Sequence[str | bytes]) -> Header:
         """Fingerprint the arguments so that --resume can refuse a different set without storing it."""

@@ -31,10 +31,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from codescan.core import defaults
 from codescan.core.fsutil import (
     unsafe_status as _unsafe,  # why a file or directory could hold someone else's verdicts
 )
-from codescan.core.records import DEFAULT_CROPS, Evidence, EvidenceKind
+from codescan.core.records import Evidence, EvidenceKind
 
 SCHEMA = 1
 _BUSY_MS = 10_000
@@ -64,7 +65,7 @@ class CacheSpec:
     model: str  # e.g. "<weights digest>/p1/s2/onnxruntime/fp32"
     evidence: str | None  # e.g. "metadata/v1"; None when evidence is off
     heads: tuple[str, ...]  # every head of the bundle: a verdict row must score exactly these
-    crops: int = DEFAULT_CROPS  # boxes judged per image (scan --crops); also in `model`, so modes never mix
+    crops: int = defaults.CROPS  # boxes judged per image (scan --crops); also in `model`, so modes never mix
 
 
 Box = tuple[int, int, int, int]

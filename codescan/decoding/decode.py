@@ -26,6 +26,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from codescan.core import defaults
 from codescan.inputs.read import (
     IMAGE_EXTENSIONS,
     MAGIC_BYTES,
@@ -37,7 +38,6 @@ from codescan.inputs.read import (
 )
 from codescan.model.preprocess import (
     CROP,
-    DEFAULT_CROPS,
     CropCount,
     place_crop,
     plan_crops,
@@ -94,8 +94,8 @@ _DECODED_EXTENSIONS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
-    max_filesize: int = 256 * 1024 * 1024
-    max_pixels: int = 89_478_485  # Pillow's default bomb-warning threshold
+    max_filesize: int = defaults.MAX_FILESIZE
+    max_pixels: int = defaults.MAX_PIXELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +228,7 @@ def decode_boxes(
         raise _classify(exc, data, _extension(name)) from None
 
 
-def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "", crops: CropCount = DEFAULT_CROPS) -> Decoded:
+def decode_bytes(data: bytes, limits: DecodeLimits, name: str | bytes = "", crops: CropCount = defaults.CROPS) -> Decoded:
     """Decode the first frame and cut the reference crop (with 5, the corners too); raise
     DecodeFailure on any problem."""
     decoded = decode_boxes(data, limits, lambda w, h: [p.box for p in plan_crops(w, h, crops)], name)

@@ -12,6 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from codescan.core import defaults
 from codescan.core.records import ErrorCode, Evidence, EvidenceLevel, ImageFacts
 from codescan.decoding.cache import CachedVerdict, CacheReader, CacheSpec
 from codescan.decoding.decode import Decoded, DecodeLimits, decode_bytes, decode_full
@@ -27,7 +28,7 @@ from codescan.inputs.read import (
     sniff,
 )
 from codescan.inputs.walk import Entry
-from codescan.model.preprocess import DEFAULT_CROPS, CropCount
+from codescan.model.preprocess import CropCount
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class ExamineConfig:
     limits: DecodeLimits = DecodeLimits()
     evidence: EvidenceLevel = "metadata"
     cache: CacheSpec | None = None
-    crops: CropCount = DEFAULT_CROPS
+    crops: CropCount = defaults.CROPS
 
 
 @dataclass(frozen=True, slots=True)

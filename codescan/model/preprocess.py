@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codescan.core.records import DEFAULT_CROPS, CropCount
+from codescan.core import defaults
+from codescan.core.records import CropCount
 
 CROP = 224
 PREPROCESS_VERSION = 1
@@ -65,7 +66,7 @@ def _edge(size: int, crop: int, at_end: bool) -> AxisPlan:
     return AxisPlan(src_start=size - crop if at_end else 0, length=crop, dst_start=0)
 
 
-def plan_crops(width: int, height: int, count: CropCount = DEFAULT_CROPS, crop: int = CROP) -> tuple[CropPlan, ...]:
+def plan_crops(width: int, height: int, count: CropCount = defaults.CROPS, crop: int = CROP) -> tuple[CropPlan, ...]:
     """The boxes judged: the centre first (the reference's crop), then with 5 the corners
     top-left, top-right, bottom-left, bottom-right, each cut like the centre crop (no resize; an
     axis shorter than 224 is taken whole and zero-padded), so a small image's crops coincide."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from codescan.core import defaults
 from codescan.core.records import (
     Header,
     Ident,
@@ -67,8 +68,8 @@ class Scanner:
     def __init__(
         self,
         weights: str | None = None,
-        engine: str = "auto",
-        precision: str = "auto",
+        engine: str = defaults.ENGINE,
+        precision: str = defaults.PRECISION,
         config: ScanConfig = ScanConfig(),
         warn: Callable[[str], None] = _ignore,
         plan: ScanPlan | None = None,

@@ -10,15 +10,15 @@ reporter; `codescan.scan.executors` builds the executor it names. Nothing downst
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from codescan.core import defaults
 from codescan.core.records import EvidenceLevel, HeadChoice, Header, HeadName
 from codescan.core.version import __version__
 from codescan.decoding.decode import DecodeLimits
 from codescan.inputs.walk import WalkOptions
-from codescan.model.preprocess import DEFAULT_CROPS, CropCount
+from codescan.model.preprocess import CropCount
 from codescan.output.reporters import Format
 from codescan.scan.judge import Judge
 
@@ -30,13 +30,9 @@ if TYPE_CHECKING:
     from codescan.scan.ray_cluster import RayOptions
     from codescan.weights.bundle import Bundle
 
-CPU_BATCH = 8  # small batches overlap decode best on a CPU
-GPU_BATCH = 64
-
-
 def batch_size_for(device: str, asked: int | None = None) -> int:
     """`--batch-size`, else the default for the engine's device: scan, eval and calibrate alike."""
-    return asked or (GPU_BATCH if device.startswith("cuda") else CPU_BATCH)
+    return asked or (defaults.GPU_BATCH if device.startswith("cuda") else defaults.CPU_BATCH)
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,7 @@ def check_options(
     import importlib.util
 
     if ray is not None:
-        if config.crops != DEFAULT_CROPS:
+        if config.crops != defaults.CROPS:
             raise ValueError("--crops 5 is not available with --ray yet: its rows carry one crop per file")
         if importlib.util.find_spec("ray") is None:
             raise ValueError("--ray needs the ray extra: pip install 'codescan[ray]'")
@@ -170,7 +166,7 @@ class ScanPlan:
         if not isinstance(self.config.cache, str):
             return None
         model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/s{SCORING_VERSION}/{engine}/{precision}"
-        if self.config.crops != DEFAULT_CROPS:
+        if self.config.crops != defaults.CROPS:
             model += f"/crops{self.config.crops}"
         evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
         return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=tuple(self.heads.names()), crops=self.config.crops)
@@ -209,13 +205,13 @@ class ScanPlan:
 
 @dataclass(frozen=True)
 class ScanConfig:
-    head: HeadChoice = "linear"
+    head: HeadChoice = defaults.HEAD
     thresholds: dict[HeadName, float] = field(default_factory=dict)  # overrides of the bundle's
     batch_size: int | None = None  # None: the plan's default for the engine's device (codescan.scan.plan)
-    decode_workers: int = max(1, min(8, os.cpu_count() or 1))
-    decode_timeout: float = 20.0  # seconds per file, enforced by killing the worker
+    decode_workers: int = field(default_factory=defaults.decode_workers)
+    decode_timeout: float = defaults.DECODE_TIMEOUT  # seconds per file, enforced by killing the worker
     limits: DecodeLimits = DecodeLimits()
     walk: WalkOptions = WalkOptions()
-    evidence: EvidenceLevel = "metadata"
+    evidence: EvidenceLevel = defaults.EVIDENCE
     cache: str | bool = False  # the SQLite scan cache: a file, True for the store's, False for none
-    crops: CropCount = DEFAULT_CROPS  # boxes judged per image: the centre (the reference), or centre + corners
+    crops: CropCount = defaults.CROPS  # boxes judged per image: the centre (the reference), or centre + corners
