@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,9 +109,14 @@ def shim(tree: Path, dest: Path) -> Path:
     """An import path for `tree`'s codescan as an install lays it out (its own pyproject's
     package-dir, by symlinks), so a checkout of any commit can be measured beside this one."""
     sys.path.insert(0, str(HERE))
-    from gpu_check import build_shim
+    from gpu_check import EXTENSION_PACKAGE, build_shim, package_dirs
 
     build_shim(tree, dest)
+    # build_shim leaves compiled files out of the extension's own folder (gpu_check copies one built
+    # for the lent machine's Python); here the tree's own build is the one to measure.
+    folder = tree / package_dirs(tree)["codescan"] / EXTENSION_PACKAGE
+    for built in folder.glob("*.so") if folder.is_dir() else ():
+        shutil.copy2(built, dest / "codescan" / EXTENSION_PACKAGE / built.name)
     return dest
 
 
