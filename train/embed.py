@@ -47,15 +47,15 @@ def embed_files(
     ``emb`` is (N, D) for `crops` 1 and (N, 5, D) for 5. `batch_size` counts files; None takes the
     scan's default for the engine's device.
     """
-    from codescan.decoding.examine import ExamineConfig, Examined, Skipped
+    from codescan.decoding.examine import Examined, Skipped
     from codescan.decoding.feed import DecodePool
     from codescan.inputs.walk import Entry
-    from codescan.scan.plan import batch_size_for
+    from codescan.scan.plan import batch_size_for, measuring_config
 
     batch_size = batch_size_for(engine.device, batch_size)
     pool = DecodePool(
-        workers=workers or os.cpu_count() or 1,
-        config=ExamineConfig(limits=limits, evidence="none", cache=None, crops=crops),  # the scan's, less evidence
+        workers=workers or defaults.decode_workers(),
+        config=measuring_config(limits, crops),
         timeout=defaults.DECODE_TIMEOUT,
         window=max(2 * batch_size, 16),
     )

@@ -36,7 +36,7 @@ def gate(
 
     import numpy as np
 
-    from codescan.decoding.examine import ExamineConfig, Examined
+    from codescan.decoding.examine import Examined
     from codescan.decoding.feed import DecodePool
     from codescan.engines.gate import (
         MIN_AGREEMENT,
@@ -46,11 +46,12 @@ def gate(
         run_gate,
     )
     from codescan.inputs.walk import walk
+    from codescan.scan.plan import measuring_config
     from codescan.weights.bundle import load_bundle
     from codescan.weights.store import chosen_name
 
     bundle = load_bundle(chosen_name(weights))
-    pool = DecodePool(workers=os.cpu_count() or 1, config=ExamineConfig(evidence="none"), timeout=defaults.DECODE_TIMEOUT, window=64)
+    pool = DecodePool(workers=defaults.decode_workers(), config=measuring_config(), timeout=defaults.DECODE_TIMEOUT, window=64)
     crops = [o.decoded.crop for _, o in pool.outcomes(walk(data)) if isinstance(o, Examined) and o.decoded]
     if not crops:
         raise UsageError("no decodable images under the given paths")

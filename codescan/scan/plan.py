@@ -30,6 +30,15 @@ if TYPE_CHECKING:
     from codescan.scan.ray_cluster import RayOptions
     from codescan.weights.bundle import Bundle
 
+def measuring_config(limits: DecodeLimits = DecodeLimits(), crops: CropCount = defaults.CROPS) -> ExamineConfig:
+    """What a decode worker does for `eval`, `calibrate`, `gate` and training's embedding pass: the
+    scan's examination, limits and crop plan, without evidence or the scan cache (they measure the
+    model, so every file is decoded and none is judged by its metadata)."""
+    from codescan.decoding.examine import ExamineConfig
+
+    return ExamineConfig(limits=limits, evidence="none", cache=None, crops=crops)
+
+
 def batch_size_for(device: str, asked: int | None = None) -> int:
     """`--batch-size`, else the default for the engine's device: scan, eval and calibrate alike."""
     return asked or (defaults.GPU_BATCH if device.startswith("cuda") else defaults.CPU_BATCH)
