@@ -1,8 +1,8 @@
 """A scan's plan: every choice made once, from the options and the bundle, then only read.
 
 Two steps, as ripgrep splits its arguments: :func:`check_options` applies every rule between
-options (pure, nothing read, so a bad combination fails before stdin, the weights or the model
-are touched), then :meth:`ScanPlan.resolve` loads the bundle and decides the heads, thresholds
+options (no file read, so a bad combination fails before stdin, the weights or the model are
+touched), then :meth:`ScanPlan.resolve` loads the bundle and decides the heads, thresholds
 and cache. The plan then builds what both executors and the CLI read: the examine config each
 decode worker gets, the cache file and keys, the batch size on a device, the header and the
 reporter; `codescan.scan.executors` builds the executor it names. Nothing downstream chooses again.
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from codescan.output.reporters import Reporter
     from codescan.scan.ray_cluster import RayOptions
     from codescan.weights.bundle import Bundle
+
 
 def measuring_config(limits: DecodeLimits = DecodeLimits(), crops: CropCount = defaults.CROPS) -> ExamineConfig:
     """What a decode worker does for `eval`, `calibrate`, `gate` and training's embedding pass: the
@@ -62,7 +63,7 @@ def check_options(
     """Every rule between options, and the choices they leave: the output format and target, and
     the scan cache's file (the store's by default, none under Ray: it is one machine's).
 
-    Pure and idempotent (the plan applies it again); ValueError says which options clash."""
+    Reads no file and is idempotent (the plan applies it again); ValueError says which options clash."""
     import importlib.util
 
     if ray is not None:
@@ -113,7 +114,6 @@ class ScanPlan:
     judge: Judge
     engine: str  # as asked: "auto" or a registry name; resolved where the engine runs
     precision: str
-
     output: OutputConfig | None = None  # None: the caller consumes the results itself (the API)
     ray: RayOptions | None = None  # None: the local executor
 
