@@ -287,6 +287,12 @@ def test_engine_resolution_follows_the_cluster_not_the_driver(home, monkeypatch)
     assert resolve_engine(auto, RayOptions()) == Resolved("onnxruntime", "fp32", "cpu")
     with pytest.raises(EngineError, match="needs a CUDA GPU"):
         resolve_engine(cuda, RayOptions())
+    # A driver with a GPU of its own, in a cluster without one: an error, not actors waiting for a GPU.
+    from codescan.engines import registry
+
+    monkeypatch.setattr(registry, "resolve", lambda *args: Resolved("cuda", "fp32", "cuda:0"))
+    with pytest.raises(EngineError, match="the Ray cluster has none"):
+        resolve_engine(auto, RayOptions())
     asked: list[tuple] = []
 
     class Remote:

@@ -271,9 +271,10 @@ def _probe(home: str, weights: str, engine: str, precision: str) -> Resolved:
 def resolve_engine(plan: ScanPlan, options: RayOptions) -> Resolved:
     """Decided by the cluster, never by the driver's own hardware: a CPU-only head node (the
     usual cluster) asks a GPU worker what the engine resolves to there; without GPUs in the
-    cluster the CPU engines are chosen here. Nothing is built on the driver."""
+    cluster it is resolved here and must be a CPU engine. Nothing is built on the driver."""
     import ray
 
+    from codescan.engines.protocol import EngineError
     from codescan.engines.registry import resolve
     from codescan.engines.specs import spec
     from codescan.weights.store import store_root
@@ -283,7 +284,13 @@ def resolve_engine(plan: ScanPlan, options: RayOptions) -> Resolved:
     if wants_gpu and int(ray.cluster_resources().get("GPU", 0)) > 0:
         probe = ray.remote(num_gpus=1, num_cpus=0)(_probe)
         return ray.get(probe.remote(str(store_root()), plan.bundle.name, plan.engine, plan.precision))
-    return resolve(plan.bundle, plan.engine, plan.precision)
+    resolved = resolve(plan.bundle, plan.engine, plan.precision)
+    if resolved.on_gpu:  # this driver has a GPU, the cluster has none: actors asking for one would wait forever
+        raise EngineError(
+            f"engine {resolved.engine!r} needs a GPU and the Ray cluster has none: "
+            "choose a CPU engine (--engine onnxruntime or torch)"
+        )
+    return resolved
 
 
 @dataclass(frozen=True)
