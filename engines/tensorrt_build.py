@@ -96,7 +96,7 @@ def engine_key(
     """Everything an engine file's validity depends on."""
     img = bundle.encoder_config.img_size
     return {
-        "cache_format": KEY_FORMAT,
+        "cache_format": KEY_FORMAT,  # the field's stored name: renaming it would rebuild every engine file
         "bundle_digest": bundle.digest,
         "graph_version": GRAPH_VERSION,
         "precision": precision,

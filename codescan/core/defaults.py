@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 HEAD: Final = "linear"  # the reference's linear probe
 EVIDENCE: Final = "metadata"
-CROPS: Final[Literal[1, 5]] = 1  # the reference's centre crop; also what a header from before `crops` means
+CROPS: Final[Literal[1, 5]] = 1  # the reference's centre crop
 ENGINE: Final = "auto"
 PRECISION: Final = "auto"  # fp32 unless a gate passed for the bundle
 MAX_FILESIZE: Final = 256 * 1024 * 1024  # bytes

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from codescan.core import defaults
-
 SCHEMA_VERSION = 3  # 2: evidence, combined, sha256; 3: archive members and Parquet rows (archive, member, member_index, key)
 
 Status = Literal["real", "fake", "error", "skipped"]
@@ -292,7 +290,7 @@ class Header:
     thresholds: dict[str, float] = field(default_factory=dict)
     evidence: EvidenceLevel = "none"
     inputs: dict[str, Any] | None = None  # {"count", "sha256"} of the PATH arguments; never the paths
-    crops: int = defaults.CROPS  # boxes judged per image (scan --crops)
+    crops: int = 1  # boxes judged per image (scan --crops); a header written before the field judged one
 
     def with_inputs(self, arguments: Sequence[str | bytes]) -> Header:
         """Fingerprint the arguments so that --resume can refuse a different set without storing it."""

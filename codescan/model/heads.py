@@ -177,7 +177,7 @@ class HeadSet:
 
         The one scoring function: scan, Ray, eval, calibrate and the gate all score here."""
         x = np.asarray(emb, dtype=np.float64)
-        return np.stack([self.heads[n].score(x) for n in self.names()], axis=1).reshape(len(x), len(self.heads))
+        return np.stack([self.heads[n].score(x) for n in self.names()], axis=1)
 
     def scores(self, emb: np.ndarray) -> list[dict[str, float]]:
         """Every head's score for each embedding: (B, D) -> B dicts, head name -> score."""

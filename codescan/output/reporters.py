@@ -143,6 +143,9 @@ GROUP_SECONDS = 0.25
 class JsonlReporter(_Fresh):
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        self._start_groups()
+
+    def _start_groups(self) -> None:
         self._held: list[str] = []
         self._written = time.monotonic()
 
@@ -184,8 +187,7 @@ class ResumedJsonlReporter(JsonlReporter):
     def __init__(self, target: str) -> None:
         self.target = target
         self.state = resume.load(target)
-        self._held = []
-        self._written = time.monotonic()
+        self._start_groups()  # the sink is opened at `header`, once the old header is checked
 
     def previous(self) -> ResumeState | None:
         return self.state

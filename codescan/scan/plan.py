@@ -67,7 +67,7 @@ def check_options(
     import importlib.util
 
     if ray is not None:
-        if config.crops != defaults.CROPS:
+        if config.crops != 1:
             raise ValueError("--crops 5 is not available with --ray yet: its rows carry one crop per file")
         if importlib.util.find_spec("ray") is None:
             raise ValueError("--ray needs the ray extra: pip install 'codescan[ray]'")
@@ -175,7 +175,7 @@ class ScanPlan:
         if not isinstance(self.config.cache, str):
             return None
         model = f"{self.bundle.digest}/p{PREPROCESS_VERSION}/s{SCORING_VERSION}/{engine}/{precision}"
-        if self.config.crops != defaults.CROPS:
+        if self.config.crops != 1:  # one-crop keys predate --crops and keep their form
             model += f"/crops{self.config.crops}"
         evidence = None if self.config.evidence == "none" else f"{self.config.evidence}/v{EVIDENCE_VERSION}"
         return CacheSpec(path=self.config.cache, model=model, evidence=evidence, heads=tuple(self.heads.names()), crops=self.config.crops)
