@@ -68,6 +68,34 @@ def test_a_stalled_and_a_crashing_task_in_a_chunk_cost_only_themselves():
     assert pool._ring is not None and pool._ring.free == pool._ring.slots  # every slot came back
 
 
+class Borrowed(Numbers):
+    def received(self, result, rows):
+        return (result, rows), self.borrow and rows is not None
+
+
+def _fast_setup():
+    def run(n: int, slot: np.ndarray | None):
+        assert slot is not None
+        slot[:1] = n % 256
+        return n, 1
+
+    return run
+
+
+def test_a_borrower_that_keeps_what_it_declared_never_runs_the_ring_dry():
+    """The window's room goes back only for results the consumer has taken: the results waiting
+    in a long ready list still hold their slots, so window + hold slots always suffice."""
+    pool = Borrowed(2, _fast_setup, timeout=20.0, window=8, slot_shape=(1, 2, 2, 3), hold=3)
+    kept: list[np.ndarray] = []
+    for n, (value, rows) in pool.results(iter(range(300)), borrow=True):
+        assert value == n and int(rows[0, 0, 0, 0]) == n % 256  # still the worker's: the slot was not reused
+        kept.append(rows)
+        if len(kept) == 3:
+            pool.release(kept.pop(0))
+        if n % 50 == 0:
+            time.sleep(0.2)  # the workers run ahead: a long list of results is ready at once
+
+
 def test_a_pool_serves_again_after_close():
     pool = Numbers(1, _setup, timeout=5.0, window=8, slot_shape=(2, 4, 4, 3))
     for _ in range(2):
@@ -86,7 +114,19 @@ def test_ring_gives_back_only_its_own_slots():
     with pytest.raises(RingExhausted):
         ring.take()
     ring.give(b)
-    assert ring.take() == b  # last freed, first taken: the pages in use stay few
+    assert ring.take() == b  # the only free slot, found past the end
+    ring.close()
+
+
+def test_ring_hands_out_slots_in_order_so_a_batch_is_one_view():
+    ring = Ring(4, (2, 3))
+    ring.array[:] = np.arange(4)[:, None, None]
+    assert [ring.take() for _ in range(3)] == [0, 1, 2]
+    ring.give(0, 2)  # a batch's slots go back at once
+    assert ring.free == 3 and [ring.take() for _ in range(3)] == [3, 0, 1]  # next-fit: on from the last taken
+    span = ring.span(1, 3)  # slot 1's two rows and slot 2's first
+    assert span.shape == (3, 3) and np.shares_memory(span, ring.array)
+    assert span[:, 0].tolist() == [1, 1, 2]
     ring.close()
 
 
@@ -125,6 +165,25 @@ def test_a_borrower_that_keeps_more_than_it_declared_is_told(images):
             kept.append(outcome)  # never given back
 
 
+def test_a_batch_of_consecutive_slots_is_the_ring_itself_and_any_other_a_copy(images):
+    """The engine reads a batch where the workers wrote it; its slots stay held until given back."""
+    pool = DecodePool(workers=1, config=ExamineConfig(evidence="none"), timeout=20, window=8, hold=8)
+    outcomes = [o for _, o in pool.outcomes(iter(images), borrow=True)]
+    ring = pool._ring
+    assert ring is not None and all(isinstance(o, Examined) for o in outcomes)
+    expected = np.concatenate([o.decoded.crops for o in outcomes])  # type: ignore[union-attr]
+    batch, held = pool.batch(outcomes[:3])  # type: ignore[arg-type]
+    assert held is not None and np.shares_memory(batch, ring.array)
+    assert np.array_equal(batch, expected[:3])
+    free = ring.free
+    pool.give_span(held)
+    assert ring.free == free + 3
+    gapped, held = pool.batch([outcomes[4], outcomes[3]])  # type: ignore[list-item]  # out of order: a copy
+    assert held is None and not np.shares_memory(gapped, ring.array)
+    assert np.array_equal(gapped, expected[[4, 3]])
+    assert ring.free == ring.slots  # the copy's slots went back at once
+
+
 def test_a_scan_gives_back_every_slot_it_borrows(images, home, monkeypatch, tmp_path):
     """Copies, errors and --crops 5 each take their own path back to the ring."""
     from codescan.scan.pipeline import Scanner
@@ -138,14 +197,28 @@ def test_a_scan_gives_back_every_slot_it_borrows(images, home, monkeypatch, tmp_
         rings.append(self)
 
     monkeypatch.setattr(Ring, "__init__", recording_init)
+    in_place: list[bool] = []
+    real_batch = DecodePool.batch
+
+    def recording_batch(self, embedded):
+        batch, held = real_batch(self, embedded)
+        in_place.append(held is not None)
+        return batch, held
+
+    monkeypatch.setattr(DecodePool, "batch", recording_batch)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff" + b"\0" * 64)
-    arguments = [e.display for e in images] * 2 + [str(broken)]  # each image twice: the second is a copy
+    shown = [e.display for e in images]
+    # each image twice (the second is a copy); the error's slot lies between two images of a batch
+    arguments = shown[:2] + [str(broken)] + shown[2:] + shown
     for crops in (1, 5):
         scanner = Scanner(engine="torch", precision="fp32", config=ScanConfig(batch_size=3, crops=crops, evidence="none"))
         records = list(scanner.scan(arguments))
         assert [r.status for r in records].count("error") == 1 and len(records) == len(arguments)
         assert rings[-1].free == rings[-1].slots
+        assert True in in_place  # read where the workers wrote it ...
+        assert crops == 5 or False in in_place  # ... and copied where the error's slot splits a batch
+        in_place.clear()  # (with --crops 5 each image fills a batch of its own: always in place)
 
 
 def _broken_setup():

@@ -23,6 +23,7 @@ from codescan.inputs.read import DecodeFailure
 from codescan.inputs.walk import Entry
 from codescan.model.preprocess import CROP
 
+Held = tuple[int, int]  # a batch's slots in the ring: the first, and how many
 # A sent outcome's crops: they are the rows of its slot, and the parent puts them back. None, not an
 # empty array: unpickling an ndarray costs the dispatcher as much again as the rest of the answer.
 _IN_RING = None
@@ -78,6 +79,34 @@ class DecodePool(WorkerPool[Entry, Outcome]):
     def give_back(self, outcome: Outcome) -> None:
         if isinstance(outcome, Examined) and outcome.decoded is not None:
             self.release(outcome.decoded.crops)
+
+    def batch(self, embedded: list[Examined]) -> tuple[np.ndarray, Held | None]:
+        """The borrowed crops of `embedded` as one (sum of K, 224, 224, 3) array.
+
+        When they fill consecutive slots (files dispatched and batched in walk order, the usual
+        case), the array is a view of the ring and its slots stay held until `give_span`: the
+        engine reads the crops where the workers wrote them. Otherwise (a copy or an error
+        between them, the ring's end) it is a copy and the slots go back now."""
+        ring = self._ring
+        assert ring is not None and embedded
+        first = ring.slot_of(embedded[0].decoded.crops)  # type: ignore[union-attr]
+        full, rows = ring.slot_shape[0], 0
+        for i, o in enumerate(embedded):
+            crops = o.decoded.crops  # type: ignore[union-attr]
+            if (i and ring.slot_of(crops) != first + i) or (rows % full):  # only the last may leave rows unfilled
+                break
+            rows += len(crops)
+        else:
+            return ring.span(first, rows), (first, len(embedded))
+        copied = np.concatenate([o.decoded.crops for o in embedded])  # type: ignore[union-attr]
+        for o in embedded:
+            self.give_back(o)
+        return copied, None
+
+    def give_span(self, held: Held) -> None:
+        """Give back the slots of a batch that was a view of the ring, once the engine is done with it."""
+        assert self._ring is not None
+        self._ring.give(*held)
 
     def local(self, entry: Entry) -> Outcome | None:
         return listed_outcome(entry) if entry.error is not None else None  # walk and listing errors

@@ -6,7 +6,10 @@ flight owns one slot of an anonymous shared mapping (``memfd``, no name to leak 
 killed); the worker writes its crops there and sends only their count. A slot holds the largest
 crop set a record can have (``--crops 5``: five 224×224×3 boxes).
 
-Slots are handed out last-freed first, so the pages in use stay few and warm however large the ring.
+Slots are handed out next-fit: the first free slot at or after the one taken last, wrapping at
+the end. Files are dispatched in walk order and given back in batch order, so a batch's files
+usually lie in consecutive slots and the batch is a view of the ring (`span`): the engine reads
+the crops where the workers wrote them, with no copy in the scanning process.
 """
 
 from __future__ import annotations
@@ -50,18 +53,28 @@ class Ring:
         self.array = map_slots(self.fd, slots, slot_shape)  # (slots, *slot_shape)
         self._base = self.array.ctypes.data
         self._stride = self.array.strides[0]
-        self._free = list(range(slots - 1, -1, -1))  # a stack: slot 0 is taken first
+        self._is_free = bytearray(b"\x01" * slots)
+        self._free = slots
+        self._next = 0  # where the next search for a free slot starts
         self._lock = threading.Lock()  # the dispatcher takes, the consumer gives back
 
     def take(self) -> int:
         with self._lock:
             if not self._free:
                 raise RingExhausted(f"all {self.slots} shared crop slots are held")
-            return self._free.pop()
+            slot = self._is_free.find(1, self._next)
+            if slot < 0:
+                slot = self._is_free.find(1)
+            self._is_free[slot] = 0
+            self._free -= 1
+            self._next = slot + 1
+            return slot
 
-    def give(self, slot: int) -> None:
+    def give(self, slot: int, count: int = 1) -> None:
+        """Give back `count` slots from `slot` on (a batch's consecutive slots at once)."""
         with self._lock:
-            self._free.append(slot)
+            self._is_free[slot : slot + count] = b"\x01" * count
+            self._free += count
 
     def slot_of(self, view: np.ndarray) -> int:
         """The slot a view returned by this ring lies in: consumers give back what they were given."""
@@ -71,9 +84,16 @@ class Ring:
             raise ValueError("this array is not a slot of the ring")
         return slot
 
+    def span(self, slot: int, rows: int) -> np.ndarray:
+        """(rows, *slot_shape[1:]): the first `rows` rows from the start of `slot` on, across the
+        slots that follow it, as one view (a batch whose crops fill consecutive slots)."""
+        flat = self.array.reshape(self.slots * self.slot_shape[0], *self.slot_shape[1:])
+        start = slot * self.slot_shape[0]
+        return flat[start : start + rows]
+
     @property
     def free(self) -> int:
-        return len(self._free)
+        return self._free
 
     def close(self) -> None:
         """Close the descriptor; the mapping goes when the last view of it does."""

@@ -45,6 +45,9 @@ _READY = "ready"  # a worker's first message: imports and readers loaded, work c
 STARTUP_SECONDS = 120.0  # a worker that is not ready by then is killed and replaced (a start failure)
 START_FAILURES = 3  # workers in a row that die before they are ready: the pool cannot run here
 MAX_CHUNK = 16  # tasks per message to a worker; it holds at most two chunks
+# Results whose room in the window goes back at once, after the consumer has taken them all (not
+# before: a borrowing consumer holds only the slots it declared, and a result not yet taken holds one).
+CREDIT_GROUP = 16
 PAUSE = 0.01  # seconds the dispatcher lets answers gather while every busy worker has a chunk in hand
 
 # In the worker: the per-task function, given the task and its shared slot (None without a ring);
@@ -110,6 +113,29 @@ class _Answers:
             at += 4 + size
         del self.buf[:at]
         return messages
+
+
+class _Credits:
+    """Room in the window, taken and given back many at a time (a semaphore costs a lock per file)."""
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+        self._cond = threading.Condition(threading.Lock())
+
+    def take(self, most: int, timeout: float = 0.0) -> int:
+        """Up to `most` credits; waits up to `timeout` seconds for the first one. 0: none came."""
+        with self._cond:
+            if not self._value and timeout > 0:
+                self._cond.wait(timeout)
+            got = min(most, self._value)
+            self._value -= got
+            return got
+
+    def give(self, count: int) -> None:
+        if count:
+            with self._cond:
+                self._value += count
+                self._cond.notify()
 
 
 class WorkerStartError(ChildProcessError):
@@ -223,7 +249,7 @@ class WorkerPool(Generic[T, R]):
     def results(self, tasks: Iterator[T], borrow: bool = False) -> Iterator[tuple[T, R]]:
         """`borrow`: results may hold views of shared slots, valid until given back with `release`."""
         out: queue.SimpleQueue = queue.SimpleQueue()
-        credits = threading.Semaphore(self.window)
+        credits = _Credits(self.window)
         self.borrow = borrow
         self._stop.clear()  # reusable: each call starts its workers and close() stops them
         self._start_failures = 0
@@ -239,13 +265,15 @@ class WorkerPool(Generic[T, R]):
                     return
                 if isinstance(items, BaseException):
                     raise items
-                for item in items:
-                    credits.release()
+                for taken, item in enumerate(items, 1):
                     yield item
+                    if not taken % CREDIT_GROUP:  # room in the window for what the consumer has taken
+                        credits.give(CREDIT_GROUP)
+                credits.give(len(items) % CREDIT_GROUP)
         finally:
             self.close()
 
-    def _dispatch(self, tasks: Iterator[T], out: queue.SimpleQueue, credits: threading.Semaphore) -> None:
+    def _dispatch(self, tasks: Iterator[T], out: queue.SimpleQueue, credits: _Credits) -> None:
         try:
             self._run(tasks, out, credits)
         except BaseException as exc:  # noqa: BLE001 - surfaced in the consumer thread
@@ -253,7 +281,7 @@ class WorkerPool(Generic[T, R]):
         finally:
             out.put(_STOP)
 
-    def _run(self, tasks: Iterator[T], out: queue.SimpleQueue, credits: threading.Semaphore) -> None:
+    def _run(self, tasks: Iterator[T], out: queue.SimpleQueue, credits: _Credits) -> None:
         done: dict[int, tuple[T, R]] = {}
         retry: deque[_Task] = deque()  # tasks a replaced worker had not begun: they hold their credit and slot
         cursor = _Cursor()
@@ -288,26 +316,29 @@ class WorkerPool(Generic[T, R]):
                     done[head.seq] = (head.task, self._settle(head, self.timed_out(head.task)))
                     self._replace(worker, retry)
 
-    def _feed(self, worker: _Worker, tasks: Iterator[T], credits: threading.Semaphore, retry: deque[_Task],
+    def _feed(self, worker: _Worker, tasks: Iterator[T], credits: _Credits, retry: deque[_Task],
               done: dict[int, tuple[T, R]], cursor: _Cursor) -> None:
         """Top the worker up to two chunks, in one message; a heavy task goes alone to an idle worker."""
         if len(worker.queue) > self.chunk:
             return
         chunk: list[_Task] = []
+        room = 0  # credits taken and not yet spent on a task
         while len(worker.queue) + len(chunk) < 2 * self.chunk:
             if retry:
                 item = retry.popleft()
             else:
                 if cursor.exhausted:
                     break
-                idle = not chunk and not any(w.queue for w in self._workers)
-                if not credits.acquire(timeout=0.05 if idle else 0):
-                    break
+                if not room:
+                    idle = not chunk and not any(w.queue for w in self._workers)
+                    room = credits.take(2 * self.chunk - len(worker.queue) - len(chunk), timeout=0.05 if idle else 0)
+                    if not room:
+                        break
                 task = next(tasks, None)
                 if task is None:
-                    credits.release()
                     cursor.exhausted = True
                     break
+                room -= 1
                 seq = cursor.seq
                 cursor.seq += 1
                 result = self.local(task)
@@ -321,6 +352,7 @@ class WorkerPool(Generic[T, R]):
             chunk.append(item)
             if self.heavy(item.task):
                 break
+        credits.give(room)
         if chunk:
             if not worker.queue:
                 worker.started = time.monotonic()

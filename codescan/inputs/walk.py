@@ -20,6 +20,7 @@ import errno
 import fnmatch
 import os
 import stat
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -81,8 +82,6 @@ class WalkOptions:
 
 
 def _excluded(name: bytes, path: bytes, excludes: Sequence[str]) -> bool:
-    if not excludes:
-        return False
     n, p = os.fsdecode(name), os.fsdecode(path)
     return any(fnmatch.fnmatchcase(n, g) or fnmatch.fnmatchcase(p, g) for g in excludes)
 
@@ -97,8 +96,12 @@ def _os_error(exc: OSError) -> tuple[ErrorCode, str]:
     return ("io_error", exc.strerror or str(exc))
 
 
+# os.fsdecode's own arguments: the display form of a path, without its Python-level checks (once per file).
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
 def _entry(path: bytes, error: tuple[ErrorCode, str] | None = None, pin: Pin | None = None) -> Entry:
-    return Entry(display=os.fsdecode(path), path=path, error=error, pin=pin)
+    return Entry(path.decode(_FS_ENCODING, _FS_ERRORS), path, error, pin=pin)
 
 
 def _sorted_listing(path: bytes) -> list[os.DirEntry[bytes]]:
@@ -128,6 +131,7 @@ def _walk_dir(root: bytes, root_ident: DirIdent, opts: WalkOptions) -> Iterator[
         return
     stack: list[tuple[Iterator[os.DirEntry[bytes]], DirIdent]] = [(iter(listing), root_ident)]
     ancestors = {root_ident}
+    excludes = opts.excludes
     while stack:
         children, ident = stack[-1]
         child = next(children, None)
@@ -135,7 +139,7 @@ def _walk_dir(root: bytes, root_ident: DirIdent, opts: WalkOptions) -> Iterator[
             stack.pop()
             ancestors.discard(ident)
             continue
-        if _excluded(child.name, child.path, opts.excludes):
+        if excludes and _excluded(child.name, child.path, excludes):
             continue
         try:
             st = _stat(child, opts.follow_symlinks)

@@ -46,12 +46,21 @@ def escape_surrogates(text: str) -> str:
 # ensure_ascii=False keeps names readable; the surrogate pass turns the only characters UTF-8
 # cannot carry into JSON escapes, which decode back to the same surrogates. allow_nan=False: a
 # NaN or infinity raises instead of becoming a bare NaN (not JSON). One encoder for every line:
-# json.dumps with options builds a new one per call.
+# json.dumps with options builds a new one per call, and so does JSONEncoder.encode inside, so
+# the C encoder it would build is built once here (the same arguments, so the same bytes). It
+# keeps no circular-reference markers: records are trees, and the C encoder leaves a marker behind
+# when it raises (a NaN), so a shared marker dict could refuse a later record at the same address.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
+_C_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _ENCODER.default, json.encoder.encode_basestring, None, _ENCODER.key_separator, _ENCODER.item_separator,
+    _ENCODER.sort_keys, _ENCODER.skipkeys, _ENCODER.allow_nan,
+)
 
 
-def dumps(obj: Any) -> str:
-    return escape_surrogates(_ENCODER.encode(obj))
+def dumps(obj: dict[str, Any] | list[Any]) -> str:
+    """One record (or document) as JSON text: strict, surrogates escaped."""
+    text = "".join(_C_ENCODER(obj, 0)) if _C_ENCODER else _ENCODER.encode(obj)
+    return escape_surrogates(text)
 
 
 def _final_mode(path: str) -> int:

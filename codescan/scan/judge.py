@@ -75,26 +75,24 @@ class Judge:
         bad = non_finite(self.judged, scores)
         if bad is not None:
             return error_result(display, "non_finite_score", bad, sha256, evidence, origin)
-        combined, deciding = over_boxes(scores, self.judged)
-        per_head = {n: self._head(n, combined[n]) for n in self.judged}
+        if len(scores) == 1:  # one box: its scores are the file's (a scan makes thousands of these a second)
+            combined, deciding, boxes = scores[0], 0, None
+        else:
+            combined, deciding = over_boxes(scores, self.judged)
+            boxes = tuple(BoxScore(box, {n: per_box[n] for n in self.judged}) for box, per_box in zip(facts.boxes, scores))
         primary = self.judged[0]
-        main = per_head[primary]
-        boxes = (
-            tuple(BoxScore(box, {n: per_box[n] for n in self.judged}) for box, per_box in zip(facts.boxes, scores))
-            if len(facts.boxes) > 1
-            else None
-        )
+        score, threshold = combined[primary], self.thresholds[primary]
         return Result(
             path=display,
-            status=main.status,
-            score=main.score,
-            threshold=self.thresholds[primary],
+            status=status_for(score, threshold),
+            score=score,
+            threshold=threshold,
             head=primary,
             width=facts.width,
             height=facts.height,
             format=facts.format,
             crop=facts.boxes[deciding],
-            heads={n: per_head[n] for n in HEAD_NAMES if n in per_head} if self.show_all else None,
+            heads={n: self._head(n, combined[n]) for n in self.judged} if self.show_all else None,
             sha256=sha256,
             evidence=evidence,
             origin=origin,

@@ -27,7 +27,7 @@ from codescan.core.records import (
 )
 from codescan.decoding.cache import CachedVerdict, CacheError, CacheSpec, CacheWriter
 from codescan.decoding.examine import Examined, Outcome
-from codescan.decoding.feed import DecodePool
+from codescan.decoding.feed import DecodePool, Held
 from codescan.inputs.sources import entries as list_entries
 from codescan.inputs.walk import Entry
 from codescan.model.heads import HeadSet
@@ -48,11 +48,14 @@ FILES_PER_WORKER = 48
 def feed_sizes(batch_size: int, crops: CropCount, workers: int) -> tuple[int, int]:
     """(files in flight in the decode pool, crop sets the scan holds after taking them).
 
-    The window covers two batches and FILES_PER_WORKER per worker; `pending` holds the crops of
-    at most one batch's images until it is submitted (``--crops 5`` sends five crops per image).
+    The window covers two batches and FILES_PER_WORKER per worker; the scan holds the crops of
+    at most two batches' images: `pending`, until it is submitted, and the batch in the engine,
+    which reads them in place (``--crops 5`` sends five crops per image). Both are whole batches,
+    so the ring's slots are too, and a batch seldom wraps past its end (it is copied then).
     """
     images = -(-batch_size // crops)
-    return max(2 * images, FILES_PER_WORKER // crops * workers), images
+    window = max(2 * images, FILES_PER_WORKER // crops * workers)
+    return -(-window // images) * images, 2 * images
 
 
 def _ignore(message: str) -> None:
@@ -111,19 +114,22 @@ class Scanner:
         # in flight, so a copy's original is still here when the copy's record is made.
         self._known = OrderedDict()
         self._capacity = max(4096, 8 * batch_size)
-        entries = (e for e in list_entries(arguments, cfg.walk) if e.ident not in skip)
+        entries = list_entries(arguments, cfg.walk)
+        if skip:
+            entries = (e for e in entries if e.ident not in skip)
         pool = self._decode_pool(self._open_cache(), batch_size)
         from codescan.engines.protocol import submitter
 
         engine = submitter(self.engine)
         # `pending`: outcomes since the last submitted batch (empty, or holding a crop to embed).
         # `flight`: the submitted batch not yet collected, with the records that follow it
-        # in walk order up to the next crop (they wait for it), and its engine handle.
+        # in walk order up to the next crop (they wait for it), its engine handle and the ring
+        # slots it holds (a batch read in place).
         # `queued`: contents whose crop is in `pending` or `flight`; a copy waits for them.
         pending: list[Item] = []
         queued: set[bytes] = set()
         n_crops = 0
-        flight: tuple[list[Item], object] | None = None
+        flight: tuple[list[Item], object, Held | None] | None = None
         try:
             for entry, outcome in pool.outcomes(entries, borrow=True):
                 if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
@@ -141,7 +147,7 @@ class Scanner:
                         continue
                     flight[0].append((entry, outcome, False))
                     if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
-                        yield from self._finish(*flight, engine=engine, queued=queued)
+                        yield from self._finish(*flight, engine=engine, queued=queued, pool=pool)
                         flight = None
                     continue
                 pending.append((entry, outcome, embed))
@@ -151,15 +157,15 @@ class Scanner:
                 # A batch that cannot fill (copies or errors follow its last crop) goes in early:
                 # what waits behind it stays bounded, as behind `flight`.
                 if n_crops >= batch_size or len(pending) >= 2 * batch_size:  # crops: --crops 5 sends five per image
-                    handle = self._submit(pending, engine, pool)  # batch i+1 goes in before ...
+                    handle, held = self._submit(pending, engine, pool)  # batch i+1 goes in before ...
                     if flight is not None:
-                        yield from self._finish(*flight, engine=engine, queued=queued)  # ... batch i comes out
-                    flight, pending, n_crops = (pending, handle), [], 0
-            handle = self._submit(pending, engine, pool) if n_crops else None
+                        yield from self._finish(*flight, engine=engine, queued=queued, pool=pool)  # ... batch i comes out
+                    flight, pending, n_crops = (pending, handle, held), [], 0
+            handle, held = self._submit(pending, engine, pool) if n_crops else (None, None)
             if flight is not None:
-                yield from self._finish(*flight, engine=engine, queued=queued)
+                yield from self._finish(*flight, engine=engine, queued=queued, pool=pool)
             if pending:
-                yield from self._finish(pending, handle, engine=engine, queued=queued)
+                yield from self._finish(pending, handle, held, engine=engine, queued=queued, pool=pool)
         finally:
             if self._writer is not None:
                 self._writer.close()
@@ -194,15 +200,13 @@ class Scanner:
             return Examined(outcome.sha256, outcome.evidence, outcome.new_evidence, cached=cached)
         return outcome
 
-    def _submit(self, pending: list[Item], engine: AsyncEngine, pool: DecodePool) -> object | None:
-        """The batch is one copy of the crops out of their shared slots, which go back at once."""
+    def _submit(self, pending: list[Item], engine: AsyncEngine, pool: DecodePool) -> tuple[object | None, Held | None]:
+        """The engine's handle, and the ring slots the batch holds until it is collected (None: a copy)."""
         embedded = [o for _, o, embed in pending if embed]
         if not embedded:
-            return None
-        batch = np.concatenate([o.decoded.crops for o in embedded])  # type: ignore[union-attr]  # (sum of K, 224, 224, 3)
-        for o in embedded:
-            pool.give_back(o)
-        return engine.submit(batch)
+            return None, None
+        batch, held = pool.batch(embedded)  # type: ignore[arg-type]  # (sum of K, 224, 224, 3)
+        return engine.submit(batch), held
 
     def _remember(self, sha: bytes, scores: BoxScores) -> None:
         self._known[sha] = scores
@@ -214,18 +218,22 @@ class Scanner:
         self,
         items: list[Item],
         handle: object | None = None,
+        held: Held | None = None,
         *,
         engine: AsyncEngine | None = None,
         queued: set[bytes] | None = None,
+        pool: DecodePool | None = None,
     ) -> Iterator[Result]:
         """The records of `items`, in order; the crops they sent to the engine come back from `handle`."""
         fresh: list[tuple[bytes, CachedVerdict]] = []
         if handle is not None:
-            assert engine is not None and queued is not None
+            assert engine is not None and queued is not None and pool is not None
             emb = engine.collect(handle)  # (sum of K, D): K boxes per image, in order
+            if held is not None:
+                pool.give_span(held)
             batched = [o for _, o, embed in items if embed]
             per_row = self.heads.scores(emb)
-            starts = np.cumsum([0] + [len(o.decoded.boxes) for o in batched])  # type: ignore[union-attr]  # crops: given back
+            starts = np.cumsum([0] + [len(o.decoded.boxes) for o in batched])  # type: ignore[union-attr]
             caching = self._writer is not None
             for o, start, end in zip(batched, starts[:-1], starts[1:]):
                 scores = tuple(per_row[start:end])
