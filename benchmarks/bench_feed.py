@@ -9,7 +9,7 @@ that does the work rather than move it between processes (issue 18's target: ≥
 
     python benchmarks/bench_feed.py                      # 512² JPEG, 1024² JPEG and a mixed set
     python benchmarks/bench_feed.py --count 300 --evidence none
-    python benchmarks/bench_feed.py --images DIR [DIR ...]
+    python benchmarks/bench_feed.py --images DIR [DIR ...] --batch-size 64   # a GPU scan's batch
     python benchmarks/bench_feed.py --baseline ../before --repeats 3   # an earlier checkout, same run; medians
 
 Sets: ``--count`` distinct 512² JPEGs (default 1,500), 2/5 as many 1024² JPEGs and 1/5 as many
@@ -78,9 +78,12 @@ class ScanRate:
         return self.whole_cpu / self.files * 1e6
 
 
-def measure_scan(folder: Path, workers: int, evidence: EvidenceLevel, out: str = os.devnull) -> ScanRate:
+def measure_scan(
+    folder: Path, workers: int, evidence: EvidenceLevel, out: str = os.devnull, batch_size: int | None = None
+) -> ScanRate:
     """Scan `folder` as ``codescan scan FOLDER --engine null --no-cache -o OUT`` would (the same
-    job, pipeline and reporter), with `workers` decode workers. Needs the bundle ``code`` in
+    job, pipeline and reporter), with `workers` decode workers and `batch_size` crops per engine
+    call (None: the null engine's default, a CPU's 8; a GPU scan's default is 64). Needs the bundle ``code`` in
     $CODESCAN_HOME (its heads run) and the null engine registered (``null_engine.register()``)."""
     from codescan.core.records import Summary
     from codescan.output.reporters import make_reporter
@@ -89,7 +92,7 @@ def measure_scan(folder: Path, workers: int, evidence: EvidenceLevel, out: str =
     from codescan.scan.plan import ScanConfig
 
     cpu_at_start = time.process_time()
-    scanner = Scanner(engine=null_engine.NAME, precision="fp32", config=ScanConfig(decode_workers=workers, evidence=evidence))
+    scanner = Scanner(engine=null_engine.NAME, precision="fp32", config=ScanConfig(decode_workers=workers, evidence=evidence, batch_size=batch_size))
     arguments: list[str | bytes] = [str(folder)]
     header = scanner.header().with_inputs(arguments)  # builds the engine, as the CLI does before timing
     times: list[tuple[float, float]] = []
@@ -130,12 +133,14 @@ def pinned(cores: int) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, allowed[:cores]))]
 
 
-def child(what: str, folder: Path, workers: int, evidence: str, home: Path, tree: Path | None = None) -> tuple[dict, int]:
+def child(
+    what: str, folder: Path, workers: int, evidence: str, home: Path, tree: Path | None = None, batch_size: int | None = None
+) -> tuple[dict, int]:
     """One measurement in a fresh process, pinned (its forkserver and workers inherit the pinning):
     what the child printed, and the cores it had. `tree`: measure that source tree's codescan."""
     prefix = pinned(1 if what == "examine" else workers)
     cmd = [*prefix, sys.executable, __file__, "--measure", what, "--images", str(folder),
-           "--workers", str(workers), "--evidence", evidence]
+           "--workers", str(workers), "--evidence", evidence, *(["--batch-size", str(batch_size)] if batch_size else [])]
     env = {**os.environ, "CODESCAN_HOME": str(home)}
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -171,6 +176,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1500, help="512² JPEGs to generate (fewer of the larger sets)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="decode workers (and cores) per scan")
     ap.add_argument("--evidence", choices=["none", "metadata"], default="metadata")
+    ap.add_argument("--batch-size", type=int, help="crops per engine call (default: the null engine's, a CPU's 8; "
+                    "64 is a GPU scan's default, where the scanning process sets the ceiling)")
     ap.add_argument("--repeats", type=int, default=1, help="fresh processes per measurement; the table shows medians")
     ap.add_argument("--baseline", type=lambda p: Path(p).resolve(), help="also measure the codescan/ of this source tree (an earlier "
                     "commit's checkout with its compiled decoder), in the same run, before each measurement of this one")
@@ -182,7 +189,7 @@ def main() -> None:
         from codescan.decoding.decode import jpeg_decoder
 
         null_engine.register()
-        measured = vars(measure_scan(args.images[0], args.workers[0], args.evidence))
+        measured = vars(measure_scan(args.images[0], args.workers[0], args.evidence, batch_size=args.batch_size))
         print(json.dumps({"scan": measured, "code": str(Path(codescan.__file__).parent), "jpeg": jpeg_decoder()}))
         return
     if args.measure == "examine":
@@ -211,7 +218,7 @@ def main() -> None:
                 scans: dict[Path | None, list[ScanRate]] = {tree: [] for tree in trees}
                 for _ in range(args.repeats):  # alternating, so drift on a shared machine hits both alike
                     for tree in trees:
-                        measured, cores = child("scan", folder, w, args.evidence, home, tree)
+                        measured, cores = child("scan", folder, w, args.evidence, home, tree, args.batch_size)
                         scans[tree].append(ScanRate(**measured["scan"]))
                         decoders.add(measured["jpeg"])
                         if tree and measured["code"] != str(tree / "codescan"):
@@ -228,7 +235,8 @@ def main() -> None:
         if len(decoders) > 1:
             print(f"warning: the trees decode JPEGs differently: {sorted(decoders)}")
         pinning = "taskset" if pinned(1) else "not pinned (no taskset): cores = all allowed"
-        print(f"cpus: {len(os.sched_getaffinity(0))}; evidence: {args.evidence}; {pinning}; null engine, no cache")
+        batch = args.batch_size or "the null engine's default (8)"
+        print(f"cpus: {len(os.sched_getaffinity(0))}; evidence: {args.evidence}; batch: {batch}; {pinning}; null engine, no cache")
         print("| set | workers | scan files/s | per core | in-process files/s per core | ratio | scanner CPU per file "
               "| same, whole scan | first record after |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -206,3 +206,64 @@ def test_scan_of_a_too_deep_tree_judges_every_other_file(home, deep):
     assert first["status"] in ("real", "fake") and last["status"] in ("real", "fake")
     assert stop["path"] == os.path.join(str(deep), *["d"] * (MAX_DEPTH + 1)) and stop["error_code"] == "too_deep"
     assert p.returncode == 2 and p.stderr == b""
+
+
+def _ahead_tree(root, files=0):
+    """Subfolders, a link to one, a dangling link (an error record when links are followed), and
+    `files` more in bulk/."""
+    for rel in ["b.jpg", "a/z.png", "a/b/c.png", "B.jpg", "_x.png"]:
+        touch(root / rel)
+    (root / "link").symlink_to(root / "a")
+    (root / "dangling").symlink_to(root / "nowhere")
+    for i in range(files):
+        touch(root / "bulk" / f"{i:05d}-{'n' * 60}.png")
+
+
+def test_a_walk_run_ahead_lists_exactly_what_the_walk_does(tmp_path):
+    """The scan's walk runs in a process of its own: the same entries, errors and pins, in order."""
+    from codescan.inputs.ahead import walk_ahead
+
+    _ahead_tree(tmp_path, files=600)  # more than one message of entries
+    for opts in (WalkOptions(), WalkOptions(follow_symlinks=True, excludes=("*.jpg",))):
+        here = list(walk([str(tmp_path)], opts))
+        assert list(walk_ahead([str(tmp_path)], opts)) == here and len(here) > 600
+    assert any(e.error for e in walk([str(tmp_path)], opts))  # the dangling link, followed
+
+
+def _forkserver_children() -> set[int]:
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver._forkserver_pid
+    kids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == server:
+            kids.add(int(pid))
+    return kids
+
+
+def test_a_walk_ahead_that_fails_or_dies_is_an_error_never_a_short_listing(tmp_path):
+    import signal
+
+    from codescan.inputs.ahead import WalkAheadError, walk_ahead
+
+    _ahead_tree(tmp_path, files=3000)  # more than the pipe holds: the walk waits for its reader
+    with pytest.raises(WalkAheadError, match="TypeError"):  # an exception inside the walk
+        list(walk_ahead([str(tmp_path)], WalkOptions(excludes=(5,))))  # type: ignore[arg-type]
+    before = _forkserver_children()
+    listing = walk_ahead([str(tmp_path)])
+    got = [next(listing)]
+    (walker,) = _forkserver_children() - before
+    os.kill(walker, signal.SIGKILL)  # as the OOM killer would
+    with pytest.raises(WalkAheadError, match="died"):
+        got.extend(listing)
+    assert 0 < len(got) < 3000
+    stopped = walk_ahead([str(tmp_path)])
+    next(stopped)
+    (walker,) = _forkserver_children() - before
+    stopped.close()  # a consumer that stops early (an interrupt, `| head`) ends the walk
+    assert walker not in _forkserver_children()

@@ -26,7 +26,7 @@ class RingExhausted(RuntimeError):
     """A consumer kept more slots than it declared: a bug in the caller, reported instead of a hang."""
 
 
-def _anonymous_file(size: int) -> int:
+def anonymous_file(size: int) -> int:
     """A file descriptor of `size` zero bytes that lives only while it is open or mapped."""
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("codescan-crops", os.MFD_CLOEXEC)
@@ -49,7 +49,7 @@ class Ring:
     def __init__(self, slots: int, slot_shape: tuple[int, ...]) -> None:
         self.slots = slots
         self.slot_shape = slot_shape
-        self.fd = _anonymous_file(slots * int(np.prod(slot_shape)))
+        self.fd = anonymous_file(slots * int(np.prod(slot_shape)))
         self.array = map_slots(self.fd, slots, slot_shape)  # (slots, *slot_shape)
         self._base = self.array.ctypes.data
         self._stride = self.array.strides[0]

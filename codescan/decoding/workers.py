@@ -8,10 +8,12 @@ other tasks go on: the ones queued behind it are handed to another worker.
 
 The feed is lean because a small JPEG decodes in about a millisecond, less than moving it one
 message at a time costs: tasks travel in chunks (a worker always has the next chunk queued, so it
-never waits for the parent); each result is sent as soon as it is ready, before the next task
-starts (so a stall or crash never takes a finished result with it, and each task's deadline is
-its own), while the parent reads a worker's results in bulk, every few milliseconds, with one
-system call; bulky outputs go through shared memory (ring.py) instead of pickles. A dispatcher
+never waits for the parent), and a chunk's results come back as one message when it is done,
+read by the parent in bulk, every few milliseconds, with one system call; bulky outputs go
+through shared memory (ring.py) instead of pickles. Before each task a worker marks it on a
+shared board, one number per worker: a stall is timed from when its task began and a stall or
+crash is blamed on that task alone; the chunk's finished results that die with a killed worker
+are computed again by the next one, like the tasks it had not begun. A dispatcher
 thread keeps the workers fed while the consumer works and hands results on strictly in input
 order; a window bounds how many tasks are in flight, so memory stays flat and a slow consumer
 holds the input back (back-pressure).
@@ -35,7 +37,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from codescan.core.procs import ADDRESS_SPACE_LIMIT, confine, forkserver, kill, spawn
-from codescan.decoding.ring import Ring, map_slots
+from codescan.decoding.ring import Ring, anonymous_file, map_slots
 
 T = TypeVar("T")  # a task
 R = TypeVar("R")  # its result
@@ -56,12 +58,23 @@ Run = Callable[[Any, "np.ndarray | None"], tuple[Any, int]]
 Setup = Callable[[], Run]  # run once in each worker, after it is confined: imports, readers (picklable)
 
 
-def _worker_main(conn: Connection, setup: Setup, ring: tuple[int, tuple[int, ...]] | None) -> None:
+def _board(fd: int, workers: int) -> np.ndarray:
+    """(workers,) int64 over the shared file: the task each worker is on (-1: none yet)."""
+    return map_slots(fd, workers, (8,)).view(np.int64).reshape(workers)
+
+
+def _worker_main(
+    conn: Connection, setup: Setup, ring: tuple[int, tuple[int, ...]] | None, board_spec: tuple[int, int]
+) -> None:
     slots = None
     if ring is not None:  # the parent sends the ring's descriptor before anything else
         fd = reduction.recv_handle(conn)
         slots = map_slots(fd, *ring)
         os.close(fd)
+    fd = reduction.recv_handle(conn)  # then the board's
+    workers, place = board_spec
+    board = _board(fd, workers)
+    os.close(fd)
     confine(ADDRESS_SPACE_LIMIT)
     run = setup()
     time.sleep(float(os.environ.get("CODESCAN_TEST_WORKER_START_DELAY", "0") or 0))  # test hook: a slow start
@@ -73,9 +86,11 @@ def _worker_main(conn: Connection, setup: Setup, ring: tuple[int, tuple[int, ...
             return
         if chunk is _STOP:
             return
+        answers = []
         for seq, slot, task in chunk:
-            # Answered before the next task starts: if that one stalls, this one is not lost with it.
-            conn.send((seq, *run(task, None if slots is None or slot < 0 else slots[slot])))
+            board[place] = seq  # one aligned 8-byte store: the parent never reads half of it
+            answers.append((seq, *run(task, None if slots is None or slot < 0 else slots[slot])))
+        conn.send(answers)
 
 
 @dataclass(slots=True)
@@ -155,21 +170,48 @@ class _Cursor:
 class _Worker:
     proc: mp.process.BaseProcess
     conn: Connection
+    board: np.ndarray  # (workers,) int64, shared: the task each worker marked before it began it
+    place: int  # its number on the board
     answers: _Answers = field(init=False)
     queue: deque[_Task] = field(default_factory=deque)  # sent, not answered, in the order it takes them
-    started: float = 0.0  # when the head task's clock started: sent to an idle worker, the previous answer, ready
+    started: float = 0.0  # when its current task's clock started: seen begun, sent to an idle worker, answers, ready
+    seen: int = -1  # the board's mark when last looked at
     ready: bool = False  # it said it is ready; until then its start, not its task, is being timed
 
     def __post_init__(self) -> None:
         self.answers = _Answers(self.conn)
+        self.board[self.place] = -1
 
     def limit(self, timeout: float, startup: float) -> float:
         return self.started + (timeout if self.ready else startup)
 
+    def look(self, now: float) -> None:
+        """A task begun since the last look starts its clock now (within a visit of when it began)."""
+        mark = int(self.board[self.place])
+        if mark != self.seen:
+            self.seen = mark
+            self.started = now
+
+    def _current_index(self) -> int:
+        mark = int(self.board[self.place])
+        for i, item in enumerate(self.queue):
+            if item.seq == mark:
+                return i
+        return 0  # not begun yet (or it died before marking it): the oldest unanswered
+
     @property
     def current(self) -> Any:
-        """The task it is working on (the oldest unanswered one), or None when idle."""
-        return self.queue[0].task if self.queue else None
+        """The task it is working on, or None when idle."""
+        return self.queue[self._current_index()].task if self.queue else None
+
+    def take_current(self) -> _Task:
+        """Remove and return the task it is on: the one a stall or a death is blamed on. Those
+        before it are finished, but their results die with the worker: they stay queued, to be
+        computed again."""
+        i = self._current_index()
+        item = self.queue[i]
+        del self.queue[i]
+        return item
 
 
 class WorkerPool(Generic[T, R]):
@@ -205,6 +247,7 @@ class WorkerPool(Generic[T, R]):
         self.ctx = forkserver()
         self.borrow = False
         self._ring: Ring | None = None
+        self._board: tuple[int, np.ndarray] | None = None  # its file descriptor and mapping, per results() call
         self._workers: list[_Worker] = []
         self._start_failures = 0  # workers in a row that died before they were ready
         self._stop = threading.Event()
@@ -233,18 +276,22 @@ class WorkerPool(Generic[T, R]):
         assert self._ring is not None
         self._ring.give(self._ring.slot_of(rows))
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, place: int) -> _Worker:
+        assert self._board is not None
+        board_fd, board = self._board
         spec = None if self._ring is None else (self._ring.slots, self._ring.slot_shape)
-        proc, conn = spawn(self.ctx, _worker_main, (self.setup, spec))
+        proc, conn = spawn(self.ctx, _worker_main, (self.setup, spec, (self.n, place)))
+        worker = _Worker(proc=proc, conn=conn, board=board, place=place)  # clears its mark before it can set one
         if self._ring is not None:
             reduction.send_handle(conn, self._ring.fd, proc.pid)  # type: ignore[arg-type]
-        return _Worker(proc=proc, conn=conn)
+        reduction.send_handle(conn, board_fd, proc.pid)  # type: ignore[arg-type]
+        return worker
 
     def _replace(self, worker: _Worker, retry: deque[_Task]) -> None:
-        """Kill it and start another; the tasks it had not begun go to the next idle worker."""
+        """Kill it and start another; the tasks it had not finished and sent go to the next idle worker."""
         kill(worker.proc, worker.conn)
         retry.extend(worker.queue)
-        self._workers[self._workers.index(worker)] = self._spawn()
+        self._workers[self._workers.index(worker)] = self._spawn(worker.place)
 
     def results(self, tasks: Iterator[T], borrow: bool = False) -> Iterator[tuple[T, R]]:
         """`borrow`: results may hold views of shared slots, valid until given back with `release`."""
@@ -255,7 +302,9 @@ class WorkerPool(Generic[T, R]):
         self._start_failures = 0
         if self.slot_shape is not None:
             self._ring = Ring(self.window + self.hold, self.slot_shape)
-        self._workers = [self._spawn() for _ in range(self.n)]
+        board_fd = anonymous_file(self.n * 8)
+        self._board = (board_fd, _board(board_fd, self.n))
+        self._workers = [self._spawn(place) for place in range(self.n)]
         self._thread = threading.Thread(target=self._dispatch, args=(tasks, out, credits), daemon=True)
         self._thread.start()
         try:
@@ -306,14 +355,15 @@ class WorkerPool(Generic[T, R]):
             answered = wait([w.conn for w in busy], timeout=max(0.0, min(deadline - time.monotonic(), 0.05)))
             now = time.monotonic()
             for worker in busy:
+                worker.look(now)
                 if worker.conn in answered:
                     self._read(worker, retry, done)
                 elif now > worker.limit(self.timeout, self.startup) and not worker.conn.poll():  # an answer in the pipe is no stall
                     if not worker.ready:
                         self._start_failed(worker, retry, lambda: f"did not start within {self.startup:g}s")
                         continue
-                    head = worker.queue.popleft()
-                    done[head.seq] = (head.task, self._settle(head, self.timed_out(head.task)))
+                    stalled = worker.take_current()
+                    done[stalled.seq] = (stalled.task, self._settle(stalled, self.timed_out(stalled.task)))
                     self._replace(worker, retry)
 
     def _feed(self, worker: _Worker, tasks: Iterator[T], credits: _Credits, retry: deque[_Task],
@@ -368,8 +418,8 @@ class WorkerPool(Generic[T, R]):
                                    "a script that scans must do so under `if __name__ == \"__main__\":`, "
                                    "since workers re-import it")
                 return
-            head = worker.queue.popleft()
-            done[head.seq] = (head.task, self._settle(head, self.crashed(head.task)))
+            dead = worker.take_current()
+            done[dead.seq] = (dead.task, self._settle(dead, self.crashed(dead.task)))
             self._replace(worker, retry)
             return
         if messages:
@@ -379,10 +429,10 @@ class WorkerPool(Generic[T, R]):
                 worker.ready = True
                 self._start_failures = 0
                 continue
-            seq, result, rows = message
-            head = worker.queue.popleft()
-            assert head.seq == seq, "a worker answers its tasks in the order it was given them"
-            done[seq] = (head.task, self._settle(head, result, rows))
+            for seq, result, rows in message:  # a chunk's answers
+                head = worker.queue.popleft()
+                assert head.seq == seq, "a worker answers its tasks in the order it was given them"
+                done[seq] = (head.task, self._settle(head, result, rows))
 
     def _start_failed(self, worker: _Worker, retry: deque[_Task], why: Callable[[], str]) -> None:
         """A worker died or hung while starting: it had begun no task, so none is blamed; its tasks go
@@ -418,5 +468,8 @@ class WorkerPool(Generic[T, R]):
                 worker.proc.join(timeout=1)
             worker.conn.close()
         self._workers = []
+        if self._board is not None:
+            os.close(self._board[0])  # the mapping goes with its last view
+            self._board = None
         if self._ring is not None:
             self._ring.close()  # the mapping stays while a consumer still holds a view of it

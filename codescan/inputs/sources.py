@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
+from codescan.inputs.ahead import walk_ahead
 from codescan.inputs.walk import Entry, WalkOptions, walk
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -43,8 +44,10 @@ def units(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions()) -
         if local is not None:  # file://: walked and opened like any local path (links not followed, files pinned)
             listed = (replace(e, display="file://" + e.display) for e in walk([local], opts))
             named = local
-        else:
-            listed = _list_uri(os.fsdecode(argument), opts) if is_uri(argument) else walk([argument], opts)
+        elif is_uri(argument):
+            listed, named = _list_uri(os.fsdecode(argument), opts), os.fsencode(argument)
+        else:  # a directory is walked by a process of its own, while this one scans what it has listed
+            listed = walk_ahead([argument], opts) if os.path.isdir(argument) else walk([argument], opts)
             named = os.fsencode(argument)
         for entry in listed:
             yield entry, is_archive_argument(entry, opts, named=entry.path == named)

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 from codescan.core.records import (
-    HEAD_NAMES,
     BoxScore,
     Evidence,
     HeadName,
@@ -108,6 +107,8 @@ def non_finite(heads: tuple[HeadName, ...], scores: BoxScores) -> str | None:
     for name in heads:
         for per_box in scores:
             value = per_box.get(name)
+            if type(value) is float and value - value == 0.0:  # finite (inf - inf and NaN - NaN are NaN): the usual case, first
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 return f"the {name} head's score is {value!r}, not a finite number (a numeric overflow in the engine or the head): no verdict"
     return None
