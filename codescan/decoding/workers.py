@@ -8,15 +8,15 @@ other tasks go on: the ones queued behind it are handed to another worker.
 
 The feed is lean because a small JPEG decodes in about a millisecond, less than moving it one
 message at a time costs: tasks travel in chunks (a worker always has the next chunk queued, so it
-never waits for the parent), and a chunk's results come back as one message when it is done,
-read by the parent in bulk, every few milliseconds, with one system call; bulky outputs go
-through shared memory (ring.py) instead of pickles. Before each task a worker marks it on a
-shared board, one number per worker: a stall is timed from when its task began and a stall or
-crash is blamed on that task alone; the chunk's finished results that die with a killed worker
-are computed again by the next one, like the tasks it had not begun. A dispatcher
-thread keeps the workers fed while the consumer works and hands results on strictly in input
-order; a window bounds how many tasks are in flight, so memory stays flat and a slow consumer
-holds the input back (back-pressure).
+never waits for the parent), and a chunk's results come back as one message when it is done (or
+sooner, once they have waited ANSWER_SECONDS), read by the parent in bulk, every few
+milliseconds, with one system call; bulky outputs go through shared memory (ring.py) instead of
+pickles. Before each task a worker marks it on a shared board, one number per worker: a stall is
+timed from when its task began, and a stall or crash is blamed on that task alone; the finished
+results that die with a killed worker are computed again by the next one, like the tasks it had
+not begun. A dispatcher thread keeps the workers fed while the consumer works and hands results
+on strictly in input order; a window bounds how many tasks are in flight, so memory stays flat
+and a slow consumer holds the input back (back-pressure).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ MAX_CHUNK = 16  # tasks per message to a worker; it holds at most two chunks
 # Results whose room in the window goes back at once, after the consumer has taken them all (not
 # before: a borrowing consumer holds only the slots it declared, and a result not yet taken holds one).
 CREDIT_GROUP = 16
+# A worker sends the answers it holds at the end of its chunk, or sooner once they have waited this
+# long: fast files go back a chunk per message, a slow file's answer (a large PNG) at once.
+ANSWER_SECONDS = 0.05
 PAUSE = 0.01  # seconds the dispatcher lets answers gather while every busy worker has a chunk in hand
 
 # In the worker: the per-task function, given the task and its shared slot (None without a ring);
@@ -86,11 +89,15 @@ def _worker_main(
             return
         if chunk is _STOP:
             return
-        answers = []
+        answers, sent = [], time.monotonic()
         for seq, slot, task in chunk:
             board[place] = seq  # one aligned 8-byte store: the parent never reads half of it
             answers.append((seq, *run(task, None if slots is None or slot < 0 else slots[slot])))
-        conn.send(answers)
+            if time.monotonic() - sent >= ANSWER_SECONDS:  # slow files: the progress line moves with each
+                conn.send(answers)
+                answers, sent = [], time.monotonic()
+        if answers:
+            conn.send(answers)
 
 
 @dataclass(slots=True)
