@@ -123,6 +123,8 @@ def test_ring_hands_out_slots_in_order_so_a_batch_is_one_view():
     ring.array[:] = np.arange(4)[:, None, None]
     assert [ring.take() for _ in range(3)] == [0, 1, 2]
     ring.give(0, 2)  # a batch's slots go back at once
+    with pytest.raises(ValueError, match="not all held"):
+        ring.give(1, 2)  # slot 1 is back already: handing it out twice would mix two files' crops
     assert ring.free == 3 and [ring.take() for _ in range(3)] == [3, 0, 1]  # next-fit: on from the last taken
     span = ring.span(1, 3)  # slot 1's two rows and slot 2's first
     assert span.shape == (3, 3) and np.shares_memory(span, ring.array)

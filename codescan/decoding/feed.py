@@ -1,10 +1,10 @@
 """The decode feed: files examined in killable workers, their crops handed over in shared memory.
 
-Each worker runs codescan.decoding.examine on its files (read, hash, limits, evidence, decode) and writes a
-decoded file's crops into the file's slot of the shared ring; the parent gets the file's facts as
-plain values and builds its outcome around a view of the slot. A file whose worker stalls past ``--decode-timeout`` is a
-``decode_timeout`` error, one whose worker dies is ``corrupt``; either way the other files of its
-chunk are decoded by the next worker.
+Each worker runs codescan.decoding.examine on its files (read, hash, limits, evidence, decode) and
+writes a decoded file's crops into the file's slot of the shared ring; the parent gets the file's
+facts as plain values and builds its outcome around a view of the slot. A file whose worker
+stalls past ``--decode-timeout`` is a ``decode_timeout`` error, one whose worker dies is
+``corrupt``; either way the other files of its chunk are decoded by the next worker.
 """
 
 from __future__ import annotations

@@ -73,6 +73,8 @@ class Ring:
     def give(self, slot: int, count: int = 1) -> None:
         """Give back `count` slots from `slot` on (a batch's consecutive slots at once)."""
         with self._lock:
+            if self._is_free.find(1, slot, slot + count) >= 0:  # a slot given twice would be handed out twice
+                raise ValueError(f"slots {slot}..{slot + count - 1} are not all held")
             self._is_free[slot : slot + count] = b"\x01" * count
             self._free += count
 
