@@ -22,6 +22,7 @@ from rich.console import Console
 from terminal import run_in_terminal
 
 from codescan.core.records import Summary
+from codescan.output import progress as progress_module
 from codescan.output.progress import ScanProgress, columns
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -157,8 +158,9 @@ def test_closed_stderr_and_stdout(user, tmp_path):
     assert json.loads((tmp_path / "first.jsonl").read_text())["type"] == "header"
 
 
-def test_every_progress_column_renders_on_every_path():
+def test_every_progress_column_renders_on_every_path(monkeypatch):
     """Draw each column for the task as created, with a total, after updates and when finished."""
+    monkeypatch.setattr(progress_module, "SHOW_SECONDS", 0.0)  # every update drawn: this test is about the columns
     console = Console(file=StringIO(), force_terminal=True, force_interactive=True, width=100)
     progress = ScanProgress(quiet=False, console=console)
     summary = Summary()
@@ -176,6 +178,22 @@ def test_every_progress_column_renders_on_every_path():
             progress.set_total(2)
         states.append(" ".join(str(column.render(task)) for column in columns()))
     assert "0 files" in states[0] and "0/3 files" in states[1] and "1 fake" in states[2] and "1 error" in states[3]
+
+
+def test_the_line_takes_files_in_bursts_and_the_exact_count_at_the_end(monkeypatch):
+    """An update of rich's task costs more than a record: the line takes the files done at most
+    every SHOW_SECONDS, and all of them when it closes."""
+    monkeypatch.setattr(progress_module, "SHOW_SECONDS", 3600.0)  # no second burst within this test
+    console = Console(file=StringIO(), force_terminal=True, force_interactive=True, width=100)
+    progress = ScanProgress(quiet=False, console=console)
+    summary = Summary()
+    task = progress._progress.tasks[0]
+    with progress:
+        for _ in range(500):
+            summary.count("fake")
+            progress.advance(summary)
+        assert task.completed <= 1  # at most the first file drawn so far
+    assert task.completed == 500 and task.fields["fake"] == 500
 
 
 def test_no_absolute_paths_in_tracked_files():
