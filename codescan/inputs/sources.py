@@ -40,17 +40,22 @@ def entries(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions(),
 def units(arguments: Iterable[str | bytes], opts: WalkOptions = WalkOptions()) -> Iterator[tuple[Entry, bool]]:
     """The inputs as listed, archives unopened: (entry, whether it is an archive to open)."""
     for argument in arguments:
-        local = local_path(os.fsdecode(argument)) if is_uri(argument) else None
+        uri = is_uri(argument)
+        local = local_path(os.fsdecode(argument)) if uri else None
         if local is not None:  # file://: walked and opened like any local path (links not followed, files pinned)
-            listed = (replace(e, display="file://" + e.display) for e in walk([local], opts))
+            listed = (replace(e, display="file://" + e.display) for e in _walk_local(local, opts))
             named = local
-        elif is_uri(argument):
+        elif uri:
             listed, named = _list_uri(os.fsdecode(argument), opts), os.fsencode(argument)
-        else:  # a directory is walked by a process of its own, while this one scans what it has listed
-            listed = walk_ahead([argument], opts) if os.path.isdir(argument) else walk([argument], opts)
-            named = os.fsencode(argument)
+        else:
+            listed, named = _walk_local(argument, opts), os.fsencode(argument)
         for entry in listed:
             yield entry, is_archive_argument(entry, opts, named=entry.path == named)
+
+
+def _walk_local(path: str | bytes, opts: WalkOptions) -> Iterator[Entry]:
+    """A directory is walked by a process of its own, while this one scans what it has listed."""
+    return walk_ahead([path], opts) if os.path.isdir(path) else walk([path], opts)
 
 
 def local_path(uri: str) -> bytes | None:
