@@ -56,21 +56,22 @@ SETS: tuple[tuple[str, str, float], ...] = (  # label, bench_scan.make_images ki
 @dataclass(frozen=True)
 class ScanRate:
     files: int  # records written
-    seconds: float  # from the first record to the last
-    start: float  # from the scan's start to its first record (workers starting, the first batch)
+    timed: int  # records written after the clock opened (the job hands over records in lists: a batch's)
+    seconds: float  # from the first list of records to the last
+    start: float  # from the scan's start to its first records (workers starting, the first batch)
     parent_cpu: float  # CPU seconds of the scanning process (all its threads; not the workers), same span
     whole_cpu: float  # the same from before the Scanner is made to the summary: start-up included
 
     @property
     def rate(self) -> float:
-        """Files/s in steady state: the first record opens the clock, so it is not counted."""
-        return (self.files - 1) / self.seconds
+        """Files/s in steady state: the first list of records opens the clock, so it is not counted."""
+        return self.timed / self.seconds
 
     @property
     def parent_us(self) -> float:
         """µs of the scanning process's CPU per file: its threads share one GIL, so one process
         can scan at most 1e6 / parent_us files/s however many workers feed it."""
-        return self.parent_cpu / (self.files - 1) * 1e6
+        return self.parent_cpu / self.timed * 1e6
 
     @property
     def whole_us(self) -> float:
@@ -95,17 +96,17 @@ def measure_scan(
     scanner = Scanner(engine=null_engine.NAME, precision="fp32", config=ScanConfig(decode_workers=workers, evidence=evidence, batch_size=batch_size))
     arguments: list[str | bytes] = [str(folder)]
     header = scanner.header().with_inputs(arguments)  # builds the engine, as the CLI does before timing
-    times: list[tuple[float, float]] = []
+    times: list[tuple[float, float, int]] = []  # after each list of records the job writes
     started = time.perf_counter()
     job.run(
         scanner, make_reporter("jsonl", out), header, arguments, Summary.for_evidence(evidence),
-        on_result=lambda summary: times.append((time.perf_counter(), time.process_time())),
+        on_result=lambda summary: times.append((time.perf_counter(), time.process_time(), summary.files)),
     )
     if len(times) < 2:
-        raise ValueError(f"{folder}: a rate needs at least two files, found {len(times)}")
-    (t0, c0), (t1, c1) = times[0], times[-1]
+        raise ValueError(f"{folder}: a rate needs at least two lists of records, found {len(times)}")
+    (t0, c0, n0), (t1, c1, n1) = times[0], times[-1]
     whole = time.process_time() - cpu_at_start
-    return ScanRate(files=len(times), seconds=t1 - t0, start=t0 - started, parent_cpu=c1 - c0, whole_cpu=whole)
+    return ScanRate(files=n1, timed=n1 - n0, seconds=t1 - t0, start=t0 - started, parent_cpu=c1 - c0, whole_cpu=whole)
 
 
 def measure_examine(folder: Path, evidence: EvidenceLevel) -> float:

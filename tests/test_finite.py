@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -276,13 +277,17 @@ def test_cache_never_stores_nor_reads_a_non_finite_score(tmp_path):
 
 def test_json_writers_refuse_nan(tmp_path):
     from codescan.core.records import Result
-    from codescan.output.reporters import JsonReporter, Sink, dumps
+    from codescan.output.reporters import JsonReporter, Sink, dumps, result_lines
 
     for value in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError):
             dumps({"score": value})
+        judged = Result(path="x", status="real", score=value, threshold=0.0, head="linear", width=1, height=1,
+                        format="PNG", crop=(0, 0, 1, 1), sha256="ab", evidence=())
+        with pytest.raises(ValueError):
+            result_lines([replace(judged, score=0.5), judged])  # the usual record's own line too
         reporter = JsonReporter(Sink(str(tmp_path / "o.json"), atomic=True))
-        reporter.result(Result(path="x", status="real", score=value, threshold=0.0))
+        reporter.results([Result(path="x", status="real", score=value, threshold=0.0)])
         with pytest.raises(ValueError):
             reporter.close()
         reporter.sink.close(commit=False)

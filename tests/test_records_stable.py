@@ -257,3 +257,32 @@ def test_the_scan_cache_key_names_the_scoring(home):
 
     plan = ScanPlan.resolve("code", "auto", "auto", ScanConfig(cache="c.sqlite3"))
     assert f"/s{SCORING_VERSION}/" in plan.cache_spec("onnxruntime", "fp32").model and SCORING_VERSION >= 2
+
+
+def test_the_usual_records_line_is_the_encoders():
+    """The JSONL writer builds a judged file's line as text (reporters._judged_line); every other
+    record goes through the dict and the encoder. Both must write the same bytes for any record."""
+    import math
+    from dataclasses import replace
+
+    from codescan.core.records import BoxScore, Evidence, HeadVerdict, Origin, Result
+    from codescan.output.reporters import dumps, result_lines
+
+    base = Result(path="a/b.jpg", status="real", score=-0.25, threshold=0.0, head="linear", width=512, height=384,
+                  format="JPEG", crop=(144, 80, 368, 304), sha256="ab" * 32, evidence=())
+    paths = ['q"uote\\back', "tab\tnl\ncr\r\x00\x1f\x7f", "é日本\u2028\u2029", "bad\udcff\udc80name", "-=cmd|' /C calc'!A0", ""]
+    scores = [0.0, -0.0, 1e-300, -1.7976931348623157e308, 5e-324, 0.1 + 0.2, 1.0, 123456789.0, math.pi]
+    records = [replace(base, path=p) for p in paths] + [replace(base, score=v, status="fake") for v in scores]
+    records += [
+        replace(base, evidence=None), replace(base, threshold=-1e-9), replace(base, head='li"near', format="WE\\BP"),
+        replace(base, evidence=(Evidence("software", "Software: x", "x", True),)),  # evidence found: the dict's way
+        replace(base, origin=Origin("z.zip", "m.png", 3, "k")),
+        replace(base, heads={"linear": HeadVerdict(-0.25, "real")}),
+        replace(base, boxes=(BoxScore((0, 0, 224, 224), {"linear": -0.25}),)),
+        replace(base, width=True), replace(base, score=np.float64(0.5)), replace(base, crop=(1, 2, 3)),
+        Result(path="e.png", status="error", error_code="truncated", error="cut short", sha256="cd" * 32),
+        Result(path="s.txt", status="skipped", error_code="not_an_image"),
+    ]
+    for record in records:
+        assert result_lines([record]) == dumps(record.to_dict()), record
+    assert result_lines(records) == "\n".join(dumps(r.to_dict()) for r in records)

@@ -146,7 +146,9 @@ class BoxScore:
         return {"box": list(self.box), "scores": dict(self.scores)}
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__ (a 16-field Result:
+# 1.7 µs against 0.3), and one is made per file on the scan's hottest path. Nothing mutates it.
+@dataclass(slots=True)
 class Result:
     """One discovered file. Only `real`/`fake` carry a score; errors carry a code."""
 
@@ -253,6 +255,19 @@ class Summary:
             self.skipped += 1
         if combined == "fake" and self.combined_fake is not None:
             self.combined_fake += 1
+
+    def count_all(self, records: Sequence[Any]) -> None:
+        """`count` for each of `records` (Results, or anything with their `status` and `combined`)."""
+        statuses = [r.status for r in records]
+        real, fake = statuses.count("real"), statuses.count("fake")
+        errors = statuses.count("error")
+        self.files += len(statuses)
+        self.real += real
+        self.fake += fake
+        self.errors += errors
+        self.skipped += len(statuses) - real - fake - errors
+        if self.combined_fake is not None:
+            self.combined_fake += sum(1 for r in records if r.combined == "fake")
 
     def exit_code(self) -> int:
         """Errors win over fakes: an incomplete answer must not look like a clean one."""

@@ -98,13 +98,14 @@ class DecodeLimits:
     max_pixels: int = defaults.MAX_PIXELS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see codescan/core/records.py, `Result`
 class Decoded:
     crops: np.ndarray  # (K, 224, 224, 3) uint8, K = 1 or 5 (preprocess.plan_crops)
     width: int
     height: int
     format: str
     boxes: tuple[tuple[int, int, int, int], ...]  # one per crop; the centre first
+    slot: int = -1  # the decode pool's shared slot `crops` lies in (a borrowed view), -1: its own array
 
     @property
     def crop(self) -> np.ndarray:

@@ -58,7 +58,7 @@ def listed_outcome(entry: Entry) -> DecodeFailure | Skipped:
     return Skipped(code) if code in SKIP_CODES else DecodeFailure(code, message)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see codescan/core/records.py, `Result`
 class Examined:
     """An image whose verdict needs `decoded` embedded, or is already known (`cached`)."""
 

@@ -38,7 +38,8 @@ def _setup(config: ExamineConfig) -> Run:
     delay = float(os.environ.get("CODESCAN_TEST_DECODE_DELAY", "0") or 0)
     stall_marker = os.environ.get("CODESCAN_TEST_STALL_MARKER", "").encode()
 
-    def run(entry: Entry, slot: np.ndarray | None) -> tuple[Outcome, int]:
+    def run(wired: tuple, slot: np.ndarray | None) -> tuple[Outcome, int]:
+        entry = Entry.from_wire(wired)
         if delay or (stall_marker and stall_marker in entry.path):
             time.sleep(delay or 3600)  # test hook: a decoder that stalls
         outcome = examine(entry)
@@ -71,8 +72,8 @@ class DecodePool(WorkerPool[Entry, Outcome]):
         return self.results(entries, borrow)
 
     def give_back(self, outcome: Outcome) -> None:
-        if isinstance(outcome, Examined) and outcome.decoded is not None:
-            self.release(outcome.decoded.crops)
+        if isinstance(outcome, Examined) and outcome.decoded is not None and outcome.decoded.slot >= 0:
+            self.release(outcome.decoded.slot)
 
     def batch(self, embedded: list[Examined]) -> tuple[np.ndarray, Held | None]:
         """The borrowed crops of `embedded` as one (sum of K, 224, 224, 3) array.
@@ -83,13 +84,13 @@ class DecodePool(WorkerPool[Entry, Outcome]):
         between them, the ring's end) it is a copy and the slots go back now."""
         ring = self._ring
         assert ring is not None and embedded
-        first = ring.slot_of(embedded[0].decoded.crops)  # type: ignore[union-attr]
+        first = embedded[0].decoded.slot  # type: ignore[union-attr]
         full, rows = ring.slot_shape[0], 0
         for i, o in enumerate(embedded):
-            crops = o.decoded.crops  # type: ignore[union-attr]
-            if (i and ring.slot_of(crops) != first + i) or (rows % full):  # only the last may leave rows unfilled
+            d = o.decoded
+            if d.slot != first + i or (rows % full):  # type: ignore[union-attr]  # only the last may leave rows unfilled
                 break
-            rows += len(crops)
+            rows += len(d.crops)  # type: ignore[union-attr]
         else:
             return ring.span(first, rows), (first, len(embedded))
         copied = np.concatenate([o.decoded.crops for o in embedded])  # type: ignore[union-attr]
@@ -105,6 +106,9 @@ class DecodePool(WorkerPool[Entry, Outcome]):
     def local(self, entry: Entry) -> Outcome | None:
         return listed_outcome(entry) if entry.error is not None else None  # walk and listing errors
 
+    def wire(self, entry: Entry) -> tuple:
+        return entry.to_wire()
+
     def heavy(self, entry: Entry) -> bool:
         return entry.data is not None  # a streamed member carries its bytes
 
@@ -114,10 +118,13 @@ class DecodePool(WorkerPool[Entry, Outcome]):
     def crashed(self, entry: Entry) -> Outcome:
         return DecodeFailure("corrupt", "the decoder crashed on this file")
 
-    def received(self, outcome: Outcome | Facts, rows: np.ndarray | None) -> tuple[Outcome, bool]:
+    def received(self, outcome: Outcome | Facts, rows: np.ndarray | None, slot: int) -> tuple[Outcome, bool]:
         if type(outcome) is not tuple:
             return outcome, False  # type: ignore[return-value]
         assert rows is not None
         sha256, evidence, new_evidence, width, height, fmt, boxes = outcome
-        crops = rows if self.borrow else rows.copy()  # (K, 224, 224, 3)
-        return Examined(sha256, evidence, new_evidence, Decoded(crops, width, height, fmt, boxes)), self.borrow
+        if self.borrow:
+            decoded = Decoded(rows, width, height, fmt, boxes, slot)  # (K, 224, 224, 3) view of the ring
+        else:
+            decoded = Decoded(rows.copy(), width, height, fmt, boxes)
+        return Examined(sha256, evidence, new_evidence, decoded), self.borrow

@@ -51,24 +51,31 @@ class Ring:
         self.slot_shape = slot_shape
         self.fd = anonymous_file(slots * int(np.prod(slot_shape)))
         self.array = map_slots(self.fd, slots, slot_shape)  # (slots, *slot_shape)
-        self._base = self.array.ctypes.data
-        self._stride = self.array.strides[0]
         self._is_free = bytearray(b"\x01" * slots)
         self._free = slots
         self._next = 0  # where the next search for a free slot starts
         self._lock = threading.Lock()  # the dispatcher takes, the consumer gives back
 
     def take(self) -> int:
+        return self.take_many(1)[0]
+
+    def take_many(self, count: int) -> list[int]:
+        """`count` slots, next-fit, under one lock."""
         with self._lock:
-            if not self._free:
+            if count > self._free:
                 raise RingExhausted(f"all {self.slots} shared crop slots are held")
-            slot = self._is_free.find(1, self._next)
-            if slot < 0:
-                slot = self._is_free.find(1)
-            self._is_free[slot] = 0
-            self._free -= 1
-            self._next = slot + 1
-            return slot
+            taken = []
+            is_free, at = self._is_free, self._next
+            for _ in range(count):
+                slot = is_free.find(1, at)
+                if slot < 0:
+                    slot = is_free.find(1)
+                is_free[slot] = 0
+                taken.append(slot)
+                at = slot + 1
+            self._free -= count
+            self._next = at
+            return taken
 
     def give(self, slot: int, count: int = 1) -> None:
         """Give back `count` slots from `slot` on (a batch's consecutive slots at once)."""
@@ -77,14 +84,6 @@ class Ring:
                 raise ValueError(f"slots {slot}..{slot + count - 1} are not all held")
             self._is_free[slot : slot + count] = b"\x01" * count
             self._free += count
-
-    def slot_of(self, view: np.ndarray) -> int:
-        """The slot a view returned by this ring lies in: consumers give back what they were given."""
-        offset = view.ctypes.data - self._base
-        slot, within = divmod(offset, self._stride)
-        if not (0 <= slot < self.slots and within == 0):
-            raise ValueError("this array is not a slot of the ring")
-        return slot
 
     def span(self, slot: int, rows: int) -> np.ndarray:
         """(rows, *slot_shape[1:]): the first `rows` rows from the start of `slot` on, across the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,11 +29,12 @@ class Tally(Protocol):
 
 class Executor(Protocol):
     """`Scanner` (the local pipeline) and `RayExecutor` (codescan.scan.ray_executor). `header` resolves
-    the engine where it will run (here, or on a Ray worker)."""
+    the engine where it will run (here, or on a Ray worker). Outcomes come in lists (a local
+    batch's records): the job's own work is per list, not per file."""
 
     def header(self) -> Header: ...
 
-    def scan(self, arguments: list[str | bytes], skip: Collection[Ident]) -> Iterator[Tally]: ...
+    def batches(self, arguments: list[str | bytes], skip: Collection[Ident]) -> Iterator[Sequence[Tally]]: ...
 
 
 class OutputClosed(Exception):
@@ -58,7 +59,7 @@ def run(
     arguments: list[str | bytes],
     summary: Summary,
     on_start: Callable[[int], None] = lambda done: None,
-    on_result: Callable[[Summary], None] = lambda summary: None,
+    on_result: Callable[[Summary], None] = lambda summary: None,  # after each list of outcomes
     target: str = "",
 ) -> JobResult:
     """Run the scan into `reporter`, continuing what it already holds (a resumed file, shards).
@@ -78,10 +79,10 @@ def run(
     scanned, interrupted = 0, False
     try:
         reporter.header(header)
-        for outcome in executor.scan(arguments, done):
-            reporter.result(outcome)
-            summary.count(outcome.status, outcome.combined)
-            scanned += 1
+        for outcomes in executor.batches(arguments, done):
+            reporter.results(outcomes)  # type: ignore[arg-type]  # a Counted reaches only the shards reporter, which writes nothing
+            summary.count_all(outcomes)
+            scanned += len(outcomes)
             on_result(summary)
     except KeyboardInterrupt:
         interrupted = True

@@ -18,9 +18,12 @@ from codescan.core.records import (
     Origin,
     Result,
     error_result,
+    is_fake,
     skipped_result,
     status_for,
 )
+from codescan.decoding.cache import CachedVerdict
+from codescan.decoding.decode import Decoded
 from codescan.decoding.examine import Examined, Outcome
 from codescan.inputs.read import DecodeFailure
 from codescan.model.heads import finite, over_boxes
@@ -43,11 +46,12 @@ class Judge:
         self, display: str, outcome: Outcome, scores: BoxScores | None = None, origin: Origin | None = None
     ) -> Result:
         """The record of one input: `scores` (per box) for a decoded image, else the ones `outcome` carries."""
-        if isinstance(outcome, Examined):
+        if type(outcome) is Examined:
+            facts = outcome.decoded if outcome.decoded is not None else outcome.cached  # width, height, format, boxes
             if scores is None:
                 assert outcome.cached is not None, "an image record needs its scores"
                 scores = outcome.cached.scores
-            return self.image(display, outcome.sha256.hex(), outcome.evidence, outcome.facts, scores, origin)
+            return self.image(display, outcome.sha256.hex(), outcome.evidence, facts, scores, origin)  # type: ignore[arg-type]
         if isinstance(outcome, DecodeFailure):
             return error_result(display, outcome.code, outcome.message, outcome.sha256, outcome.evidence, origin)
         return skipped_result(display, outcome.code, origin)
@@ -57,7 +61,7 @@ class Judge:
         display: str,
         sha256: str,
         evidence: tuple[Evidence, ...] | None,
-        facts: ImageFacts,
+        facts: ImageFacts | Decoded | CachedVerdict,  # what each has: width, height, format, boxes
         scores: BoxScores,
         origin: Origin | None = None,
     ) -> Result:
@@ -71,15 +75,23 @@ class Judge:
         arithmetic overflows) is no verdict: the record is the error `non_finite_score`.
         Every box is checked, since max() passes over a NaN that is not first.
         """
+        primary = self.judged[0]
+        if len(scores) == 1 and len(self.judged) == 1 and not self.show_all:  # the usual record, made thousands of times a second
+            score = scores[0][primary]
+            if type(score) is float and score - score == 0.0:  # finite (inf - inf and NaN - NaN are NaN)
+                threshold = self.thresholds[primary]
+                return Result(
+                    display, "fake" if is_fake(score, threshold) else "real", score, threshold, primary,
+                    facts.width, facts.height, facts.format, facts.boxes[0], None, None, None, sha256, evidence, origin,
+                )
         bad = non_finite(self.judged, scores)
         if bad is not None:
             return error_result(display, "non_finite_score", bad, sha256, evidence, origin)
-        if len(scores) == 1:  # one box: its scores are the file's (a scan makes thousands of these a second)
+        if len(scores) == 1:
             combined, deciding, boxes = scores[0], 0, None
         else:
             combined, deciding = over_boxes(scores, self.judged)
             boxes = tuple(BoxScore(box, {n: per_box[n] for n in self.judged}) for box, per_box in zip(facts.boxes, scores))
-        primary = self.judged[0]
         score, threshold = combined[primary], self.thresholds[primary]
         return Result(
             path=display,

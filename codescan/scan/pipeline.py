@@ -12,6 +12,7 @@ waits for that image's batch.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import replace
@@ -107,6 +108,12 @@ class Scanner:
 
     def scan(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[Result]:
         """One Result per discovered input, in walk order; those in `skip` (already done) are passed over."""
+        for records in self.batches(arguments, skip):
+            yield from records
+
+    def batches(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[list[Result]]:
+        """`scan`'s records in lists (an engine batch's, or a record that waits for none), for
+        consumers whose own work per list is cheaper than per record (the job, its reporters)."""
         cfg = self.config
         batch_size = self.batch_size
         # Scores of recent contents, so a copy met again in this scan is not embedded twice
@@ -130,42 +137,43 @@ class Scanner:
         queued: set[bytes] = set()
         n_crops = 0
         flight: tuple[list[Item], object, Held | None] | None = None
+        known, crops = self._known, cfg.crops
         try:
             for entry, outcome in pool.outcomes(entries, borrow=True):
                 if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
                     entry = replace(entry, data=None)
                 embed = (
-                    isinstance(outcome, Examined) and outcome.decoded is not None
-                    and outcome.sha256 not in queued and outcome.sha256 not in self._known
+                    type(outcome) is Examined and outcome.decoded is not None
+                    and outcome.sha256 not in queued and outcome.sha256 not in known
                 )
                 if not embed:
                     pool.give_back(outcome)  # a copy of content queued or scored: its scores come from that one
-                outcome = self._resolve(outcome)
+                    outcome = self._resolve(outcome)
                 if not pending and not embed:
                     if flight is None:  # nothing ahead of it: needs no batch, emit it now
-                        yield from self._finish([(entry, outcome, False)])
+                        yield self._finish([(entry, outcome, False)])
                         continue
                     flight[0].append((entry, outcome, False))
                     if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
-                        yield from self._finish(*flight, engine=engine, queued=queued, pool=pool)
+                        yield self._finish(*flight, engine=engine, queued=queued, pool=pool)
                         flight = None
                     continue
                 pending.append((entry, outcome, embed))
                 if embed:
                     queued.add(outcome.sha256)  # type: ignore[union-attr]
-                    n_crops += cfg.crops
+                    n_crops += crops
                 # A batch that cannot fill (copies or errors follow its last crop) goes in early:
                 # what waits behind it stays bounded, as behind `flight`.
                 if n_crops >= batch_size or len(pending) >= 2 * batch_size:  # crops: --crops 5 sends five per image
                     handle, held = self._submit(pending, engine, pool)  # batch i+1 goes in before ...
                     if flight is not None:
-                        yield from self._finish(*flight, engine=engine, queued=queued, pool=pool)  # ... batch i comes out
+                        yield self._finish(*flight, engine=engine, queued=queued, pool=pool)  # ... batch i comes out
                     flight, pending, n_crops = (pending, handle, held), [], 0
             handle, held = self._submit(pending, engine, pool) if n_crops else (None, None)
             if flight is not None:
-                yield from self._finish(*flight, engine=engine, queued=queued, pool=pool)
+                yield self._finish(*flight, engine=engine, queued=queued, pool=pool)
             if pending:
-                yield from self._finish(pending, handle, held, engine=engine, queued=queued, pool=pool)
+                yield self._finish(pending, handle, held, engine=engine, queued=queued, pool=pool)
         finally:
             if self._writer is not None:
                 self._writer.close()
@@ -208,11 +216,12 @@ class Scanner:
         batch, held = pool.batch(embedded)  # type: ignore[arg-type]  # (sum of K, 224, 224, 3)
         return engine.submit(batch), held
 
-    def _remember(self, sha: bytes, scores: BoxScores) -> None:
-        self._known[sha] = scores
-        self._known.move_to_end(sha)
-        if len(self._known) > self._capacity:
-            self._known.popitem(last=False)
+    def _remember(self, scored: Iterable[tuple[bytes, BoxScores]]) -> None:
+        """Newly embedded contents (none is known yet, so each goes to the end); the oldest beyond capacity go."""
+        known = self._known
+        known.update(scored)
+        while len(known) > self._capacity:
+            known.popitem(last=False)
 
     def _finish(
         self,
@@ -223,7 +232,7 @@ class Scanner:
         engine: AsyncEngine | None = None,
         queued: set[bytes] | None = None,
         pool: DecodePool | None = None,
-    ) -> Iterator[Result]:
+    ) -> list[Result]:
         """The records of `items`, in order; the crops they sent to the engine come back from `handle`."""
         fresh: list[tuple[bytes, CachedVerdict]] = []
         if handle is not None:
@@ -233,21 +242,26 @@ class Scanner:
                 pool.give_span(held)
             batched = [o for _, o, embed in items if embed]
             per_row = self.heads.scores(emb)
-            starts = np.cumsum([0] + [len(o.decoded.boxes) for o in batched])  # type: ignore[union-attr]
-            caching = self._writer is not None
-            for o, start, end in zip(batched, starts[:-1], starts[1:]):
-                scores = tuple(per_row[start:end])
-                self._remember(o.sha256, scores)  # type: ignore[union-attr]
-                queued.discard(o.sha256)  # type: ignore[union-attr]
-                if caching:
-                    fresh.append((o.sha256, o.verdict(scores)))  # type: ignore[union-attr]
+            if len(per_row) == len(batched):  # one box each
+                scored = [(row,) for row in per_row]
+            else:
+                starts = np.cumsum([0] + [len(o.decoded.boxes) for o in batched]).tolist()  # type: ignore[union-attr]
+                scored = [tuple(per_row[start:end]) for start, end in itertools.pairwise(starts)]
+            shas = [o.sha256 for o in batched]  # type: ignore[union-attr]
+            self._remember(zip(shas, scored))
+            queued.difference_update(shas)
+            if self._writer is not None:
+                fresh = [(o.sha256, o.verdict(scores)) for o, scores in zip(batched, scored)]  # type: ignore[union-attr]
         new_evidence = [
             (o.sha256, o.evidence) for _, o, _ in items if isinstance(o, Examined) and o.new_evidence and o.evidence is not None
         ]
         self._store(fresh, new_evidence)
-        for entry, outcome, _ in items:
-            known = self._known.get(outcome.sha256) if isinstance(outcome, Examined) and outcome.cached is None else None
-            yield self.judge.record(entry.display, outcome, known, entry.origin)
+        known = self._known
+        record = self.judge.record
+        return [
+            record(entry.display, outcome, known.get(outcome.sha256) if type(outcome) is Examined and outcome.cached is None else None, entry.origin)
+            for entry, outcome, _ in items
+        ]
 
     def _store(self, verdicts: list[tuple[bytes, CachedVerdict]], evidence: list) -> None:
         if self._writer is None:

@@ -320,7 +320,8 @@ class RayExecutor:
         r = self.resolved
         return self.plan.header(r.engine, r.device, r.precision)
 
-    def scan(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[Result | Counted]:
+    def batches(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[list[Result] | list[Counted]]:
+        """The outcomes of each unit (a file, or an archive's members), in listing order."""
         units = _units(arguments, self.plan.config.walk, skip)  # numbered before skipping: stable shard names
         rows = _rows(self.plan, self.resolved, units, self.options, shards=self.shards)
         waiting: dict[int, list[dict[str, Any]]] = {}  # rows of units whose turn has not come
@@ -333,10 +334,11 @@ class RayExecutor:
                 waiting.setdefault(int(row["seq"]), []).append(row)
                 if row["last"]:
                     complete.add(int(row["seq"]))
-            for row in sorted(waiting.pop(seq), key=lambda r: r["sub"]):
-                if row["kind"] == "end":
-                    continue
-                yield Counted(row["status"], row["combined"]) if self.shards is not None else record(self.plan.judge, row)
+            done = [row for row in sorted(waiting.pop(seq), key=lambda r: r["sub"]) if row["kind"] != "end"]
+            if self.shards is not None:
+                yield [Counted(row["status"], row["combined"]) for row in done]
+            else:
+                yield [record(self.plan.judge, row) for row in done]
 
 
 def _units(arguments: Iterable[str | bytes], walk: WalkOptions, skip: Collection[Ident]) -> list[Unit | None]:
