@@ -77,18 +77,20 @@ def _judged_line(r: Result) -> str | None:
     other record. A third of what the dict and the encoder cost, per file; tests hold the two equal."""
     if r.origin is not None or r.boxes is not None or r.heads is not None or r.error_code is not None or r.error is not None:
         return None
-    status, score, threshold, evidence = r.status, r.score, r.threshold, r.evidence
+    status, score, threshold, evidence, crop = r.status, r.score, r.threshold, r.evidence, r.crop
+    if not (type(crop) is tuple and len(crop) == 4):
+        return None
+    x0, y0, x1, y1 = crop
     if not (
         (status == "real" or status == "fake")
         and type(score) is float and score - score == 0.0  # finite: a NaN or infinity takes the encoder's error
         and type(threshold) is float and threshold - threshold == 0.0
         and type(r.width) is int and type(r.height) is int
         and type(r.head) is str and type(r.format) is str and type(r.sha256) is str
-        and type(r.crop) is tuple and len(r.crop) == 4 and all(type(c) is int for c in r.crop)
+        and type(x0) is int and type(y0) is int and type(x1) is int and type(y1) is int
         and (evidence is None or evidence == ())
     ):
         return None
-    x0, y0, x1, y1 = r.crop
     line = (
         f'{{"type": "result", "path": {_quote(r.path)}, "status": "{status}", "score": {_float(score)}, '
         f'"threshold": {_float(threshold)}, "head": {_quote(r.head)}, "width": {r.width}, "height": {r.height}, '
