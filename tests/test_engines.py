@@ -198,15 +198,15 @@ def test_bench_feed_measures_a_complete_scan(home, null_engine, tmp_path):
     import bench_feed
     from conftest import image_folder
 
-    folder = image_folder(tmp_path / "images", 8, seed=5, size=(300, 260))
+    folder = image_folder(tmp_path / "images", 20, seed=5, size=(300, 260))
     out = tmp_path / "out.jsonl"
-    scan = bench_feed.measure_scan(folder, workers=1, evidence="metadata", out=str(out))
-    assert scan.files == 8 and scan.rate > 0 and scan.start > 0
+    scan = bench_feed.measure_scan(folder, workers=1, evidence="metadata", out=str(out))  # lists of 8 (the CPU batch)
+    assert scan.files == 20 and 0 < scan.timed < 20 and scan.rate > 0 and scan.start > 0
     assert bench_feed.measure_examine(folder, "metadata") > 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0]["type"] == "header" and lines[0]["engine"] == "null" and lines[-1]["type"] == "summary"
     records = lines[1:-1]
-    assert len(records) == 8 and lines[-1]["files"] == 8
+    assert len(records) == 20 and lines[-1]["files"] == 20
     for r in records:
         assert r["status"] in ("real", "fake") and isinstance(r["score"], float), r
         assert r["width"] == 300 and r["height"] == 260 and len(r["sha256"]) == 64 and r["evidence"] == [], r
