@@ -172,17 +172,19 @@ class HeadSet:
     def threshold(self, name: HeadName) -> float:
         return float(self.thresholds.get(name, 0.0))
 
-    def score_rows(self, emb: np.ndarray) -> np.ndarray:
-        """(B, D) embeddings -> (B, H) float64 scores, one column per head in `names()` order.
+    def score_rows(self, emb: np.ndarray, names: Sequence[HeadName] | None = None) -> np.ndarray:
+        """(B, D) embeddings -> (B, H) float64 scores, one column per head of `names` (default:
+        every head, in `names()` order).
 
         The one scoring function: scan, Ray, eval, calibrate and the gate all score here."""
         x = np.asarray(emb, dtype=np.float64)
-        return np.stack([self.heads[n].score(x) for n in self.names()], axis=1)
+        return np.stack([self.heads[n].score(x) for n in (self.names() if names is None else names)], axis=1)
 
-    def scores(self, emb: np.ndarray) -> list[dict[str, float]]:
-        """Every head's score for each embedding: (B, D) -> B dicts, head name -> score."""
-        names = self.names()
-        return [dict(zip(names, row)) for row in self.score_rows(emb).tolist()]
+    def scores(self, emb: np.ndarray, names: Sequence[HeadName] | None = None) -> list[dict[str, float]]:
+        """Each embedding's scores by the heads of `names` (default: every head): (B, D) -> B dicts,
+        head name -> score. A head's score for a row is the same whichever heads run beside it."""
+        names = self.names() if names is None else names
+        return [dict(zip(names, row)) for row in self.score_rows(emb, names).tolist()]
 
 
 def over_boxes(boxes: Sequence[Mapping[str, float]], heads: Sequence[HeadName]) -> tuple[dict[HeadName, float], int]:

@@ -241,7 +241,8 @@ class Scanner:
             if held is not None:
                 pool.give_span(held)
             batched = [o for _, o, embed in items if embed]
-            per_row = self.heads.scores(emb)
+            # Every head for the cache (a later scan may ask for another); else only the judged ones.
+            per_row = self.heads.scores(emb, None if self._writer is not None else self.judge.judged)
             if len(per_row) == len(batched):  # one box each
                 scored = [(row,) for row in per_row]
             else:
