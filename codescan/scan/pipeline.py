@@ -253,10 +253,11 @@ class Scanner:
             queued.difference_update(shas)
             if self._writer is not None:
                 fresh = [(o.sha256, o.verdict(scores)) for o, scores in zip(batched, scored)]  # type: ignore[union-attr]
-        new_evidence = [
-            (o.sha256, o.evidence) for _, o, _ in items if isinstance(o, Examined) and o.new_evidence and o.evidence is not None
-        ]
-        self._store(fresh, new_evidence)
+        if self._writer is not None:
+            new_evidence = [
+                (o.sha256, o.evidence) for _, o, _ in items if isinstance(o, Examined) and o.new_evidence and o.evidence is not None
+            ]
+            self._store(fresh, new_evidence)
         known = self._known
         record = self.judge.record
         return [
@@ -265,8 +266,7 @@ class Scanner:
         ]
 
     def _store(self, verdicts: list[tuple[bytes, CachedVerdict]], evidence: list) -> None:
-        if self._writer is None:
-            return
+        assert self._writer is not None
         try:
             self._writer.put(verdicts, evidence)
         except CacheError as exc:
