@@ -286,3 +286,25 @@ def test_the_usual_records_line_is_the_encoders():
     for record in records:
         assert result_lines([record]) == dumps(record.to_dict()), record
     assert result_lines(records) == "\n".join(dumps(r.to_dict()) for r in records)
+
+
+def test_a_summary_counts_a_list_as_it_counts_each_record():
+    """The job counts a batch's records at once (`Summary.count_all`): the same totals as one by one."""
+    import random
+
+    from codescan.core.records import Evidence, Result, Summary
+
+    rng = random.Random(7)
+    conclusive, claim = Evidence("c2pa", "signed", "X", True), Evidence("software", "Software: Y")
+    records = [
+        Result(path=str(i), status=rng.choice(["real", "fake", "error", "skipped"]),
+               evidence=rng.choice([None, (), (claim,), (claim, conclusive)]))
+        for i in range(500)
+    ]
+    for level in ("none", "metadata"):
+        one_by_one, at_once = Summary.for_evidence(level), Summary.for_evidence(level)
+        for r in records:
+            one_by_one.count(r.status, r.combined)
+        for start in range(0, len(records), 64):
+            at_once.count_all(records[start : start + 64])
+        assert at_once == one_by_one and at_once.combined_fake != 0

@@ -172,9 +172,15 @@ class Result:
     @property
     def combined(self) -> Literal["real", "fake"] | None:
         """The model verdict, overruled to fake by conclusive evidence; None for errors and skips."""
-        if self.status not in ("real", "fake") or self.evidence is None:
+        status, evidence = self.status, self.evidence
+        if evidence is None or (status != "real" and status != "fake"):
             return None
-        return "fake" if self.status == "fake" or any(e.conclusive for e in self.evidence) else "real"
+        if status == "fake":
+            return "fake"
+        for e in evidence:  # not any(genexpr): most files have none, and this runs once per file
+            if e.conclusive:
+                return "fake"
+        return "real"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "result", "path": self.path}
