@@ -104,24 +104,26 @@ def test_a_pool_serves_again_after_close():
 
 def test_ring_refuses_a_take_when_every_slot_is_held():
     ring = Ring(3, (2, 4))
-    a, b = ring.take(), ring.take()
+    a, b = ring.take_many(2)
     assert (a, b) == (0, 1)
-    ring.take()
     with pytest.raises(RingExhausted):
-        ring.take()
+        ring.take_many(2)  # one is free: none is taken
+    ring.take_many(1)
+    with pytest.raises(RingExhausted):
+        ring.take_many(1)
     ring.give(b)
-    assert ring.take() == b  # the only free slot, found past the end
+    assert ring.take_many(1) == [b]  # the only free slot, found past the end
     ring.close()
 
 
 def test_ring_hands_out_slots_in_order_so_a_batch_is_one_view():
     ring = Ring(4, (2, 3))
     ring.array[:] = np.arange(4)[:, None, None]
-    assert [ring.take() for _ in range(3)] == [0, 1, 2]
+    assert ring.take_many(3) == [0, 1, 2]
     ring.give(0, 2)  # a batch's slots go back at once
     with pytest.raises(ValueError, match="not all held"):
         ring.give(1, 2)  # slot 1 is back already: handing it out twice would mix two files' crops
-    assert ring.free == 3 and [ring.take() for _ in range(3)] == [3, 0, 1]  # next-fit: on from the last taken
+    assert ring.free == 3 and ring.take_many(3) == [3, 0, 1]  # next-fit: on from the last taken, wrapping
     span = ring.span(1, 3)  # slot 1's two rows and slot 2's first
     assert span.shape == (3, 3) and np.shares_memory(span, ring.array)
     assert span[:, 0].tolist() == [1, 1, 2]

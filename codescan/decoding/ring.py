@@ -56,11 +56,9 @@ class Ring:
         self._next = 0  # where the next search for a free slot starts
         self._lock = threading.Lock()  # the dispatcher takes, the consumer gives back
 
-    def take(self) -> int:
-        return self.take_many(1)[0]
-
     def take_many(self, count: int) -> list[int]:
-        """`count` slots, next-fit, under one lock."""
+        """`count` slots, next-fit, under one lock (the dispatcher takes a chunk's at once); none
+        when fewer are free."""
         with self._lock:
             if count > self._free:
                 raise RingExhausted(f"all {self.slots} shared crop slots are held")

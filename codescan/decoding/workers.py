@@ -142,7 +142,7 @@ class _Answers:
 class _Readable:
     """Which of the busy workers' pipes have answers: one poll set kept from visit to visit and
     changed only when the busy workers do (`multiprocessing.connection.wait` builds a selector and
-    registers every pipe on each call: half of what the dispatcher spent per file)."""
+    registers every pipe on each call: the dispatcher spent 24 µs a file with it here, 21 without)."""
 
     def __init__(self) -> None:
         self._poll = select.poll()
