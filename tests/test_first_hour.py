@@ -57,7 +57,7 @@ def test_progress_counts_are_all_cumulative_when_resuming():
     progress.count_in_background(lambda: range(10), already_done=4)  # 4 files from the killed run
     summary = Summary(files=5, real=3, fake=2)  # the summary is cumulative too: 4 resumed + 1 new
     with progress:
-        progress.advance(summary)
+        progress.advance(summary, 1)
         task = progress._progress.tasks[0]
         for _ in range(100):
             if task.total is not None:  # set by the counting thread

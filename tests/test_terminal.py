@@ -171,10 +171,10 @@ def test_every_progress_column_renders_on_every_path(monkeypatch):
             progress.set_total(3)
         elif step == "advanced":
             summary.count("fake")
-            progress.advance(summary)
+            progress.advance(summary, 1)
         elif step == "finished":
             summary.count("error")
-            progress.advance(summary)
+            progress.advance(summary, 1)
             progress.set_total(2)
         states.append(" ".join(str(column.render(task)) for column in columns()))
     assert "0 files" in states[0] and "0/3 files" in states[1] and "1 fake" in states[2] and "1 error" in states[3]
@@ -189,11 +189,34 @@ def test_the_line_takes_files_in_bursts_and_the_exact_count_at_the_end(monkeypat
     summary = Summary()
     task = progress._progress.tasks[0]
     with progress:
-        for _ in range(500):
-            summary.count("fake")
-            progress.advance(summary)
-        assert task.completed <= 1  # at most the first file drawn so far
+        for _ in range(100):
+            for _ in range(5):
+                summary.count("fake")
+            progress.advance(summary, 5)  # the job hands over lists: a batch's records
+        assert task.completed <= 5  # at most the first list drawn so far
     assert task.completed == 500 and task.fields["fake"] == 500
+
+
+def test_the_line_counts_every_file_of_the_lists_the_job_hands_over(tmp_path):
+    """The job hands its progress callback lists of records (a batch's): the line must count their
+    files, not the lists (a fresh clone's scan once stood at 2/12 files with 12 done)."""
+    from codescan.core.records import Header, Result
+    from codescan.output.reporters import make_reporter
+    from codescan.scan import job
+
+    class Lists:
+        def header(self) -> Header:
+            return Header("0", {}, "null", "cpu", "fp32", "linear")
+
+        def batches(self, arguments, skip):
+            for size in (1, 8, 3, 64, 2):
+                yield [Result(path=f"{size}-{i}", status="skipped", error_code="not_an_image") for i in range(size)]
+
+    progress = ScanProgress(quiet=False, console=Console(file=StringIO(), force_terminal=True, width=100))
+    with progress:
+        result = job.run(Lists(), make_reporter("jsonl", str(tmp_path / "o.jsonl")), Lists().header(), [],
+                         Summary(), on_result=progress.advance)
+    assert result.scanned == 78 and progress._progress.tasks[0].completed == 78
 
 
 def test_no_absolute_paths_in_tracked_files():

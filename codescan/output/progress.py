@@ -112,9 +112,9 @@ class ScanProgress:
             task = self._progress.tasks[0]
             self._progress.update(self._task, total=max(total, int(task.completed)))
 
-    def advance(self, summary: Summary) -> None:
-        """One file done; the line takes it at most every SHOW_SECONDS, and at the end."""
-        self._unshown += 1
+    def advance(self, summary: Summary, files: int) -> None:
+        """`files` more done (a batch's); the line takes them at most every SHOW_SECONDS, and at the end."""
+        self._unshown += files
         self._last = summary
         now = time.monotonic()
         if now - self._shown >= SHOW_SECONDS:

@@ -59,7 +59,7 @@ def run(
     arguments: list[str | bytes],
     summary: Summary,
     on_start: Callable[[int], None] = lambda done: None,
-    on_result: Callable[[Summary], None] = lambda summary: None,  # after each list of outcomes
+    on_result: Callable[[Summary, int], None] = lambda summary, files: None,  # after each list: how many it held
     target: str = "",
 ) -> JobResult:
     """Run the scan into `reporter`, continuing what it already holds (a resumed file, shards).
@@ -83,7 +83,7 @@ def run(
             reporter.results(outcomes)  # type: ignore[arg-type]  # a Counted reaches only the shards reporter, which writes nothing
             summary.count_all(outcomes)
             scanned += len(outcomes)
-            on_result(summary)
+            on_result(summary, len(outcomes))
     except KeyboardInterrupt:
         interrupted = True
     except BaseException as exc:
