@@ -100,7 +100,8 @@ def measure_scan(
     started = time.perf_counter()
     job.run(
         scanner, make_reporter("jsonl", out), header, arguments, Summary.for_evidence(evidence),
-        on_result=lambda summary, files: times.append((time.perf_counter(), time.process_time(), summary.files)),
+        # `files` optional: a --baseline tree from before #26 calls on_result(summary) once per record.
+        on_result=lambda summary, files=1: times.append((time.perf_counter(), time.process_time(), summary.files)),
     )
     if len(times) < 2:
         raise ValueError(f"{folder}: a rate needs at least two lists of records, found {len(times)}")
