@@ -87,11 +87,9 @@ def _from_csv(manifest: Path) -> list[Sample]:
 
 def content_fraction(path: Path, salt: str = "") -> float:
     """A number in [0, 1) fixed by the file's bytes (and the salt): where the file falls in a split."""
-    h = hashlib.sha256(salt.encode())
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return int.from_bytes(h.digest()[:8], "big") / 2**64
+        digest = hashlib.file_digest(fh, lambda: hashlib.sha256(salt.encode())).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def split_by_hash(samples: Sequence[Sample], fraction: float, salt: str = "") -> tuple[list[Sample], list[Sample]]:
