@@ -308,3 +308,13 @@ def test_a_summary_counts_a_list_as_it_counts_each_record():
         for start in range(0, len(records), 64):
             at_once.count_all(records[start : start + 64])
         assert at_once == one_by_one and at_once.combined_fake != 0
+
+
+def test_records_hash_by_their_fields_as_when_they_were_frozen():
+    """Result (the API's record) and Entry are no longer frozen, for speed; sets of them still work."""
+    from codescan.core.records import Result
+    from codescan.inputs.walk import Entry
+
+    same = [Result(path="a.png", status="real", score=0.5, threshold=0.0, crop=(0, 0, 1, 1), evidence=()) for _ in range(2)]
+    assert len({*same, Result(path="b.png", status="skipped")}) == 2
+    assert len({Entry("a", b"a"), Entry("a", b"a"), Entry("b", b"b")}) == 2

@@ -39,7 +39,7 @@ class Span:
     crc: int = 0  # zip: CRC-32 of the inflated bytes
 
 
-@dataclass(slots=True)  # not frozen: see codescan/core/records.py, `Result`
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see codescan/core/records.py, `Result`
 class Entry:
     """One input, whatever holds it: a file, a URI, an archive member or a Parquet row.
 
