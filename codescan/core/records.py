@@ -251,30 +251,23 @@ class Summary:
         return cls(combined_fake=None if level == "none" else 0)
 
     def count(self, status: str, combined: str | None = None) -> None:
-        self.files += 1
-        if status == "real":
-            self.real += 1
-        elif status == "fake":
-            self.fake += 1
-        elif status == "error":
-            self.errors += 1
-        else:
-            self.skipped += 1
-        if combined == "fake" and self.combined_fake is not None:
-            self.combined_fake += 1
+        """One record, from its status and combined verdict (a resumed file's lines)."""
+        self._add([status], [combined])
 
     def count_all(self, records: Sequence[Any]) -> None:
-        """`count` for each of `records` (Results, or anything with their `status` and `combined`)."""
-        statuses = [r.status for r in records]
-        real, fake = statuses.count("real"), statuses.count("fake")
-        errors = statuses.count("error")
+        """A list of records at once (Results, or anything with their `status` and `combined`)."""
+        combined = [r.combined for r in records] if self.combined_fake is not None else []
+        self._add([r.status for r in records], combined)
+
+    def _add(self, statuses: list[str], combined: list[str | None]) -> None:
+        real, fake, errors = statuses.count("real"), statuses.count("fake"), statuses.count("error")
         self.files += len(statuses)
         self.real += real
         self.fake += fake
         self.errors += errors
-        self.skipped += len(statuses) - real - fake - errors
+        self.skipped += len(statuses) - real - fake - errors  # anything else is skipped, as the schema says
         if self.combined_fake is not None:
-            self.combined_fake += sum(1 for r in records if r.combined == "fake")
+            self.combined_fake += combined.count("fake")
 
     def exit_code(self) -> int:
         """Errors win over fakes: an incomplete answer must not look like a clean one."""

@@ -61,7 +61,7 @@ class Ring:
         when fewer are free."""
         with self._lock:
             if count > self._free:
-                raise RingExhausted(f"all {self.slots} shared crop slots are held")
+                raise RingExhausted(f"{count} shared crop slots asked for, {self._free} of {self.slots} free")
             taken = []
             is_free, at = self._is_free, self._next
             for _ in range(count):
