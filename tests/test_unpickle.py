@@ -611,7 +611,8 @@ def test_cli_imports_legacy_heads(tmp_path, encoder_files, expected):
     assert p.returncode == 0, p.stderr
     from codescan.model.heads import load_heads
 
-    heads = load_heads(tmp_path / "home" / "weights" / "code" / "heads.safetensors")
+    stored = tmp_path / "home" / "weights" / "code" / "heads.safetensors"
+    heads = load_heads(stored.read_bytes(), str(stored))
     q = expected["queries"]
     np.testing.assert_array_equal(verdicts(heads["linear"].score(q)), expected["linear_predict"] == 1)
     np.testing.assert_array_equal(verdicts(heads["knn"].score(q)), expected["knn_predict"] == 1)

@@ -38,15 +38,58 @@ def test_import_records_provenance(store, small_checkpoint):
     assert sorted(p.name for p in b.path.iterdir()) == ["bundle.json", "encoder.safetensors", "heads.safetensors"]
 
 
+def _flip_last_bytes(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_tampered_bundle_is_refused(store, small_checkpoint):
     b = I.import_official(small_checkpoint)
-    data = bytearray((b.path / "encoder.safetensors").read_bytes())
-    data[-5] ^= 0xFF
-    (b.path / "encoder.safetensors").write_bytes(bytes(data))
+    _flip_last_bytes(b.path / "encoder.safetensors")
+    bundle = W.load_bundle("code")  # the record reads; each file is checked when it is read
+    with pytest.raises(W.WeightsError, match="encoder.safetensors has sha256"):
+        bundle.encoder_state()
+    bundle.head_set()  # the heads are intact
     with pytest.raises(W.WeightsError, match="sha256"):
-        W.load_bundle("code")
+        W.load_bundle("code", verify=True)
     p = run_cli("weights", "info", "code")
     assert p.returncode == 2 and b"sha256" in p.stderr and b"Traceback" not in p.stderr
+    # A scan that must build its graph reads the weights: refused in one line.
+    p = run_cli("scan", str(small_checkpoint), "-q", "--engine", "onnxruntime", "--no-cache")
+    assert p.returncode == 2 and b"encoder.safetensors has sha256" in p.stderr and b"Traceback" not in p.stderr
+    assert p.stdout == b""
+
+    _flip_last_bytes(b.path / "encoder.safetensors")  # restored
+    _flip_last_bytes(b.path / "heads.safetensors")
+    with pytest.raises(W.WeightsError, match="heads.safetensors has sha256"):
+        W.load_bundle("code").head_set()
+    p = run_cli("scan", str(small_checkpoint), "-q", "--no-cache")
+    assert p.returncode == 2 and b"heads.safetensors has sha256" in p.stderr and b"Traceback" not in p.stderr
+
+
+def test_a_file_is_hashed_as_it_is_read_and_the_bytes_hashed_are_parsed(store, small_checkpoint, monkeypatch):
+    """Read once: a file swapped between a check and a second read cannot be the one used."""
+    b = I.import_official(small_checkpoint)
+    reads: list[str] = []
+    real = type(b.path).read_bytes
+
+    def counting(path):
+        reads.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(type(b.path), "read_bytes", counting)
+    bundle = W.load_bundle("code")
+    assert reads == []  # loading the record hashes nothing
+    state = bundle.encoder_state()
+    heads = bundle.head_set()
+    assert reads == ["encoder.safetensors", "heads.safetensors"]
+    expected = load_file(str(b.path / "encoder.safetensors"))
+    assert state.keys() == expected.keys() and all(np.array_equal(state[k], expected[k]) for k in state)
+    assert set(heads.names()) == {"linear", "knn", "ocsvm"}
+    with pytest.raises(W.WeightsError, match="is missing encoder.safetensors"):
+        (b.path / "encoder.safetensors").unlink()
+        bundle.encoder_state()
 
 
 def test_corrupt_safetensors_in_source_is_a_clear_error(store, small_checkpoint, tmp_path):

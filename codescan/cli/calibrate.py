@@ -144,7 +144,7 @@ def calibrate_command(
     weights = chosen_name(weights)
 
     target = check_target(fpr)
-    base = load_bundle(weights, verify=False)  # names the variant and refuses a bad --out before any image is embedded
+    base = load_bundle(weights)  # names the variant and refuses a bad --out before any image is embedded
     name = check_variant_name(out or f"{base.parent or base.name}-fpr{target:g}", base)
     if all(s.is_fake for s in load_samples(data)):
         raise UsageError(f"{data}: no real images; a false-positive rate needs real photos (real/** or label real)")
@@ -153,7 +153,7 @@ def calibrate_command(
     with progress_bar(err_console(), quiet) as progress:
         task = progress.add_task("embedding", total=None)
         scored = score_samples(config, lambda done, total: progress.update(task, completed=done, total=total))
-    base = load_bundle(weights, verify=False)
+    base = load_bundle(weights)
     if base.digest != scored.run["weights"]["sha256"]:
         raise WeightsError(f"bundle {weights!r} changed while calibrating; run calibrate again")
 

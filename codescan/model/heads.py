@@ -26,6 +26,7 @@ may differ from its ``predict``; such scores carry no meaningful verdict anyway.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -217,20 +218,21 @@ def save_heads(heads: dict[HeadName, Head], path: Path) -> None:
     save_file(tensors, str(path), metadata={"heads": ",".join(f"{n}={k}" for n, k in kinds.items())})
 
 
-def load_heads(path: Path) -> dict[HeadName, Head]:
-    from safetensors import safe_open
+def load_heads(data: bytes, source: str) -> dict[HeadName, Head]:
+    """The heads in a heads.safetensors file's bytes: the caller hashes the same bytes first, so
+    what is checked is what is parsed (`source` names the file in messages)."""
+    from safetensors.numpy import load
 
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        t = {k: f.get_tensor(k) for k in f.keys()}
+    t = load(data)
+    meta = _safetensors_metadata(data)
     for key, array in t.items():  # before any is read into a head: int(NaN) would say nothing useful
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise ValueError(f"{path}: {key} holds a non-finite value (NaN or infinity); refused")
+            raise ValueError(f"{source}: {key} holds a non-finite value (NaN or infinity); refused")
     out: dict[HeadName, Head] = {}
     for entry in filter(None, meta.get("heads", "").split(",")):
         name, kind = entry.split("=", 1)
         if name not in HEAD_NAMES:
-            raise ValueError(f"{path}: unknown head {name!r}")
+            raise ValueError(f"{source}: unknown head {name!r}")
         if kind == "LinearHead":
             out[name] = LinearHead(coef=t[f"{name}.coef"], intercept=float(t[f"{name}.intercept"][0]))  # type: ignore[index]
         elif kind == "KnnHead":
@@ -246,6 +248,15 @@ def load_heads(path: Path) -> dict[HeadName, Head]:
                 degree=int(degree),
             )
         else:
-            raise ValueError(f"{path}: unknown head kind {kind!r}")
+            raise ValueError(f"{source}: unknown head kind {kind!r}")
         require_finite_head(name, out[name])  # type: ignore[index]
     return out
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The header's ``__metadata__``: safetensors reads it only through a file (safe_open), and
+    the bytes have already been read and hashed. Called after `load` accepted the same bytes, so
+    the header is known to be well formed."""
+    size = int.from_bytes(data[:8], "little")
+    meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}

@@ -3,8 +3,10 @@
 A bundle is a folder ``<store>/weights/<name>/`` holding ``encoder.safetensors`` (timm key
 names), ``heads.safetensors`` and ``bundle.json`` (encoder config, thresholds, preprocessing
 version, source repo + resolved commit, licence, sha256 of every file). It is written into a
-temporary sibling and renamed into place, so a crash never leaves half a bundle, and every
-load re-hashes the files against ``bundle.json`` before a single weight is used.
+temporary sibling and renamed into place, so a crash never leaves half a bundle. Each file is
+hashed against ``bundle.json`` as it is read, and the bytes hashed are the bytes parsed: no file
+can change between its check and its use, and a scan that never reads the encoder's weights (its
+ONNX graph or TensorRT engine is stored, verified by its own record) does not hash them.
 
 A *variant* (written by `codescan calibrate`) is a folder holding only ``bundle.json``: its
 thresholds, the name of its parent bundle and the parent's digest when the thresholds were
@@ -55,7 +57,7 @@ def set_default(name: str | None) -> None:
     if name is None:
         _default_file().unlink(missing_ok=True)
         return
-    load_bundle(name, verify=False)  # exists and reads: a default that cannot load helps nobody
+    load_bundle(name)  # exists and reads: a default that cannot load helps nobody
     ensure_store()
     atomic_write_bytes(_default_file(), f"{name}\n".encode())
 
@@ -86,32 +88,51 @@ class Bundle:
         return self.meta.get("source", {}).get("revision") or None
 
     def encoder_state(self) -> dict[str, np.ndarray]:
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load
 
-        return load_file(str(self.path / "encoder.safetensors"))
+        return load(self.read("encoder.safetensors"))
 
     def head_set(self) -> HeadSet:
+        data = self.read("heads.safetensors")
         try:
-            heads = load_heads(self.path / "heads.safetensors")
+            heads = load_heads(data, str(self.path / "heads.safetensors"))
         except ValueError as exc:  # a NaN or infinite head parameter, an unknown head
             raise WeightsError(f"bundle {self.name!r}: {exc}; re-import or re-pull it") from None
         thresholds = {n: finite(v["threshold"], f"the {n} threshold") for n, v in self.meta.get("heads", {}).items() if n in heads}
         return HeadSet(heads=heads, thresholds=thresholds)  # type: ignore[arg-type]
 
+    def read(self, fname: str) -> bytes:
+        """A file of the bundle, once its bytes hash to what bundle.json records."""
+        try:
+            data = (self.path / fname).read_bytes()
+        except OSError:
+            raise self._missing(fname) from None
+        self._check(fname, hashlib.sha256(data).hexdigest())
+        return data
+
     def verify(self) -> None:
-        for fname, expected in self.meta["files"].items():
+        """Every file, hashed now (`weights info`): scans check only the files they read, in `read`."""
+        for fname in self.meta["files"]:
             path = self.path / fname
             if not path.is_file():
-                raise WeightsError(f"bundle {self.name!r} is missing {fname}; re-run `codescan weights import` or `pull`")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise WeightsError(
-                    f"bundle {self.name!r}: {fname} has sha256 {actual[:16]}…, bundle.json says {expected[:16]}…; "
-                    "the file is corrupted or was changed. Re-import or re-pull it."
-                )
+                raise self._missing(fname)
+            self._check(fname, sha256_file(path))
+
+    def _missing(self, fname: str) -> WeightsError:
+        return WeightsError(f"bundle {self.name!r} is missing {fname}; re-run `codescan weights import` or `pull`")
+
+    def _check(self, fname: str, actual: str) -> None:
+        expected = self.meta["files"].get(fname)
+        if actual != expected:
+            raise WeightsError(
+                f"bundle {self.name!r}: {fname} has sha256 {actual[:16]}…, bundle.json says {str(expected)[:16]}…; "
+                "the file is corrupted or was changed. Re-import or re-pull it."
+            )
 
 
-def load_bundle(name: str, verify: bool = True) -> Bundle:
+def load_bundle(name: str, verify: bool = False) -> Bundle:
+    """The bundle's record; `verify` hashes every file now, where otherwise each is hashed as it
+    is read (:meth:`Bundle.read`)."""
     path = weights_dir() / check_name(name)
     meta_path = path / "bundle.json"
     if not meta_path.is_file():
@@ -173,7 +194,7 @@ def _resolve_variant(name: str, meta: dict[str, Any], verify: bool) -> Bundle:
     pinned = meta["variant"]
     parent_name = str(pinned.get("parent"))
     try:
-        parent = load_bundle(parent_name, verify=False)
+        parent = load_bundle(parent_name)
     except WeightsError as exc:
         raise WeightsError(f"bundle {name!r} is a calibrated variant of {parent_name!r}, which cannot be loaded: {exc}") from None
     if parent.parent is not None:
@@ -270,7 +291,7 @@ def list_bundles() -> list[Bundle]:
     for child in sorted(root.iterdir()):
         if (child / "bundle.json").is_file():
             try:
-                out.append(load_bundle(child.name, verify=False))
+                out.append(load_bundle(child.name))
             except WeightsError:
                 continue
     return out

@@ -112,7 +112,7 @@ def convert_isolated(files: list[Path]) -> dict[HeadName, Head]:
         except subprocess.TimeoutExpired:
             raise HeadConversionError("unsafe", f"refused: reading the heads took over {WALL_SECONDS} s") from None
         if proc.returncode == 0:
-            return load_heads(out)
+            return load_heads(out.read_bytes(), str(out))
         if proc.returncode < 0:
             sig = signal.Signals(-proc.returncode).name
             raise HeadConversionError("unsafe", f"refused: the head reader died with {sig} (a malformed head file)")

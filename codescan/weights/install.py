@@ -135,7 +135,7 @@ def pull(
     check_name(name)
     previous: Bundle | None = None
     try:
-        previous = load_bundle(name, verify=False)
+        previous = load_bundle(name)
     except WeightsError:
         pass
     pinned = previous.meta.get("source", {}) if previous else {}
