@@ -51,6 +51,7 @@ class Ring:
         self.slot_shape = slot_shape
         self.fd = anonymous_file(slots * int(np.prod(slot_shape)))
         self.array = map_slots(self.fd, slots, slot_shape)  # (slots, *slot_shape)
+        self._rows = self.array.reshape(slots * slot_shape[0], *slot_shape[1:])  # (slots·K, *slot_shape[1:]), for span
         self._is_free = bytearray(b"\x01" * slots)
         self._free = slots
         self._next = 0  # where the next search for a free slot starts
@@ -86,9 +87,8 @@ class Ring:
     def span(self, slot: int, rows: int) -> np.ndarray:
         """(rows, *slot_shape[1:]): the first `rows` rows from the start of `slot` on, across the
         slots that follow it, as one view (a batch whose crops fill consecutive slots)."""
-        flat = self.array.reshape(self.slots * self.slot_shape[0], *self.slot_shape[1:])
         start = slot * self.slot_shape[0]
-        return flat[start : start + rows]
+        return self._rows[start : start + rows]
 
     @property
     def free(self) -> int:

@@ -53,7 +53,9 @@ class LinearHead:
     intercept: float
 
     def score(self, emb: np.ndarray) -> np.ndarray:  # (B, D) -> (B,)
-        return (np.asarray(emb, dtype=np.float64) * self.coef).sum(axis=-1) + self.intercept
+        # np.add.reduce is what ndarray.sum runs, the same bits, without its Python-level wrapper
+        # (2 µs of a batch's 5 at batch 8).
+        return np.add.reduce(np.asarray(emb, dtype=np.float64) * self.coef, axis=-1) + self.intercept
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -179,13 +181,21 @@ class HeadSet:
 
         The one scoring function: scan, Ray, eval, calibrate and the gate all score here."""
         x = np.asarray(emb, dtype=np.float64)
-        return np.stack([self.heads[n].score(x) for n in (self.names() if names is None else names)], axis=1)
+        names = self.names() if names is None else names
+        out = np.empty((len(x), len(names)))  # (B, H), filled column by column: np.stack costs more than a head
+        for j, name in enumerate(names):
+            out[:, j] = self.heads[name].score(x)
+        return out
 
     def scores(self, emb: np.ndarray, names: Sequence[HeadName] | None = None) -> list[dict[str, float]]:
         """Each embedding's scores by the heads of `names` (default: every head): (B, D) -> B dicts,
         head name -> score. A head's score for a row is the same whichever heads run beside it."""
         names = self.names() if names is None else names
-        return [dict(zip(names, row)) for row in self.score_rows(emb, names).tolist()]
+        rows = self.score_rows(emb, names)
+        if len(names) == 1:  # a scan's usual case: one judged head, no cache
+            (name,) = names
+            return [{name: score} for score in rows[:, 0].tolist()]
+        return [dict(zip(names, row)) for row in rows.tolist()]
 
 
 def over_boxes(boxes: Sequence[Mapping[str, float]], heads: Sequence[HeadName]) -> tuple[dict[HeadName, float], int]:
