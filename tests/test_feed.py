@@ -10,6 +10,7 @@ slot fits five boxes, and every slot a scan borrows comes back.
 from __future__ import annotations
 
 import os
+import queue
 import time
 
 import numpy as np
@@ -94,6 +95,67 @@ def test_a_borrower_that_keeps_what_it_declared_never_runs_the_ring_dry():
             pool.release(kept.pop(0))
         if n % 50 == 0:
             time.sleep(0.2)  # the workers run ahead: a long list of results is ready at once
+
+
+class _CountingQueue:
+    """The pool's queue to its consumer, recording how many results each list it carries holds."""
+
+    sizes: list[int] = []
+    real = queue.SimpleQueue  # before the test puts this class in its place
+
+    def __init__(self) -> None:
+        self._queue = self.real()
+
+    def put(self, item) -> None:
+        if isinstance(item, list):
+            _CountingQueue.sizes.append(len(item))
+        self._queue.put(item)
+
+    def get(self):
+        return self._queue.get()
+
+
+@pytest.mark.parametrize("gather", [1, 24])
+def test_results_cross_to_the_consumer_a_batch_at_a_time(monkeypatch, gather):
+    """`gather`: lists of at least that many (the last may hold fewer); without it, a list per
+    worker's chunk (under 24 here), each a wake of the consumer's thread."""
+    from codescan.decoding import workers
+
+    monkeypatch.setattr(workers.queue, "SimpleQueue", _CountingQueue)
+    monkeypatch.setattr(_CountingQueue, "sizes", [])
+    pool = Numbers(2, _fast_setup, timeout=20.0, window=64, slot_shape=(1, 2, 2, 3))
+    got = [n for n, _ in pool.results(iter(range(400)), gather=gather)]
+    assert got == list(range(400))
+    sizes = _CountingQueue.sizes
+    assert sum(sizes) == 400
+    if gather == 1:
+        assert min(sizes[:-1]) < 24
+    else:
+        assert min(sizes[:-1]) >= 24
+
+
+def _slow_third_setup():
+    def run(n: int, slot):
+        time.sleep({2: 0.1, 3: 1.5}.get(n, 0))  # after task 2 the worker answers what it has (ANSWER_SECONDS)
+        return n, 0
+
+    return run
+
+
+def test_a_slow_result_does_not_hold_back_the_ones_before_it():
+    """Results that wait for a batch still reach the consumer once they have waited GATHER_SECONDS."""
+    from codescan.decoding import workers
+
+    pool = Numbers(1, _slow_third_setup, timeout=20.0, window=16)
+    seen: list[tuple[int, float]] = []
+    start = time.monotonic()
+    for n, _ in pool.results(iter(range(8)), gather=8):
+        seen.append((n, time.monotonic() - start))
+    assert [n for n, _ in seen] == list(range(8))
+    # The pool hands them on GATHER_SECONDS later at most (and a loop's wait), long before the
+    # slow task ends, though the batch of 8 is not complete.
+    assert all(t < 1.0 for n, t in seen if n < 3), seen
+    assert workers.GATHER_SECONDS < 0.5
 
 
 def test_a_pool_serves_again_after_close():

@@ -66,10 +66,11 @@ class DecodePool(WorkerPool[Entry, Outcome]):
             slot_shape=(config.crops, CROP, CROP, 3), hold=hold,
         )
 
-    def outcomes(self, entries: Iterator[Entry], borrow: bool = False) -> Iterator[tuple[Entry, Outcome]]:
+    def outcomes(self, entries: Iterator[Entry], borrow: bool = False, gather: int = 1) -> Iterator[tuple[Entry, Outcome]]:
         """`borrow`: decoded crops are views of shared slots, each given back with `give_back` once
-        used (copied into a batch, or not needed); otherwise they are the consumer's own arrays."""
-        return self.results(entries, borrow)
+        used (copied into a batch, or not needed); otherwise they are the consumer's own arrays.
+        `gather`: outcomes reach the consumer's thread this many at a time (see `WorkerPool.results`)."""
+        return self.results(entries, borrow, gather)
 
     def give_back(self, outcome: Outcome) -> None:
         if isinstance(outcome, Examined) and outcome.decoded is not None and outcome.decoded.slot >= 0:

@@ -139,7 +139,7 @@ class Scanner:
         flight: tuple[list[Item], object, Held | None] | None = None
         known, crops = self._known, cfg.crops
         try:
-            for entry, outcome in pool.outcomes(entries, borrow=True):
+            for entry, outcome in pool.outcomes(entries, borrow=True, gather=-(-batch_size // crops)):  # a batch's images
                 if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
                     entry = replace(entry, data=None)
                 embed = (
