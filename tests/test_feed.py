@@ -158,6 +158,32 @@ def test_a_slow_result_does_not_hold_back_the_ones_before_it():
     assert workers.GATHER_SECONDS < 0.5
 
 
+def test_each_message_to_a_worker_is_one_chunk_and_the_first_ones_spread(monkeypatch):
+    """A worker holds two chunks as two messages: it answers the first with the second already in
+    its pipe (two in one message were answered together, and the worker then sat idle until the
+    parent's next send). The first chunks go one per worker before any gets a second."""
+    from multiprocessing import connection
+
+    sent: list[tuple[int, int]] = []  # (connection, tasks in the message)
+    real = connection.Connection.send
+
+    def recording(self, obj):
+        if isinstance(obj, list):
+            sent.append((id(self), len(obj)))
+        return real(self, obj)
+
+    class Light(Numbers):
+        def heavy(self, task: int) -> bool:
+            return False  # no task travels alone: messages are as large as the pool makes them
+
+    monkeypatch.setattr(connection.Connection, "send", recording)
+    pool = Light(2, _fast_setup, timeout=20.0, window=64, slot_shape=(1, 2, 2, 3))
+    assert [n for n, _ in pool.results(iter(range(200)))] == list(range(200))
+    assert sent and max(size for _, size in sent) <= pool.chunk == 16
+    first, second = sent[0][0], sent[1][0]
+    assert first != second  # the second chunk went to the other worker
+
+
 def test_a_pool_serves_again_after_close():
     pool = Numbers(1, _setup, timeout=5.0, window=8, slot_shape=(2, 4, 4, 3))
     for _ in range(2):

@@ -25,6 +25,7 @@ fake_trt, bundle = gpu.fake_trt, gpu.bundle  # the fixtures of tests/test_gpu_pa
 
 N_IMAGES = 40
 BATCH = 8
+DIM = 192  # the stand-in bundle's embedding width
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +298,68 @@ def test_records_behind_a_batch_that_cannot_fill_keep_flowing(home, tmp_path, mo
     rest = [first, *records]
     assert len(rest) == 431 and len({r.score for r in rest if r.score is not None}) == 1
     assert sync.batches == [1]  # the copies took the original's scores: embedded once
+
+
+class _ArrivingPool:
+    """The decode pool's part the pipeline uses, in this process: outcomes arrive in groups of
+    `group` (as a worker's answers do), `arrived` counting those behind the one just handed on."""
+
+    def __init__(self, scanner: Scanner, group: int) -> None:
+        from codescan.decoding.decode import configure_pillow
+        from codescan.decoding.examine import Examiner
+
+        config = scanner.plan.examine_config(None)
+        configure_pillow(config.limits)
+        self.examine, self.group, self.arrived = Examiner(config), group, 0
+
+    def outcomes(self, entries, borrow: bool = False, gather: int = 1):
+        todo = list(entries)
+        for start in range(0, len(todo), self.group):
+            part = todo[start : start + self.group]
+            for i, entry in enumerate(part, 1):
+                self.arrived = len(part) - i
+                yield entry, self.examine(entry)
+
+    def give_back(self, outcome) -> None:
+        pass
+
+    def batch(self, embedded):
+        return np.concatenate([o.decoded.crops for o in embedded]), None
+
+
+class Quick(SyncOnly):
+    """Embeddings in no time: a crop's first pixels, so files still differ."""
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        self.batches.append(len(crops))
+        return crops.reshape(len(crops), -1)[:, :DIM].astype(np.float32) / 255
+
+
+class Slow(Quick):
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        import time
+
+        from codescan.scan import pipeline
+
+        time.sleep(pipeline.HAND_ON_SECONDS * 1.5)
+        return super().embed(crops)
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_records_go_on_as_they_arrived_or_a_batch_at_a_time_from_a_slow_engine(home, tree, monkeypatch, slow):
+    """A fast engine's records go on in one list per group of outcomes that arrived together (the
+    job's work per list, not per batch of 8); a slow engine's as each batch comes out."""
+    scanner = Scanner(config=ScanConfig(batch_size=BATCH, decode_workers=1))
+    real = scanner.engine
+    expected = scan(scanner, Quick(real), tree)
+    group = 3 * BATCH + 5
+    monkeypatch.setattr(scanner, "_decode_pool", lambda spec, batch_size: _ArrivingPool(scanner, group))
+    scanner.engine = (Slow if slow else Quick)(real)
+    lists = list(scanner.batches([str(tree)]))
+    assert [(r.path, r.status, r.score, r.error_code) for records in lists for r in records] == expected
+    judged = [sum(r.status in ("real", "fake") for r in records) for records in lists]
+    if slow:
+        assert max(judged) == BATCH  # one engine batch per list
+    else:
+        assert max(judged) >= 2 * BATCH  # a group's batches in one list (the last one in flight waits)
+        assert len(lists) <= -(-len(expected) // group) + 1

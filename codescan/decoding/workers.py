@@ -48,7 +48,7 @@ _STOP = None
 _READY = "ready"  # a worker's first message: imports and readers loaded, work can start
 STARTUP_SECONDS = 120.0  # a worker that is not ready by then is killed and replaced (a start failure)
 START_FAILURES = 3  # workers in a row that die before they are ready: the pool cannot run here
-MAX_CHUNK = 16  # tasks per message to a worker; it holds at most two chunks
+MAX_CHUNK = 32  # tasks per message to a worker; it holds at most two chunks
 # Results whose room in the window goes back at once, after the consumer has taken them all (not
 # before: a borrowing consumer holds only the slots it declared, and a result not yet taken holds one).
 CREDIT_GROUP = 16
@@ -276,6 +276,9 @@ class WorkerPool(Generic[T, R]):
         self.hold = hold
         self.ctx = forkserver()
         self.borrow = False
+        # Results already here behind the one just yielded: at 0 the next may mean a wait, so a
+        # consumer that works per list (the scan's records) hands on what it has first.
+        self.arrived = 0
         self._ring: Ring | None = None
         self._board: tuple[int, np.ndarray] | None = None  # its file descriptor and mapping, per results() call
         self._workers: list[_Worker] = []
@@ -355,6 +358,7 @@ class WorkerPool(Generic[T, R]):
                 if isinstance(items, BaseException):
                     raise items
                 for taken, item in enumerate(items, 1):
+                    self.arrived = len(items) - taken
                     yield item
                     if not taken % CREDIT_GROUP:  # room in the window for what the consumer has taken
                         credits.give(CREDIT_GROUP)
@@ -379,7 +383,7 @@ class WorkerPool(Generic[T, R]):
         ready: list[tuple[T, R]] = []  # in input order, not yet handed on
         held_since = 0.0
         while not self._stop.is_set():
-            for worker in self._workers:
+            for worker in self._workers * 2:  # a chunk each, then each its second: the work spreads over them
                 self._feed(worker, tasks, credits, retry, done, cursor)
             if next_out in done and not ready:
                 held_since = time.monotonic()
@@ -413,13 +417,14 @@ class WorkerPool(Generic[T, R]):
 
     def _feed(self, worker: _Worker, tasks: Iterator[T], credits: _Credits, retry: deque[_Task],
               done: dict[int, tuple[T, R]], cursor: _Cursor) -> None:
-        """Top the worker up to two chunks, in one message; a heavy task goes alone to an idle worker.
+        """One more chunk for a worker that holds one or none, in a message of its own (it answers
+        each as it ends, with the next already in its pipe); a heavy task goes alone to an idle worker.
 
         Tasks a replaced worker had not begun (`retry`) go first; new ones are taken as many at a
         time as the window has room for, not one by one: this runs once per few tasks per file."""
         if len(worker.queue) > self.chunk:
             return
-        want = 2 * self.chunk - len(worker.queue)
+        want = self.chunk
         chunk: list[_Task] = []
         while retry and len(chunk) < want:
             if self.heavy(retry[0].task):

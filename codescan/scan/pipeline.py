@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import replace
@@ -43,7 +44,11 @@ if TYPE_CHECKING:
 Item = tuple[Entry, Outcome, bool]  # bool: its crop goes to the engine in this item's batch
 # Files in flight per decode worker (a fifth with --crops 5): two chunks queued in it, so it never
 # waits for the parent, and as many again finished, waiting for a slower file ahead of them.
-FILES_PER_WORKER = 48
+FILES_PER_WORKER = 96
+
+
+# An engine batch that takes this long to come out makes its records go on at once (see `Scanner.batches`).
+HAND_ON_SECONDS = 0.02
 
 
 def feed_sizes(batch_size: int, crops: CropCount, workers: int) -> tuple[int, int]:
@@ -112,8 +117,9 @@ class Scanner:
             yield from records
 
     def batches(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[list[Result]]:
-        """`scan`'s records in lists (an engine batch's, or a record that waits for none), for
-        consumers whose own work per list is cheaper than per record (the job, its reporters)."""
+        """`scan`'s records in lists, for consumers whose own work per list is cheaper than per record
+        (the job, its reporters): what was made from the outcomes that arrived together, or an engine
+        batch's records alone when the engine is slow (see `done` below)."""
         cfg = self.config
         batch_size = self.batch_size
         # Scores of recent contents, so a copy met again in this scan is not embedded twice
@@ -138,6 +144,11 @@ class Scanner:
         n_crops = 0
         flight: tuple[list[Item], object, Held | None] | None = None
         known, crops = self._known, cfg.crops
+        # `done`: records made, not yet handed on. They go on together once the outcomes that arrived
+        # with them are used up (the next may mean a wait), or at once when the engine is slow (an
+        # engine batch took HAND_ON_SECONDS or more): a fast engine's small batches cost the job one
+        # pass per arrival, not per batch, and a slow one's records are written as they come.
+        done: list[Result] = []
         try:
             for entry, outcome in pool.outcomes(entries, borrow=True, gather=-(-batch_size // crops)):  # a batch's images
                 if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
@@ -149,31 +160,37 @@ class Scanner:
                 if not embed:
                     pool.give_back(outcome)  # a copy of content queued or scored: its scores come from that one
                     outcome = self._resolve(outcome)
+                slow = False
                 if not pending and not embed:
                     if flight is None:  # nothing ahead of it: needs no batch, emit it now
-                        yield self._finish([(entry, outcome, False)])
-                        continue
-                    flight[0].append((entry, outcome, False))
-                    if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
-                        yield self._finish(*flight, engine=engine, queued=queued, pool=pool)
-                        flight = None
-                    continue
-                pending.append((entry, outcome, embed))
-                if embed:
-                    queued.add(outcome.sha256)  # type: ignore[union-attr]
-                    n_crops += crops
-                # A batch that cannot fill (copies or errors follow its last crop) goes in early:
-                # what waits behind it stays bounded, as behind `flight`.
-                if n_crops >= batch_size or len(pending) >= 2 * batch_size:  # crops: --crops 5 sends five per image
-                    handle, held = self._submit(pending, engine, pool)  # batch i+1 goes in before ...
-                    if flight is not None:
-                        yield self._finish(*flight, engine=engine, queued=queued, pool=pool)  # ... batch i comes out
-                    flight, pending, n_crops = (pending, handle, held), [], 0
+                        done += self._finish([(entry, outcome, False)])
+                    else:
+                        flight[0].append((entry, outcome, False))
+                        if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
+                            slow = self._collect(done, flight, engine, queued, pool)
+                            flight = None
+                else:
+                    pending.append((entry, outcome, embed))
+                    if embed:
+                        queued.add(outcome.sha256)  # type: ignore[union-attr]
+                        n_crops += crops
+                    # A batch that cannot fill (copies or errors follow its last crop) goes in early:
+                    # what waits behind it stays bounded, as behind `flight`.
+                    if n_crops >= batch_size or len(pending) >= 2 * batch_size:  # crops: --crops 5 sends five per image
+                        handle, held = self._submit(pending, engine, pool)  # batch i+1 goes in before ...
+                        if flight is not None:
+                            slow = self._collect(done, flight, engine, queued, pool)  # ... batch i comes out
+                        flight, pending, n_crops = (pending, handle, held), [], 0
+                if done and (slow or not pool.arrived):
+                    yield done
+                    done = []
             handle, held = self._submit(pending, engine, pool) if n_crops else (None, None)
             if flight is not None:
-                yield self._finish(*flight, engine=engine, queued=queued, pool=pool)
+                self._collect(done, flight, engine, queued, pool)
             if pending:
-                yield self._finish(pending, handle, held, engine=engine, queued=queued, pool=pool)
+                done += self._finish(pending, handle, held, engine=engine, queued=queued, pool=pool)
+            if done:
+                yield done
         finally:
             if self._writer is not None:
                 self._writer.close()
@@ -215,6 +232,13 @@ class Scanner:
             return None, None
         batch, held = pool.batch(embedded)  # type: ignore[arg-type]  # (sum of K, 224, 224, 3)
         return engine.submit(batch), held
+
+    def _collect(self, done: list[Result], flight: tuple[list[Item], object, Held | None], engine: AsyncEngine,
+                 queued: set[bytes], pool: DecodePool) -> bool:
+        """`flight`'s records added to `done`; whether its engine batch was slow to come out."""
+        started = time.monotonic()
+        done += self._finish(*flight, engine=engine, queued=queued, pool=pool)
+        return time.monotonic() - started >= HAND_ON_SECONDS
 
     def _remember(self, scored: Iterable[tuple[bytes, BoxScores]]) -> None:
         """Newly embedded contents (none is known yet, so each goes to the end); the oldest beyond capacity go."""
