@@ -119,7 +119,7 @@ class Scanner:
     def batches(self, arguments: Iterable[str | bytes], skip: Collection[Ident] = ()) -> Iterator[list[Result]]:
         """`scan`'s records in lists, for consumers whose own work per list is cheaper than per record
         (the job, its reporters): what was made from the outcomes that arrived together, or an engine
-        batch's records alone when the engine is slow (see `done` below)."""
+        batch's records alone when the engine is slow (see `collected` below)."""
         cfg = self.config
         batch_size = self.batch_size
         # Scores of recent contents, so a copy met again in this scan is not embedded twice
@@ -144,11 +144,13 @@ class Scanner:
         n_crops = 0
         flight: tuple[list[Item], object, Held | None] | None = None
         known, crops = self._known, cfg.crops
-        # `done`: records made, not yet handed on. They go on together once the outcomes that arrived
-        # with them are used up (the next may mean a wait), or at once when the engine is slow (an
-        # engine batch took HAND_ON_SECONDS or more): a fast engine's small batches cost the job one
-        # pass per arrival, not per batch, and a slow one's records are written as they come.
-        done: list[Result] = []
+        # `collected`: items out of the engine (each group with its embeddings, or none), not yet
+        # scored. They are scored and made records together once the outcomes that arrived with
+        # them are used up (the next may mean a wait), or at once when the engine is slow (a batch
+        # took HAND_ON_SECONDS or more to come out): with a fast engine and small batches the heads,
+        # the records and the job run once per arrival, not per batch (the heads give a row the same
+        # bits in any batch), and a slow engine's records are written as each batch comes out.
+        collected: list[tuple[list[Item], np.ndarray | None]] = []
         try:
             for entry, outcome in pool.outcomes(entries, borrow=True, gather=-(-batch_size // crops)):  # a batch's images
                 if entry.data is not None:  # a streamed member's bytes are decoded: only its name travels on
@@ -162,12 +164,12 @@ class Scanner:
                     outcome = self._resolve(outcome)
                 slow = False
                 if not pending and not embed:
-                    if flight is None:  # nothing ahead of it: needs no batch, emit it now
-                        done += self._finish([(entry, outcome, False)])
+                    if flight is None:  # nothing ahead of it in the engine: no batch to wait for
+                        collected.append(([(entry, outcome, False)], None))
                     else:
                         flight[0].append((entry, outcome, False))
                         if len(flight[0]) >= 2 * batch_size:  # bound what waits: collect early
-                            slow = self._collect(done, flight, engine, queued, pool)
+                            slow = self._collect(collected, flight, engine, pool)
                             flight = None
                 else:
                     pending.append((entry, outcome, embed))
@@ -179,18 +181,20 @@ class Scanner:
                     if n_crops >= batch_size or len(pending) >= 2 * batch_size:  # crops: --crops 5 sends five per image
                         handle, held = self._submit(pending, engine, pool)  # batch i+1 goes in before ...
                         if flight is not None:
-                            slow = self._collect(done, flight, engine, queued, pool)  # ... batch i comes out
+                            slow = self._collect(collected, flight, engine, pool)  # ... batch i comes out
                         flight, pending, n_crops = (pending, handle, held), [], 0
-                if done and (slow or not pool.arrived):
-                    yield done
-                    done = []
-            handle, held = self._submit(pending, engine, pool) if n_crops else (None, None)
-            if flight is not None:
-                self._collect(done, flight, engine, queued, pool)
+                if collected and (slow or not pool.arrived):
+                    yield self._records(collected, queued)
+                    collected = []
             if pending:
-                done += self._finish(pending, handle, held, engine=engine, queued=queued, pool=pool)
-            if done:
-                yield done
+                handle, held = self._submit(pending, engine, pool)
+                if flight is not None:
+                    self._collect(collected, flight, engine, pool)
+                flight = (pending, handle, held)
+            if flight is not None:
+                self._collect(collected, flight, engine, pool)
+            if collected:
+                yield self._records(collected, queued)
         finally:
             if self._writer is not None:
                 self._writer.close()
@@ -233,12 +237,21 @@ class Scanner:
         batch, held = pool.batch(embedded)  # type: ignore[arg-type]  # (sum of K, 224, 224, 3)
         return engine.submit(batch), held
 
-    def _collect(self, done: list[Result], flight: tuple[list[Item], object, Held | None], engine: AsyncEngine,
-                 queued: set[bytes], pool: DecodePool) -> bool:
-        """`flight`'s records added to `done`; whether its engine batch was slow to come out."""
+    def _collect(self, collected: list[tuple[list[Item], np.ndarray | None]], flight: tuple[list[Item], object, Held | None],
+                 engine: AsyncEngine, pool: DecodePool) -> bool:
+        """`flight`'s items and embeddings (sum of K, D) added to `collected`; whether its engine
+        batch was slow to come out. Its ring slots go back now: the engine is done with them."""
+        items, handle, held = flight
+        if handle is None:
+            collected.append((items, None))
+            return False
         started = time.monotonic()
-        done += self._finish(*flight, engine=engine, queued=queued, pool=pool)
-        return time.monotonic() - started >= HAND_ON_SECONDS
+        emb = engine.collect(handle)  # (sum of K, D): K boxes per image, in order
+        slow = time.monotonic() - started >= HAND_ON_SECONDS
+        if held is not None:
+            pool.give_span(held)
+        collected.append((items, emb))
+        return slow
 
     def _remember(self, scored: Iterable[tuple[bytes, BoxScores]]) -> None:
         """Newly embedded contents (none is known yet, so each goes to the end); the oldest beyond capacity go."""
@@ -247,25 +260,16 @@ class Scanner:
         while len(known) > self._capacity:
             known.popitem(last=False)
 
-    def _finish(
-        self,
-        items: list[Item],
-        handle: object | None = None,
-        held: Held | None = None,
-        *,
-        engine: AsyncEngine | None = None,
-        queued: set[bytes] | None = None,
-        pool: DecodePool | None = None,
-    ) -> list[Result]:
-        """The records of `items`, in order; the crops they sent to the engine come back from `handle`."""
+    def _records(self, collected: list[tuple[list[Item], np.ndarray | None]], queued: set[bytes]) -> list[Result]:
+        """The records of every collected item, in order: the embeddings scored first, in one call
+        (every head when a cache is written, a later scan may ask for another; else the judged
+        ones), so a copy later among them finds its original's scores."""
+        items = [item for group, _ in collected for item in group]
+        embs = [emb for _, emb in collected if emb is not None]
         fresh: list[tuple[bytes, CachedVerdict]] = []
-        if handle is not None:
-            assert engine is not None and queued is not None and pool is not None
-            emb = engine.collect(handle)  # (sum of K, D): K boxes per image, in order
-            if held is not None:
-                pool.give_span(held)
-            batched = [o for _, o, embed in items if embed]
-            # Every head for the cache (a later scan may ask for another); else only the judged ones.
+        if embs:
+            batched = [o for group, emb in collected if emb is not None for _, o, embed in group if embed]
+            emb = embs[0] if len(embs) == 1 else np.concatenate(embs)  # (sum of K, D)
             per_row = self.heads.scores(emb, None if self._writer is not None else self.judge.judged)
             if len(per_row) == len(batched):  # one box each
                 scored = [(row,) for row in per_row]
