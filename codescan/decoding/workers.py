@@ -7,16 +7,17 @@ kernel's OOM killer, the address-space limit) gives its task the crash result. E
 other tasks go on: the ones queued behind it are handed to another worker.
 
 The feed is lean because a small JPEG decodes in about a millisecond, less than moving it one
-message at a time costs: tasks travel in chunks (a worker always has the next chunk queued, so it
-never waits for the parent), and a chunk's results come back as one message when it is done (or
-sooner, once they have waited ANSWER_SECONDS), read by the parent in bulk, every few
-milliseconds, with one system call; bulky outputs go through shared memory (ring.py) instead of
-pickles. Before each task a worker marks it on a shared board, one number per worker: a stall is
+message at a time costs: tasks travel in chunks, one message each (a worker always has the next
+chunk in its pipe, so it never waits for the parent), and a chunk's results come back as one
+message when it is done (or sooner, once they have waited ANSWER_SECONDS), read by the parent in
+bulk, every few milliseconds, with one system call; bulky outputs go through shared memory
+(ring.py) instead of pickles. The parent pays per message rather than per file (on a small VM a
+thread that wakes runs cold), so chunks are as large as the window allows, up to MAX_CHUNK. Before each task a worker marks it on a shared board, one number per worker: a stall is
 timed from when its task began, and a stall or crash is blamed on that task alone; the finished
 results that die with a killed worker are computed again by the next one, like the tasks it had
 not begun. A dispatcher thread keeps the workers fed while the consumer works and hands results
-on strictly in input order; a window bounds how many tasks are in flight, so memory stays flat
-and a slow consumer holds the input back (back-pressure).
+on strictly in input order, a batch at a time (`gather`); a window bounds how many tasks are in
+flight, so memory stays flat and a slow consumer holds the input back (back-pressure).
 """
 
 from __future__ import annotations
