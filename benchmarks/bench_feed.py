@@ -40,6 +40,9 @@ from typing import TYPE_CHECKING
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+if "--measure" in sys.argv:  # a measuring child starts as `codescan` does, with its CLI module, which
+    import codescan.cli  # noqa: F401  may set the environment before numpy loads (OPENBLAS_NUM_THREADS)
+
 import null_engine  # noqa: E402  (benchmarks/ is not a package)
 from bench_scan import build_checkpoint, make_images  # noqa: E402
 
