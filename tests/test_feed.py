@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def test_a_borrower_that_keeps_what_it_declared_never_runs_the_ring_dry():
 class _CountingQueue:
     """The pool's queue to its consumer, recording how many results each list it carries holds."""
 
-    sizes: list[int] = []
+    sizes: ClassVar[list[int]] = []
     real = queue.SimpleQueue  # before the test puts this class in its place
 
     def __init__(self) -> None:

@@ -10,6 +10,6 @@ import os
 # start of every scan, beside the decode workers. A value the user set is kept.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .entry import app, main  # noqa: E402
+from .entry import app, main
 
 __all__ = ["app", "main"]

@@ -30,7 +30,7 @@ def _child_environment():
     package. The variables only matter for the one launch; the previous values are restored.
     """
     old = {name: os.environ.get(name) for name in CHILD_ENVIRONMENT}
-    os.environ["PYTHONSAFEPATH"] = "1"
+    os.environ["PYTHONSAFEPATH"] = CHILD_ENVIRONMENT["PYTHONSAFEPATH"]
     os.environ.setdefault("OPENBLAS_NUM_THREADS", CHILD_ENVIRONMENT["OPENBLAS_NUM_THREADS"])
     try:
         yield

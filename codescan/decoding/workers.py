@@ -12,7 +12,8 @@ chunk in its pipe, so it never waits for the parent), and a chunk's results come
 message when it is done (or sooner, once they have waited ANSWER_SECONDS), read by the parent in
 bulk, every few milliseconds, with one system call; bulky outputs go through shared memory
 (ring.py) instead of pickles. The parent pays per message rather than per file (on a small VM a
-thread that wakes runs cold), so chunks are as large as the window allows, up to MAX_CHUNK. Before each task a worker marks it on a shared board, one number per worker: a stall is
+thread that wakes runs cold), so chunks are as large as the window allows, up to MAX_CHUNK.
+Before each task a worker marks it on a shared board, one number per worker: a stall is
 timed from when its task began, and a stall or crash is blamed on that task alone; the finished
 results that die with a killed worker are computed again by the next one, like the tasks it had
 not begun. A dispatcher thread keeps the workers fed while the consumer works and hands results
