@@ -29,8 +29,9 @@ class Tally(Protocol):
 
 class Executor(Protocol):
     """`Scanner` (the local pipeline) and `RayExecutor` (codescan.scan.ray_executor). `header` resolves
-    the engine where it will run (here, or on a Ray worker). Outcomes come in lists (a local
-    batch's records): the job's own work is per list, not per file."""
+    the engine where it will run (here, or on a Ray worker). Outcomes come in lists (records
+    made together locally: an engine batch's, or all that arrived at once): the job's own work is per
+    list, not per file."""
 
     def header(self) -> Header: ...
 
