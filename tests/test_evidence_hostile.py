@@ -305,7 +305,7 @@ def _scan_peak(folder) -> tuple[list[str], int, bytes]:
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)"
     )
     args = [CODESCAN, "scan", str(folder), "-q", "--no-cache", "--decode-timeout", "5"]
-    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=400)
+    p = subprocess.run([sys.executable, "-P", "-c", code, *args], capture_output=True, timeout=400)
     peak_kb = int(p.stderr.decode().split()[-1])
     return p.stdout.decode().splitlines(), peak_kb, p.stderr
 

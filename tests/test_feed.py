@@ -377,9 +377,9 @@ def test_one_blas_thread_in_the_scanning_process_and_its_workers_unless_the_user
     probe = ("import codescan.cli, os, numpy; from threadpoolctl import threadpool_info; "
              "print(os.environ['OPENBLAS_NUM_THREADS'], [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'])")
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-P", "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split(maxsplit=1) == ["1", "[1]\n"]
-    out = subprocess.run([sys.executable, "-c", probe], env={**env, "OPENBLAS_NUM_THREADS": "2"},
+    out = subprocess.run([sys.executable, "-P", "-c", probe], env={**env, "OPENBLAS_NUM_THREADS": "2"},
                          capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "2"
 

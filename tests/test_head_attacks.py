@@ -145,7 +145,7 @@ def test_class_swap_payload_is_live(tmp_path, marker):
     """Sanity: the nested stream is a working payload for plain pickle (in a child)."""
     data = class_swap(f"touch {marker}")
     inner = data[data.index(b"\x80\x02cos") :]
-    subprocess.run([sys.executable, "-c", f"import pickle; pickle.loads({inner!r})"], check=True)
+    subprocess.run([sys.executable, "-P", "-c", f"import pickle; pickle.loads({inner!r})"], check=True)
     assert marker.exists()
 
 
@@ -232,7 +232,7 @@ def test_the_reader_never_imports_joblib_or_sklearn():
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("joblib", "sklearn")))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 
 
@@ -257,7 +257,7 @@ def _import_measured(folder: Path, home: Path) -> tuple[subprocess.CompletedProc
     env = {**os.environ, "CODESCAN_HOME": str(home), "NO_COLOR": "1"}
     env.pop("CODESCAN_DEBUG", None)
     p = subprocess.run(
-        [sys.executable, "-c", wrapper, CODESCAN, "weights", "import", str(folder)],
+        [sys.executable, "-P", "-c", wrapper, CODESCAN, "weights", "import", str(folder)],
         env=env, capture_output=True, text=True, timeout=300,
     )
     body, _, tail = p.stdout.rpartition("\nRC ")
@@ -389,7 +389,7 @@ def test_fuzz_head_unpickler(tmp_path, marker):
     work.mkdir()
     seeds = _fuzz_seeds(tmp_path, marker)
     p = subprocess.run(
-        [sys.executable, "-c", FUZZ_CHILD, str(work), str(seed), *map(str, seeds)],
+        [sys.executable, "-P", "-c", FUZZ_CHILD, str(work), str(seed), *map(str, seeds)],
         env={**os.environ, "FUZZ_N": str(n)}, capture_output=True, text=True, timeout=3000,
     )
     assert p.returncode == 0, f"fuzz child died (rc {p.returncode}, seed {seed}): {p.stderr[-2000:]}"

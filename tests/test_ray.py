@@ -212,7 +212,7 @@ def test_local_instance_refuses_a_client_without_its_token(tmp_path):
     bare_home.mkdir()
     env = {**os.environ, "CODESCAN_HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "0" * 64}
     driver = subprocess.Popen(
-        [sys.executable, "-c", LOCAL_DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=tmp_path
+        [sys.executable, "-P", "-c", LOCAL_DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=tmp_path
     )
     try:
         address = driver.stdout.readline().decode().strip()  # type: ignore[union-attr]
@@ -221,7 +221,7 @@ def test_local_instance_refuses_a_client_without_its_token(tmp_path):
         bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(bare_home)}
 
         def client(extra: dict[str, str]) -> str:
-            cmd = [sys.executable, "-c", GCS_CLIENT, address]
+            cmd = [sys.executable, "-P", "-c", GCS_CLIENT, address]
             run = subprocess.run(cmd, capture_output=True, env={**bare, **extra}, timeout=120)
             return run.stdout.decode().strip() or run.stderr.decode()[-300:]
 

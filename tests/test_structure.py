@@ -169,6 +169,20 @@ def test_the_package_root_only_reaches_up_lazily():
     assert out.strip() == "['codescan', 'codescan.core', 'codescan.core.version']"
 
 
+def test_every_python_child_of_the_tests_skips_the_checkout():
+    """CI installs the package (not editable) and runs pytest from the checkout: a `python -c` child
+    without -P puts the checkout first on sys.path, where codescan has no `engines` or `train`."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.List) or not node.elts:
+                continue
+            first, flags = node.elts[0], [e.value for e in node.elts if isinstance(e, ast.Constant)]
+            if ast.unparse(first) == "sys.executable" and "-c" in flags and "-P" not in flags:
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+
+
 def test_the_wheel_holds_every_module_and_asset(tmp_path):
     """pyproject lists the packages by name: a subpackage missing there is missing from the wheel
     while an editable install still imports it."""

@@ -326,4 +326,4 @@ def test_scanning_never_imports_training_code():
         "bad = [m for m in sys.modules if m.startswith('codescan.train') or m.split('.')[0] == 'sklearn']; "
         "assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
+    subprocess.run([sys.executable, "-P", "-c", code], check=True)
