@@ -137,6 +137,30 @@ def test_usage_errors(home, folder, args, needle):
     assert p.returncode == 2 and needle in p.stderr.decode() and p.stdout == b""
 
 
+def test_an_option_is_never_taken_as_the_value_of_the_one_before(home, folder, tmp_path):
+    """`--resume -o out.jsonl` (a flag remembered wrong) resumed into a file named `-o` and scanned
+    out.jsonl as an input; every command of the tree refuses it, and `--opt=-o` still passes."""
+    import typer
+    from codescan.cli.entry import app
+    from codescan.cli.options import Command
+
+    def leaves(command):
+        subs = getattr(command, "commands", None)
+        return [leaf for sub in subs.values() for leaf in leaves(sub)] if subs is not None else [command]
+
+    commands = leaves(typer.main.get_command(app))
+    assert len(commands) >= 12 and all(isinstance(c, Command) for c in commands)
+
+    out = tmp_path / "out.jsonl"
+    p = run_cli("scan", str(folder / "img0.png"), "--resume", "-o", str(out), cwd=tmp_path)
+    assert p.returncode == 2 and p.stdout == b"" and "'-o' is an option" in p.stderr.decode()
+    assert sorted(os.listdir(tmp_path)) == []
+    p = run_cli("weights", "import", "--name", "--help", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 2 and "'--help' is an option" in p.stderr.decode()
+    p = run_cli("scan", str(folder / "img0.png"), "-q", "--threshold", "-0.5", "--exclude=-q", "-o", "-")
+    assert p.returncode in (0, 1) and jsonl(p.stdout)[1]["threshold"] == -0.5, p.stderr
+
+
 def test_version():
     p = run_cli("--version")
     assert p.returncode == 0 and p.stdout.decode().startswith("codescan ")

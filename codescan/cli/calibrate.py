@@ -36,6 +36,7 @@ import typer
 
 from codescan.cli.options import (
     BatchSizeOpt,
+    Command,
     CropsOpt,
     EngineOpt,
     PrecisionOpt,
@@ -200,4 +201,4 @@ def _document(scored: Any, target: float, data_sha256: str, variant: Any, points
 
 
 def register(app: typer.Typer) -> None:
-    app.command("calibrate")(calibrate_command)
+    app.command("calibrate", cls=Command)(calibrate_command)

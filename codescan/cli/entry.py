@@ -26,6 +26,7 @@ from codescan.cli.options import (
     BatchSizeOpt,
     CacheOpt,
     ColumnOpt,
+    Command,
     CropsOpt,
     DecodeTimeoutOpt,
     EngineOpt,
@@ -98,7 +99,7 @@ def _root(
     pass
 
 
-@app.command()
+@app.command(cls=Command)
 def scan(
     paths: PathsOpt = None,
     files_from: FilesFromOpt = None,

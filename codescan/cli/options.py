@@ -6,6 +6,7 @@ help), so the command signatures stay one line per option.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -15,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from codescan.core.records import HEAD_NAMES, CropCount, EvidenceLevel, HeadChoice
 from codescan.engines.protocol import EngineName, Precision
@@ -36,6 +38,25 @@ class UsageError(Exception):
 def err_console() -> Console:
     """Rich output on stderr for tables and bars (messages go through codescan.output.messages)."""
     return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Command(TyperCommand):
+    """Every codescan command: click gives an option the next word as its value even when that word
+    is one of the command's options, so `scan DIR --resume -o out.jsonl` resumed into a file named
+    `-o` and scanned out.jsonl as an input. Such a word is refused before parsing; a value that is
+    spelled like an option is written `--resume=-o`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        options = [p for p in self.params if p.param_type_name == "option"]
+        takes_value = {n: p for p in options if not (p.is_flag or p.count) for n in (*p.opts, *p.secondary_opts)}
+        names = {n for p in options for n in (*p.opts, *p.secondary_opts)} | set(self.get_help_option_names(ctx))
+        for word, after in itertools.pairwise(args):
+            if word == "--":
+                break
+            if word in takes_value and after.partition("=")[0] in names:
+                raise typer.BadParameter(f"{after!r} is an option, not a value (a value spelled so: {word}={after})",
+                                         ctx=ctx, param=takes_value[word])
+        return super().parse_args(ctx, args)
 
 
 def parse_thresholds(values: list[str], head: str) -> dict[str, float]:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from codescan.cli.options import Command
 from codescan.output import messages
 
 
@@ -137,4 +138,4 @@ def _say_missing(missing: list[dict], root: Path | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(report_command)
+    app.command("report", cls=Command)(report_command)

@@ -14,6 +14,7 @@ import typer
 from codescan.cli.options import (
     EXIT_INTERRUPTED,
     BatchSizeOpt,
+    Command,
     CropsOpt,
     EngineOpt,
     PrecisionOpt,
@@ -320,12 +321,12 @@ def weights_default(
 
 
 def register(app: typer.Typer, weights_app: typer.Typer) -> None:
-    app.command()(gate)
-    app.command("compile")(compile_command)
-    app.command("eval")(eval_command)
-    weights_app.command("pull")(weights_pull)
-    weights_app.command("import")(weights_import)
-    weights_app.command("list")(weights_list)
-    weights_app.command("info")(weights_info)
-    weights_app.command("default")(weights_default)
-    app.command("train")(train_command)
+    app.command(cls=Command)(gate)
+    app.command("compile", cls=Command)(compile_command)
+    app.command("eval", cls=Command)(eval_command)
+    weights_app.command("pull", cls=Command)(weights_pull)
+    weights_app.command("import", cls=Command)(weights_import)
+    weights_app.command("list", cls=Command)(weights_list)
+    weights_app.command("info", cls=Command)(weights_info)
+    weights_app.command("default", cls=Command)(weights_default)
+    app.command("train", cls=Command)(train_command)
