@@ -54,7 +54,7 @@ class Command(TyperCommand):
             if word == "--":
                 break
             if word in takes_value and after.partition("=")[0] in names:
-                raise typer.BadParameter(f"{after!r} is an option, not a value (a value spelled so: {word}={after})",
+                raise typer.BadParameter(f"{after!r} is an option, not a value (to pass it as the value: {word}={after})",
                                          ctx=ctx, param=takes_value[word])
         return super().parse_args(ctx, args)
 
