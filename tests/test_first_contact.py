@@ -114,6 +114,30 @@ def test_git_lfs_pointer_folder_is_named(tmp_path, small_checkpoint):
     assert "model.safetensors is a Git LFS pointer" in _lines(p)[0] and "git lfs pull" in _lines(p)[0]
 
 
+@pytest.mark.timeout(60)
+def test_import_refuses_what_is_not_a_file_and_follows_links_to_files(tmp_path, small_checkpoint):
+    """A FIFO under a name the import reads held `weights import` forever (open waits for a writer);
+    `hf download` may leave links into its cache, which still import."""
+    import os
+
+    folder, cache = tmp_path / "CoDE", tmp_path / "cache"
+    shutil.copytree(small_checkpoint, cache)
+    shutil.copytree(small_checkpoint, folder)
+    for name in ("model.safetensors", "config.json"):
+        (folder / name).unlink()
+        (folder / name).symlink_to(cache / name)
+    os.mkfifo(folder / "sklearn" / "extra.sav")
+    env = {"CODESCAN_HOME": str(tmp_path / "store")}
+    p = run_cli("weights", "import", str(folder), env=env)
+    assert p.returncode == 2 and _lines(p) == [
+        f"codescan: error: {folder}/sklearn/extra.sav is not a regular file (a folder, FIFO, socket or device); "
+        "remove it or download again"
+    ]
+    (folder / "sklearn" / "extra.sav").unlink()
+    p = run_cli("weights", "import", str(folder), env=env)
+    assert p.returncode == 0, p.stderr
+
+
 def test_small_truths(home, photos, tmp_path):
     one = tmp_path / "one"
     one.mkdir()

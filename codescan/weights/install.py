@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,10 +48,25 @@ MANUAL_DOWNLOAD = (
 )
 
 
-def _load_official_heads(src: Path) -> dict[HeadName, Head]:
+def _official_files(src: Path) -> list[Path]:
+    """The folder's files that codescan reads, each a regular file once links are followed (`hf
+    download` may link into its cache): opening a FIFO left there would wait for a writer forever,
+    and a device has no end. Anything else under those names is refused, never skipped."""
+    files = [p for pattern in OFFICIAL_PATTERNS for p in sorted(src.glob(pattern))]
+    for path in files:
+        try:
+            regular = stat.S_ISREG(path.stat().st_mode)
+        except OSError as exc:
+            raise WeightsError(f"{path}: cannot read it ({exc.strerror})") from None
+        if not regular:
+            raise WeightsError(f"{path} is not a regular file (a folder, FIFO, socket or device); remove it or download again")
+    return files
+
+
+def _load_official_heads(files: list[Path], src: Path) -> dict[HeadName, Head]:
     from codescan.weights.headconvert import HeadConversionError, convert_isolated
 
-    files = sorted([*src.glob("sklearn/*.sav"), *src.glob("sklearn/*.joblib")])
+    files = sorted(p for p in files if p.parent == src / "sklearn")
     if not files:
         raise WeightsError(f"{src}: no heads found under sklearn/ (*.sav, *.joblib)")
     try:
@@ -64,16 +80,15 @@ def _load_official_heads(src: Path) -> dict[HeadName, Head]:
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
-def _refuse_lfs_pointers(src: Path) -> None:
+def _refuse_lfs_pointers(files: list[Path], src: Path) -> None:
     """A `git clone` without git-lfs leaves 130-byte pointer files where the weights should be."""
-    for pattern in OFFICIAL_PATTERNS:
-        for path in sorted(src.glob(pattern)):
-            with open(path, "rb") as fh:
-                if fh.read(len(_LFS_POINTER)) == _LFS_POINTER:
-                    raise WeightsError(
-                        f"{path} is a Git LFS pointer, not the file itself (the folder was cloned without git-lfs): "
-                        f"run `git lfs pull` in {src}, or download with `hf download {OFFICIAL_REPO} --local-dir CoDE`"
-                    )
+    for path in files:
+        with open(path, "rb") as fh:
+            if fh.read(len(_LFS_POINTER)) == _LFS_POINTER:
+                raise WeightsError(
+                    f"{path} is a Git LFS pointer, not the file itself (the folder was cloned without git-lfs): "
+                    f"run `git lfs pull` in {src}, or download with `hf download {OFFICIAL_REPO} --local-dir CoDE`"
+                )
 
 
 def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] | None = None) -> Bundle:
@@ -83,31 +98,31 @@ def import_official(src: Path, name: str = DEFAULT_NAME, source: dict[str, Any] 
 
     check_name(name)
     src = Path(src)
+    files = _official_files(src)
     for required in ("config.json", "model.safetensors"):
-        if not (src / required).is_file():
+        if src / required not in files:
             raise WeightsError(f"{src} is not an aimagelab/CoDE folder: {required} is missing")
-    _refuse_lfs_pointers(src)
+    _refuse_lfs_pointers(files, src)
     try:
         config = EncoderConfig.from_hf_config(json.loads((src / "config.json").read_text()))
         encoder = hf_to_timm(load_file(str(src / "model.safetensors")), config)
     except (KeyError, ValueError, OSError, SafetensorError) as exc:
         raise WeightsError(f"{src}: cannot convert the encoder: {' '.join(str(exc).split())}") from None
-    heads = _load_official_heads(src)
+    heads = _load_official_heads(files, src)
 
     if source is None:
         source = {
             "repo": OFFICIAL_REPO,
             "revision": None,
             "imported_from": str(src.resolve()),
-            "files": _hash_official(src),
+            "files": _hash_official(files, src),
         }
     license = OFFICIAL_LICENSE if source.get("repo") == OFFICIAL_REPO else source.get("license", "unknown")
     meta = bundle_meta(name, config, {n: 0.0 for n in heads}, source, license)
     return write_bundle(name, encoder, heads, meta)
 
 
-def _hash_official(src: Path) -> dict[str, str]:
-    files = [p for pattern in OFFICIAL_PATTERNS for p in sorted(src.glob(pattern)) if p.is_file()]
+def _hash_official(files: list[Path], src: Path) -> dict[str, str]:
     return {p.relative_to(src).as_posix(): sha256_file(p) for p in files}
 
 
@@ -150,7 +165,7 @@ def pull(
             raise WeightsError(f"{repo}@{want}: not found on the hub ({kind})") from None
         raise WeightsError(f"hub unreachable ({kind}). {MANUAL_DOWNLOAD}") from None
     commit = folder.name if _COMMIT_RE.match(folder.name) else want
-    files = _hash_official(folder)
+    files = _hash_official(_official_files(folder), folder)
     if pinned and not revision:
         changed = sorted(f for f, h in pinned.get("files", {}).items() if files.get(f) != h)
         if changed or commit != pinned["revision"]:
