@@ -137,18 +137,41 @@ def test_usage_errors(home, folder, args, needle):
     assert p.returncode == 2 and needle in p.stderr.decode() and p.stdout == b""
 
 
+def _commands() -> list[tuple[str, object]]:
+    """Every leaf command of the tree, with its name as typed."""
+    import typer
+    from codescan.cli.entry import app
+
+    def leaves(name, command):
+        subs = getattr(command, "commands", None)
+        if subs is None:
+            return [(name, command)]
+        return [leaf for sub, c in subs.items() for leaf in leaves(f"{name} {sub}".strip(), c)]
+
+    return leaves("", typer.main.get_command(app))
+
+
+def test_help_names_what_each_value_is_never_a_python_type():
+    """typer writes `<str>`, `<path>`, `<int range>`, `<list[str]>` where no metavar is given;
+    every value has a metavar (or its choices) and arguments show their name alone."""
+    import re
+
+    import typer
+
+    pythonic = re.compile(r"<(str|path|int|float|bool|list|file|dir)\b|list\[|\{[a-z_]+\}|``")
+    seen = []
+    for name, command in _commands():
+        text = command.get_help(typer.Context(command, info_name=f"codescan {name}"))
+        seen += [f"{name}: {line.strip()}" for line in text.splitlines() if pythonic.search(line)]
+    assert seen == []
+
+
 def test_an_option_is_never_taken_as_the_value_of_the_one_before(home, folder, tmp_path):
     """`--resume -o out.jsonl` (a flag remembered wrong) resumed into a file named `-o` and scanned
     out.jsonl as an input; every command of the tree refuses it, and `--opt=-o` still passes."""
-    import typer
-    from codescan.cli.entry import app
     from codescan.cli.options import Command
 
-    def leaves(command):
-        subs = getattr(command, "commands", None)
-        return [leaf for sub in subs.values() for leaf in leaves(sub)] if subs is not None else [command]
-
-    commands = leaves(typer.main.get_command(app))
+    commands = [c for _, c in _commands()]
     assert len(commands) >= 12 and all(isinstance(c, Command) for c in commands)
 
     out = tmp_path / "out.jsonl"

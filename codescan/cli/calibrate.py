@@ -109,10 +109,10 @@ def _render(doc: dict[str, Any]) -> None:
 def calibrate_command(
     data: Annotated[
         Path,
-        typer.Option(help="Folder with real/** and fake/<generator>/** (or real/ alone), or a CSV manifest (path,label[,generator]).",
+        typer.Option(metavar="DIR|CSV", help="Folder with real/** and fake/<generator>/** (or real/ alone), or a CSV manifest (path,label[,generator]).",
                      show_default=False),
     ],
-    fpr: Annotated[float, typer.Option(help="Target false-positive rate on real photos, e.g. 0.01.", show_default=False)],
+    fpr: Annotated[float, typer.Option(metavar="X", help="Target false-positive rate on real photos, e.g. 0.01.", show_default=False)],
     head: Annotated[HeadChoice, typer.Option(help="Head to calibrate; all = every head in the bundle. The others keep theirs.")] = "all",
     out: Annotated[
         Optional[str], typer.Option(metavar="NAME", help="Variant to install. Default: <weights>-fpr<FPR>, e.g. code-fpr0.01.")

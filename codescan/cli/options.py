@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -57,6 +57,21 @@ class Command(TyperCommand):
                 raise typer.BadParameter(f"{after!r} is an option, not a value (to pass it as the value: {word}={after})",
                                          ctx=ctx, param=takes_value[word])
         return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: typer.Context, formatter: Any) -> None:
+        """typer writes each argument's Python type after its name (`PATH <list[str]>`); every
+        argument here has a metavar that says what it takes, so the name stands alone, as an
+        option's metavar does."""
+        records: dict[str, list[tuple[str, str]]] = {"argument": [], "option": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and param.param_type_name in records:
+                name, text = record
+                records[param.param_type_name].append((name.partition(" <")[0] if param.param_type_name == "argument" else name, text))
+        for title, kind in (("Arguments", "argument"), ("Options", "option")):
+            if records[kind]:
+                with formatter.section(title):
+                    formatter.write_dl(records[kind])
 
 
 def parse_thresholds(values: list[str], head: str) -> dict[str, float]:

@@ -14,9 +14,9 @@ from codescan.output import messages
 
 def report_command(
     verdicts: Annotated[
-        list[Path], typer.Argument(help="What `codescan scan` wrote: JSONL, JSON, Parquet, or a --shards folder.", show_default=False)
+        list[Path], typer.Argument(metavar="VERDICTS", help="What `codescan scan` wrote: JSONL, JSON, Parquet, or a --shards folder.", show_default=False)
     ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The page to write, NAME.html; its files go to NAME_files/ beside it, a folder codescan replaces whole.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE.html", help="The page to write, NAME.html; its files go to NAME_files/ beside it, a folder codescan replaces whole.")],
     root: Annotated[
         Optional[Path],  # noqa: UP007 - typer reads the annotation at run time
         typer.Option(
@@ -25,7 +25,7 @@ def report_command(
         ),
     ] = None,
     no_thumbnails: Annotated[bool, typer.Option("--no-thumbnails", help="Skip thumbnails (the page then never reads the images).")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Thumbnail worker processes.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=1, metavar="N", help="Thumbnail worker processes.")] = 2,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No closing line (notes about the input still go to stderr).")] = False,
 ) -> None:
     """Write an HTML page to review a scan: counts, score histograms, a sortable, filterable table and a gallery of thumbnails.

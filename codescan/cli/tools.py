@@ -25,11 +25,12 @@ from codescan.cli.options import (
 )
 from codescan.core import defaults
 from codescan.core.records import HeadChoice
+from codescan.engines.specs import ENGINES
 from codescan.output import messages
 
 
 def gate(
-    data: Annotated[list[str], typer.Argument(help="Folders or files of labelled-or-not images to measure on.")],
+    data: Annotated[list[str], typer.Argument(metavar="PATH", help="Folders or files of labelled-or-not images to measure on.")],
     weights: WeightsOpt = None,
 ) -> None:
     """Measure reduced precisions (int8, bf16; fp16 on a GPU) against fp32; `--precision auto` uses those that pass."""
@@ -74,9 +75,11 @@ def gate(
 
 def compile_command(
     weights: WeightsOpt = None,
-    precision: Annotated[str, typer.Option(help="fp16 | fp32: the ONNX graph's types (strongly typed build).")] = "fp16",
+    precision: Annotated[
+        str, typer.Option(metavar="|".join(ENGINES["tensorrt"].precisions), help="The ONNX graph's types (strongly typed build).")
+    ] = "fp16",
     max_batch: Annotated[
-        int, typer.Option("--max-batch", min=1, max=4096, help="Largest batch the engine takes (profile: min 1, opt = max = N).")
+        int, typer.Option("--max-batch", min=1, max=4096, metavar="N", help="Largest batch the engine takes (profile: min 1, opt = max = N).")
     ] = 64,
 ) -> None:
     """Build the TensorRT engine for this GPU from the bundle (once; cached beside the bundle)."""
@@ -102,7 +105,8 @@ def compile_command(
 def eval_command(
     data: Annotated[
         Path,
-        typer.Option(help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]).", show_default=False),
+        typer.Option(metavar="DIR|CSV", help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]).",
+                     show_default=False),
     ],
     weights: WeightsOpt = None,
     head: Annotated[HeadChoice, typer.Option(help="Head to measure; all = every head in the bundle.")] = "all",
@@ -111,7 +115,7 @@ def eval_command(
     precision: PrecisionOpt = defaults.PRECISION,
     batch_size: BatchSizeOpt = None,
     plot: Annotated[
-        Optional[Path], typer.Option(help="Also draw ROC curves per generator into this PNG (needs matplotlib: the plot extra).")
+        Optional[Path], typer.Option(metavar="FILE.png", help="Also draw ROC curves per generator into this PNG (needs matplotlib: the plot extra).")
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -151,9 +155,9 @@ def eval_command(
 
 
 def weights_pull(
-    name: Annotated[str, typer.Option(help="Bundle name to install as.")] = "code",
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit); re-pins.")] = None,
-    repo: Annotated[str, typer.Option(help="Hub repository.")] = "aimagelab/CoDE",
+    name: Annotated[str, typer.Option(metavar="NAME", help="Bundle name to install as.")] = "code",
+    revision: Annotated[Optional[str], typer.Option(metavar="REV", help="Hub revision (branch, tag or commit); re-pins.")] = None,
+    repo: Annotated[str, typer.Option(metavar="OWNER/NAME", help="Hub repository.")] = "aimagelab/CoDE",
 ) -> None:
     """Download aimagelab/CoDE from the Hugging Face hub and install it (pinned by commit + sha256)."""
     from codescan.weights.install import pull
@@ -163,8 +167,8 @@ def weights_pull(
 
 
 def weights_import(
-    directory: Annotated[Path, typer.Argument(help="A downloaded aimagelab/CoDE folder.", show_default=False)],
-    name: Annotated[str, typer.Option(help="Bundle name to install as.")] = "code",
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="A downloaded aimagelab/CoDE folder.", show_default=False)],
+    name: Annotated[str, typer.Option(metavar="NAME", help="Bundle name to install as.")] = "code",
 ) -> None:
     """Convert a folder in the official layout into a bundle (heads read without executing pickles)."""
     from codescan.weights.install import import_official
@@ -185,7 +189,7 @@ def _origin_text(origin: dict[str, Any]) -> str:
 def weights_list() -> None:
     """Installed bundles: a heading line, then one tab-separated line per bundle.
 
-    ``parent`` is a calibrated variant's parent (``-`` otherwise); ``thresholds`` says, per head,
+    `parent` is a calibrated variant's parent (`-` otherwise); `thresholds` says, per head,
     the threshold and where it came from (imported, trained, calibrated).
     """
     from codescan.weights.bundle import list_bundles, threshold_origins
@@ -202,12 +206,12 @@ def weights_list() -> None:
 
 
 def weights_info(
-    name: Annotated[Optional[str], typer.Argument(help="Bundle name (default: the default bundle).", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="Bundle name (default: the default bundle).", show_default=False)] = None,
 ) -> None:
     """Everything bundle.json records, after re-verifying every file's sha256; where each threshold came from.
 
-    JSON on stdout adds ``thresholds: {head: {threshold, origin: {kind, ...}}}``; for a calibrated
-    variant ``path`` is its own folder (bundle.json only) and ``files_path`` the parent's. One line
+    JSON on stdout adds `thresholds: {head: {threshold, origin: {kind, ...}}}`; for a calibrated
+    variant `path` is its own folder (bundle.json only) and `files_path` the parent's. One line
     per head on stderr says the same for a person.
     """
     import json
@@ -232,22 +236,23 @@ def train_command(
         Optional[Path],
         typer.Option(
             envvar="CODESCAN_TRAIN_DATA",
+            metavar="DIR|CSV",
             help="Folder with real/** and fake/<generator>/**, or a CSV manifest (path,label[,generator]). "
             "With --resume: the checkpoint's.",
             show_default=False,
         ),
     ] = None,
     init: Annotated[
-        Optional[str], typer.Option(envvar="CODESCAN_TRAIN_INIT", help="scratch, or an installed bundle to start from. Default: scratch.")
+        Optional[str], typer.Option(envvar="CODESCAN_TRAIN_INIT", metavar="scratch|NAME", help="scratch, or an installed bundle to start from. Default: scratch.")
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(envvar="CODESCAN_TRAIN_EPOCHS", min=1, help="Default: 10.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(envvar="CODESCAN_TRAIN_EPOCHS", min=1, metavar="N", help="Default: 10.")] = None,
     batch_size: Annotated[
         Optional[int],
-        typer.Option(envvar="CODESCAN_TRAIN_BATCH_SIZE", min=4, help="Images per step, half real, half fake; even. Default: 32."),
+        typer.Option(envvar="CODESCAN_TRAIN_BATCH_SIZE", min=4, metavar="N", help="Images per step, half real, half fake; even. Default: 32."),
     ] = None,
     steps_per_epoch: Annotated[
         Optional[int],
-        typer.Option(envvar="CODESCAN_TRAIN_STEPS_PER_EPOCH", min=1, help="Default: training images / batch size, rounded up."),
+        typer.Option(envvar="CODESCAN_TRAIN_STEPS_PER_EPOCH", min=1, metavar="N", help="Default: training images / batch size, rounded up."),
     ] = None,
     views: Annotated[
         Optional[Literal[3, 4]],
@@ -257,12 +262,12 @@ def train_command(
             "(25% less compute). Default: 4.",
         ),
     ] = None,
-    lr: Annotated[Optional[float], typer.Option(envvar="CODESCAN_TRAIN_LR", min=0.0, help="Peak AdamW learning rate. Default: 0.002.")] = None,
-    seed: Annotated[Optional[int], typer.Option(envvar="CODESCAN_TRAIN_SEED", help="Default: 0.")] = None,
+    lr: Annotated[Optional[float], typer.Option(envvar="CODESCAN_TRAIN_LR", min=0.0, metavar="X", help="Peak AdamW learning rate. Default: 0.002.")] = None,
+    seed: Annotated[Optional[int], typer.Option(envvar="CODESCAN_TRAIN_SEED", metavar="N", help="Default: 0.")] = None,
     val_fraction: Annotated[
         Optional[float],
         typer.Option(
-            envvar="CODESCAN_TRAIN_VAL_FRACTION", min=0.0, max=0.99, help="Held out by file hash to pick thresholds. Default: 0.1."
+            envvar="CODESCAN_TRAIN_VAL_FRACTION", min=0.0, max=0.99, metavar="X", help="Held out by file hash to pick thresholds. Default: 0.1."
         ),
     ] = None,
     device: Annotated[
@@ -270,7 +275,7 @@ def train_command(
         typer.Option(envvar="CODESCAN_TRAIN_DEVICE", help="auto: CUDA if usable, else CPU. Default: auto."),
     ] = None,
     out: Annotated[
-        str, typer.Option(envvar="CODESCAN_TRAIN_OUT", help="Bundle to install the result as; also names the work folder.")
+        str, typer.Option(envvar="CODESCAN_TRAIN_OUT", metavar="NAME", help="Bundle to install the result as; also names the work folder.")
     ] = "trained",
     resume: Annotated[bool, typer.Option(help="Continue the run checkpointed under --out, with its settings.")] = False,
     quiet: QuietOpt = False,
@@ -300,7 +305,7 @@ def train_command(
 
 
 def weights_default(
-    name: Annotated[Optional[str], typer.Argument(help="Installed bundle to use when --weights is not given.", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="Installed bundle to use when --weights is not given.", show_default=False)] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Forget the stored default (back to code).")] = False,
 ) -> None:
     """Show or store the bundle scans use by default: --weights > CODESCAN_WEIGHTS > this > code."""
