@@ -140,6 +140,7 @@ def test_usage_errors(home, folder, args, needle):
 def _commands() -> list[tuple[str, object]]:
     """Every leaf command of the tree, with its name as typed."""
     import typer
+
     from codescan.cli.entry import app
 
     def leaves(name, command):
