@@ -41,10 +41,13 @@ def err_console() -> Console:
 
 
 class Command(TyperCommand):
-    """Every codescan command: click gives an option the next word as its value even when that word
-    is one of the command's options, so `scan DIR --resume -o out.jsonl` resumed into a file named
-    `-o` and scanned out.jsonl as an input. Such a word is refused before parsing; a value that is
-    spelled like an option is written `--resume=-o`."""
+    """Every codescan command, for two habits of click and typer that mislead a user.
+
+    Click gives an option the next word as its value even when that word is one of the command's
+    options: `scan DIR --resume -o out.jsonl` resumed into a file named `-o` and scanned out.jsonl
+    as an input. Such a word is refused before parsing; a value spelled like an option is written
+    `--resume=-o`. Typer's help writes an argument's Python type after its name (`format_options`).
+    """
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         options = [p for p in self.params if p.param_type_name == "option"]
