@@ -193,6 +193,16 @@ def test_not_verdicts_is_one_error_line(tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_a_csv_of_verdicts_is_named_as_such(tmp_path):
+    """`scan -o v.csv` then `report v.csv` said "not a codescan verdicts file"; CSV holds no header."""
+    from codescan.output.reporters import CSV_COLUMNS
+
+    (tmp_path / "v.csv").write_text(",".join(CSV_COLUMNS) + "\n/x/a.jpg,real,-1.5,0.0,linear\n")
+    done = report_cli("v.csv", "-o", "r.html", cwd=tmp_path)
+    said = "v.csv: a CSV of verdicts, which holds no header (weights, engine, thresholds) for the page: scan with -o FILE.jsonl, .json or .parquet"
+    assert done.returncode == 2 and done.stderr.decode().splitlines() == [f"codescan: error: {said}"]
+
+
 def test_thumbnails_are_cached_by_content(scanned, tmp_path, private_home):
     """Made once into CODESCAN_HOME/thumbs (<sha256>-256-<its own sha256>.jpg), then copied into each new a_files/."""
     assert report_cli("v.jsonl", "-o", str(tmp_path / "a.html"), "-q", cwd=scanned).returncode == 0

@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from codescan.core.fsutil import unsafe_status
 from codescan.core.records import is_result_record
+from codescan.output.reporters import CSV_COLUMNS
 
 ASSETS = Path(__file__).parent / "report_assets"
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -65,6 +66,11 @@ def load_verdicts(path: Path) -> Verdicts:
         raise VerdictsError(f"{path}: {exc.strerror or exc}") from None
     if raw.startswith(b"PAR1"):
         return _load_parquet(path)
+    if raw.startswith(",".join(CSV_COLUMNS[:3]).encode() + b","):
+        raise VerdictsError(
+            f"{path}: a CSV of verdicts, which holds no header (weights, engine, thresholds) for the page: "
+            "scan with -o FILE.jsonl, .json or .parquet"
+        )
     if raw.lstrip().startswith(b"{") and not _starts_with_header_line(raw):
         whole = _load_json(raw, path)
         if whole is not None:
