@@ -181,6 +181,9 @@ def test_an_option_is_never_taken_as_the_value_of_the_one_before(home, folder, t
     assert sorted(os.listdir(tmp_path)) == []
     p = run_cli("weights", "import", "--name", "--help", str(tmp_path), cwd=tmp_path)
     assert p.returncode == 2 and "'--help' is an option" in p.stderr.decode()
+    completing = {"COMP_WORDS": "codescan scan --resume -o ", "COMP_CWORD": "4", "_CODESCAN_COMPLETE": "complete_bash"}
+    p = run_cli(env=completing, cwd=tmp_path)  # shell completion parses a half-typed line: never an error
+    assert p.returncode == 0 and p.stderr == b""
     p = run_cli("scan", str(folder / "img0.png"), "-q", "--threshold", "-0.5", "--exclude=-q", "-o", "-")
     assert p.returncode in (0, 1) and jsonl(p.stdout)[1]["threshold"] == -0.5, p.stderr
 

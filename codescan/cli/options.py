@@ -53,7 +53,7 @@ class Command(TyperCommand):
         options = [p for p in self.params if p.param_type_name == "option"]
         takes_value = {n: p for p in options if not (p.is_flag or p.count) for n in (*p.opts, *p.secondary_opts)}
         names = {n for p in options for n in (*p.opts, *p.secondary_opts)} | set(self.get_help_option_names(ctx))
-        for word, after in itertools.pairwise(args):
+        for word, after in itertools.pairwise(() if ctx.resilient_parsing else args):  # completion: no errors
             if word == "--":
                 break
             if word in takes_value and after.partition("=")[0] in names:
