@@ -49,11 +49,11 @@ def tree(tmp_path):
     return folder
 
 
-def scan(config: ScanConfig, folder, **kw) -> tuple[list, Counting]:
+def scan(config: ScanConfig, *folders, **kw) -> tuple[list, Counting]:
     scanner = Scanner(config=config, **kw)
     counting = Counting(scanner.engine)
     scanner.engine = counting
-    return list(scanner.scan([str(folder)])), counting
+    return list(scanner.scan([str(f) for f in folders])), counting
 
 
 def test_rescan_skips_model_and_copies_are_embedded_once(home, tree, tmp_path):
@@ -71,6 +71,15 @@ def test_rescan_skips_model_and_copies_are_embedded_once(home, tree, tmp_path):
     assert copy.sha256 == original.sha256 == hashlib.sha256((tree / "img2.png").read_bytes()).hexdigest()
     assert (copy.score, copy.status, copy.crop) == (original.score, original.status, original.crop)
     assert by_name["broken.jpg"].status == "error" and by_name["notes.txt"].status == "skipped"
+
+
+def test_a_file_reached_twice_is_two_records_and_one_embedding(home, tree):
+    """As docs/output.md says: named twice, or under overlapping arguments, like `find`."""
+    records, engine = scan(ScanConfig(cache=False, batch_size=4), tree / "img0.png", tree / "sub", tree, tree / "img0.png")
+    paths = [r.path for r in records]
+    assert paths.count(str(tree / "img0.png")) == 3 and paths.count(str(tree / "sub" / "copy_of_img2.png")) == 2
+    assert len(records) == 1 + 2 + 11 + 1 and engine.crops == 7
+    assert len({(r.score, r.status) for r in records if r.path == str(tree / "img0.png")}) == 1
 
 
 def test_thresholds_and_head_change_still_hit(home, tree, tmp_path):
